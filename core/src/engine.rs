@@ -1,0 +1,644 @@
+//! The tiering engine: the primary pool plus secondary tiers, lookup across tiers, the
+//! promotion state machine, cascades, and the per-step polling guard.
+//!
+//! # Call order within a step
+//!
+//! The first of `lookup`, `prepare_load`, `prepare_store` and `end_step` in a step polls every
+//! tier for finished jobs (and handles them, tier by tier in configuration order); later calls
+//! in the same step do not poll again. A call polls before it checks its arguments, and the
+//! poll's effects stay even when the call is then refused. `end_step` submits the promotions
+//! reserved during the step, one load job per (tier, request), then starts a new step.
+//! `take_events` only drains events (primary first, then tiers in order).
+//!
+//! # Decisions SEMANTICS.md leaves open
+//!
+//! - `complete_store` never completes a slot reserved by a promotion: those writes belong to the
+//!   engine, and letting the caller finish one would let a tier's late load overwrite whatever
+//!   the slot holds next. (A scheduler never does this: `prepare_store` does not return keys
+//!   that are already present.)
+//! - A finished promotion only completes a key that is still in flight *in the slot the job
+//!   loaded into*.
+//! - A tier that breaks the protocol (unknown job, job reported twice, ...) does not stop the
+//!   engine: the report is ignored, counted in [`EngineStats::protocol_errors`] and kept as
+//!   [`TieringEngine::last_protocol_error`].
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use hashbrown::HashTable;
+
+use crate::error::{LoadError, ProtocolError, ShutDown, StoreError, UnpinError};
+use crate::event::EventLog;
+use crate::policy::{AnyPolicy, EvictionPolicy};
+use crate::pool::{PoolLookup, PrimaryPool, StorePlan, IN_FLIGHT};
+use crate::tier::{Completions, Job, JobResult, SecondaryTier, TierLookup};
+use crate::{JobId, OffloadKey, ReqContext, SlotId};
+
+/// The answer of [`TieringEngine::lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupResult {
+    /// Ready in the primary pool: `prepare_load` it.
+    Ready,
+    /// Being written or promoted into the primary pool: ask again next step.
+    Pending,
+    /// A tier could not answer yet and no later tier had it: ask again next step.
+    Retry,
+    /// Not available: recompute it.
+    Miss,
+}
+
+/// Engine settings (the pool's size comes from its policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Steps after which a promotion still in flight makes lookups of its key answer Miss; 0
+    /// disables the deadline.
+    pub promotion_deadline_steps: u32,
+    /// Collect events for `take_events` (on by default). Off, nothing accumulates.
+    pub events: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { promotion_deadline_steps: 64, events: true }
+    }
+}
+
+/// Counters since construction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// `end_step` calls.
+    pub steps: u64,
+    /// Promotions reserved by lookups (blocks).
+    pub promotions_reserved: u64,
+    /// Promoted blocks that became ready.
+    pub promotions_loaded: u64,
+    /// Promoted blocks whose load failed (slot freed).
+    pub promotions_failed: u64,
+    /// Lookups answered Miss because the block's promotion was past its deadline.
+    pub promotions_overdue: u64,
+    /// Cascade (store) jobs submitted.
+    pub cascade_jobs: u64,
+    /// Blocks in those jobs.
+    pub cascade_blocks: u64,
+    /// Cascade jobs that failed (not retried).
+    pub cascade_jobs_failed: u64,
+    /// Tier reports that broke the job protocol and were ignored.
+    pub protocol_errors: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Cascade,
+    Promotion,
+}
+
+#[derive(Debug)]
+struct JobRecord {
+    id: JobId,
+    tier: usize,
+    kind: JobKind,
+    req: ReqContext,
+    keys: Vec<OffloadKey>,
+    slots: Vec<SlotId>,
+}
+
+/// In-flight jobs by id. Records (and their key buffers) are recycled, so a steady flow of jobs
+/// allocates nothing once the largest in-flight set has been seen.
+#[derive(Debug, Default)]
+struct JobBook {
+    records: Vec<JobRecord>,
+    free: Vec<u32>,
+    index: HashTable<u32>,
+}
+
+fn job_hash(id: JobId) -> u64 {
+    id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl JobBook {
+    fn open(&mut self, id: JobId, tier: usize, kind: JobKind, req: ReqContext) -> u32 {
+        let r = match self.free.pop() {
+            Some(r) => {
+                let rec = &mut self.records[r as usize];
+                rec.id = id;
+                rec.tier = tier;
+                rec.kind = kind;
+                rec.req = req;
+                rec.keys.clear();
+                rec.slots.clear();
+                r
+            }
+            None => {
+                self.records.push(JobRecord { id, tier, kind, req, keys: Vec::new(), slots: Vec::new() });
+                (self.records.len() - 1) as u32
+            }
+        };
+        let records = &self.records;
+        let live = self.index.len() + 1;
+        // Keep the table at most half full so tombstone clean-ups rehash in place.
+        if self.index.capacity() < 2 * live {
+            self.index.reserve(live, |&x| job_hash(records[x as usize].id));
+        }
+        self.index.insert_unique(job_hash(id), r, |&x| job_hash(records[x as usize].id));
+        r
+    }
+
+    fn find(&self, id: JobId) -> Option<u32> {
+        self.index.find(job_hash(id), |&x| self.records[x as usize].id == id).copied()
+    }
+
+    fn close(&mut self, r: u32) {
+        let id = self.records[r as usize].id;
+        if let Ok(e) = self.index.find_entry(job_hash(id), |&x| x == r) {
+            e.remove();
+        }
+        self.free.push(r);
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Promo {
+    None,
+    /// Reserved by a lookup this step; submitted at `end_step`.
+    Reserved,
+    /// Load job `job` in flight; overdue once `step >= due`.
+    Submitted { job: JobId, due: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    tier: usize,
+    req: ReqContext,
+    key: OffloadKey,
+    slot: SlotId,
+    group: u32,
+    seq: u32,
+}
+
+/// The primary pool and the secondary tiers behind one deterministic state machine.
+pub struct TieringEngine<P = AnyPolicy> {
+    pool: PrimaryPool<P>,
+    tiers: Vec<Box<dyn SecondaryTier>>,
+    config: EngineConfig,
+    polled: bool,
+    step: u64,
+    next_job: u64,
+    jobs: JobBook,
+    promo: Vec<Promo>,
+    pending: Vec<Pending>,
+    groups: Vec<(usize, ReqContext)>,
+    tier_rank: Vec<u32>,
+    plan: StorePlan,
+    readied: Vec<SlotId>,
+    failed: Vec<SlotId>,
+    completions: Completions,
+    outcome: Vec<bool>,
+    stats: EngineStats,
+    last_protocol_error: Option<ProtocolError>,
+    shut_down: bool,
+}
+
+impl<P: EvictionPolicy> TieringEngine<P> {
+    /// An engine over a pool ordered by `policy`, with `tiers` in configuration order.
+    pub fn new(policy: P, tiers: Vec<Box<dyn SecondaryTier>>, config: EngineConfig) -> Self {
+        let mut pool = PrimaryPool::new(policy);
+        pool.set_events(config.events);
+        let n = pool.capacity();
+        let t = tiers.len();
+        TieringEngine {
+            pool,
+            tiers,
+            config,
+            polled: false,
+            step: 0,
+            next_job: 0,
+            jobs: JobBook::default(),
+            promo: alloc::vec![Promo::None; n],
+            pending: Vec::new(),
+            groups: Vec::new(),
+            tier_rank: alloc::vec![u32::MAX; t],
+            plan: StorePlan::new(),
+            readied: Vec::new(),
+            failed: Vec::new(),
+            completions: Completions::new(),
+            outcome: Vec::new(),
+            stats: EngineStats::default(),
+            last_protocol_error: None,
+            shut_down: false,
+        }
+    }
+
+    /// The primary pool (read-only).
+    pub fn primary(&self) -> &PrimaryPool<P> {
+        &self.pool
+    }
+
+    /// Number of secondary tiers.
+    pub fn tier_count(&self) -> usize {
+        self.tiers.len()
+    }
+
+    /// Tier `index` as its concrete type, if it is a `T`.
+    pub fn tier_mut<T: SecondaryTier>(&mut self, index: usize) -> Option<&mut T> {
+        let tier: &mut dyn core::any::Any = self.tiers.get_mut(index)?.as_mut();
+        tier.downcast_mut::<T>()
+    }
+
+    /// Counters since construction.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// The most recent protocol violation by a tier, if any.
+    pub fn last_protocol_error(&self) -> Option<ProtocolError> {
+        self.last_protocol_error
+    }
+
+    /// Number of jobs submitted to tiers and not yet reported.
+    pub fn jobs_in_flight(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Number of `end_step` calls so far.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// True once [`TieringEngine::shutdown`] ran.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down
+    }
+
+    fn poll_guarded(&mut self) {
+        if !self.polled && !self.shut_down {
+            self.polled = true;
+            self.poll_tiers();
+        }
+    }
+
+    fn poll_tiers(&mut self) {
+        for t in 0..self.tiers.len() {
+            let mut done = core::mem::take(&mut self.completions);
+            done.clear();
+            self.tiers[t].poll_finished(&mut done);
+            self.handle_completions(t, &done);
+            self.completions = done;
+        }
+    }
+
+    fn protocol_error(&mut self, e: ProtocolError) {
+        self.stats.protocol_errors += 1;
+        self.last_protocol_error = Some(e);
+    }
+
+    fn handle_completions(&mut self, tier: usize, done: &Completions) {
+        for result in done.iter() {
+            self.handle_result(tier, result, done.key_outcomes(result));
+        }
+    }
+
+    fn handle_result(&mut self, tier: usize, result: &JobResult, per_key: Option<&[bool]>) {
+        let job = result.job.0;
+        let Some(r) = self.jobs.find(result.job) else {
+            self.protocol_error(if job < self.next_job {
+                ProtocolError::DuplicateCompletion { tier, job }
+            } else {
+                ProtocolError::UnknownJob { tier, job }
+            });
+            return;
+        };
+        let rec = &self.jobs.records[r as usize];
+        if rec.tier != tier {
+            self.protocol_error(ProtocolError::WrongTier { tier, job });
+            return;
+        }
+        let n = rec.keys.len();
+        self.outcome.clear();
+        match per_key {
+            Some(ok) if ok.len() == n => self.outcome.extend_from_slice(ok),
+            Some(_) => {
+                self.outcome.resize(n, result.success);
+                self.protocol_error(ProtocolError::OutcomeCount { tier, job });
+            }
+            None => self.outcome.resize(n, result.success),
+        }
+        match self.jobs.records[r as usize].kind {
+            JobKind::Cascade => self.finish_cascade(r),
+            JobKind::Promotion => self.finish_promotion(r),
+        }
+        self.jobs.close(r);
+    }
+
+    fn finish_cascade(&mut self, r: u32) {
+        let rec = &self.jobs.records[r as usize];
+        let (tier, job) = (rec.tier, rec.id.0);
+        let mut lost = false;
+        for (key, &slot) in rec.keys.iter().zip(&rec.slots) {
+            lost |= !self.pool.unpin_slot(slot, key);
+        }
+        if self.outcome.iter().any(|&ok| !ok) {
+            self.stats.cascade_jobs_failed += 1;
+        }
+        if lost {
+            self.protocol_error(ProtocolError::LostPin { tier, job });
+        }
+    }
+
+    /// Completes a promotion: the keys that loaded become ready (one "stored" event for the
+    /// job), then the keys that failed are freed, in the job's key order. Only keys still in
+    /// flight in the job's own reserved slot are touched.
+    fn finish_promotion(&mut self, r: u32) {
+        let rec = &self.jobs.records[r as usize];
+        self.readied.clear();
+        self.failed.clear();
+        for (i, (key, &slot)) in rec.keys.iter().zip(&rec.slots).enumerate() {
+            if !matches!(self.promo[slot.index()], Promo::Submitted { job, .. } if job == rec.id) {
+                continue;
+            }
+            self.promo[slot.index()] = Promo::None;
+            if !matches!(self.pool.slot(slot), Some((k, IN_FLIGHT)) if k == key) {
+                continue;
+            }
+            if self.outcome[i] {
+                self.readied.push(slot);
+            } else {
+                self.failed.push(slot);
+            }
+        }
+        for &slot in &self.readied {
+            self.pool.ready_slot(slot);
+        }
+        self.pool.stored_event(&self.readied);
+        for &slot in &self.failed {
+            self.pool.fail_slot(slot);
+        }
+        self.stats.promotions_loaded += self.readied.len() as u64;
+        self.stats.promotions_failed += self.failed.len() as u64;
+    }
+
+    /// Is `key` ready, on its way, or nowhere? On a primary miss, the first tier that has the
+    /// key wins: a primary slot is reserved for it (this may evict) and the answer is Pending,
+    /// or Miss when the primary cannot make room. The load is submitted at `end_step`. A
+    /// promotion past its deadline answers Miss. After shutdown: Miss.
+    pub fn lookup(&mut self, key: &OffloadKey, req: ReqContext) -> LookupResult {
+        self.poll_guarded();
+        if self.shut_down {
+            return LookupResult::Miss;
+        }
+        match self.pool.find(key) {
+            Some((_, rc)) if rc >= 0 => return LookupResult::Ready,
+            Some((slot, _)) => {
+                if let Promo::Submitted { due, .. } = self.promo[slot.index()] {
+                    if self.config.promotion_deadline_steps > 0 && self.step >= due {
+                        self.stats.promotions_overdue += 1;
+                        return LookupResult::Miss;
+                    }
+                }
+                return LookupResult::Pending;
+            }
+            None => {}
+        }
+        let mut busy = false;
+        for t in 0..self.tiers.len() {
+            match self.tiers[t].lookup(key, req) {
+                TierLookup::Hit => return self.reserve(t, key, req),
+                TierLookup::Busy => busy = true,
+                TierLookup::Miss => {}
+            }
+        }
+        if busy {
+            LookupResult::Retry
+        } else {
+            LookupResult::Miss
+        }
+    }
+
+    fn reserve(&mut self, tier: usize, key: &OffloadKey, req: ReqContext) -> LookupResult {
+        let mut plan = core::mem::take(&mut self.plan);
+        let reserved = self.pool.prepare_store(core::slice::from_ref(key), &mut plan);
+        let slot = plan.slots.first().copied();
+        self.plan = plan;
+        match (reserved, slot) {
+            (Ok(()), Some(slot)) => {
+                self.promo[slot.index()] = Promo::Reserved;
+                let seq = self.pending.len() as u32;
+                self.pending.push(Pending { tier, req, key: *key, slot, group: 0, seq });
+                self.stats.promotions_reserved += 1;
+                LookupResult::Pending
+            }
+            _ => LookupResult::Miss,
+        }
+    }
+
+    /// Allocates primary slots for the absent `keys` (see [`PrimaryPool::prepare_store`]),
+    /// filling `plan`.
+    pub fn prepare_store(&mut self, keys: &[OffloadKey], _req: ReqContext, plan: &mut StorePlan) -> Result<(), StoreError> {
+        self.poll_guarded();
+        if self.shut_down {
+            return Err(StoreError::ShutDown);
+        }
+        self.pool.prepare_store(keys, plan)
+    }
+
+    /// Ends the caller's writes of `keys`. On success, the keys this call made ready are
+    /// cascaded to every tier (one pin and one store job per tier); keys that were already
+    /// ready are not cascaded again. On failure the in-flight keys are dropped. Returns how many
+    /// keys became ready.
+    pub fn complete_store(&mut self, keys: &[OffloadKey], req: ReqContext, success: bool) -> Result<usize, ShutDown> {
+        if self.shut_down {
+            return Err(ShutDown);
+        }
+        let mut readied = core::mem::take(&mut self.readied);
+        readied.clear();
+        let promo = &self.promo;
+        self.pool.complete_store_filtered(keys, success, &mut readied, |s| promo[s.index()] == Promo::None);
+        let n = readied.len();
+        if n > 0 {
+            for t in 0..self.tiers.len() {
+                let id = self.take_job_id();
+                let r = self.jobs.open(id, t, JobKind::Cascade, req);
+                let rec = &mut self.jobs.records[r as usize];
+                for &slot in &readied {
+                    if let Some(key) = self.pool.pin_slot(slot) {
+                        rec.slots.push(slot);
+                        rec.keys.push(key);
+                    }
+                }
+                if rec.keys.is_empty() {
+                    self.jobs.close(r);
+                    continue;
+                }
+                self.stats.cascade_jobs += 1;
+                self.stats.cascade_blocks += rec.keys.len() as u64;
+                self.tiers[t].submit_store(Job { id, req, keys: &rec.keys, slots: &rec.slots });
+            }
+        }
+        self.readied = readied;
+        Ok(n)
+    }
+
+    fn take_job_id(&mut self) -> JobId {
+        let id = JobId(self.next_job);
+        self.next_job += 1;
+        id
+    }
+
+    /// Pins ready `keys` for reading into the GPU, appending their slots to `slots`.
+    pub fn prepare_load(&mut self, keys: &[OffloadKey], _req: ReqContext, slots: &mut Vec<SlotId>) -> Result<(), LoadError> {
+        self.poll_guarded();
+        if self.shut_down {
+            return Err(LoadError::ShutDown);
+        }
+        self.pool.prepare_load(keys, slots)
+    }
+
+    /// Unpins `keys` after the GPU read them.
+    pub fn complete_load(&mut self, keys: &[OffloadKey], _req: ReqContext) -> Result<(), UnpinError> {
+        if self.shut_down {
+            return Err(UnpinError::ShutDown);
+        }
+        self.pool.complete_load(keys)
+    }
+
+    /// Marks `keys` recently used in the primary pool and in every tier.
+    pub fn touch(&mut self, keys: &[OffloadKey], _req: ReqContext) {
+        if self.shut_down {
+            return;
+        }
+        self.pool.touch(keys);
+        for tier in &mut self.tiers {
+            tier.touch(keys);
+        }
+    }
+
+    /// Ends the step: polls (if this step has not), submits the promotions reserved during the
+    /// step as one load job per (tier, request), and resets the polling guard.
+    pub fn end_step(&mut self) {
+        self.poll_guarded();
+        if self.shut_down {
+            return;
+        }
+        self.flush_promotions();
+        self.step += 1;
+        self.stats.steps += 1;
+        self.polled = false;
+    }
+
+    /// Submits the step's reservations. Jobs go out grouped by tier, tiers in the order each
+    /// first received a reservation, and within a tier by request in the order each first
+    /// reserved from it; keys keep lookup order.
+    fn flush_promotions(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = core::mem::take(&mut self.pending);
+        self.groups.clear();
+        self.tier_rank.iter_mut().for_each(|r| *r = u32::MAX);
+        let mut next_rank = 0;
+        for p in &mut pending {
+            if self.tier_rank[p.tier] == u32::MAX {
+                self.tier_rank[p.tier] = next_rank;
+                next_rank += 1;
+            }
+            p.group = match self.groups.iter().position(|&g| g == (p.tier, p.req)) {
+                Some(g) => g as u32,
+                None => {
+                    self.groups.push((p.tier, p.req));
+                    (self.groups.len() - 1) as u32
+                }
+            };
+        }
+        let rank = &self.tier_rank;
+        pending.sort_unstable_by_key(|p| (rank[p.tier], p.group, p.seq));
+        let due_in = u64::from(self.config.promotion_deadline_steps) + 1;
+        let mut start = 0;
+        while start < pending.len() {
+            let (tier, group, req) = (pending[start].tier, pending[start].group, pending[start].req);
+            let end = start + pending[start..].iter().take_while(|p| p.group == group).count();
+            let id = self.take_job_id();
+            let r = self.jobs.open(id, tier, JobKind::Promotion, req);
+            let rec = &mut self.jobs.records[r as usize];
+            for p in &pending[start..end] {
+                rec.keys.push(p.key);
+                rec.slots.push(p.slot);
+                self.promo[p.slot.index()] = Promo::Submitted { job: id, due: self.step + due_in };
+            }
+            self.tiers[tier].submit_load(Job { id, req, keys: &rec.keys, slots: &rec.slots });
+            start = end;
+        }
+        pending.clear();
+        self.pending = pending;
+    }
+
+    /// Moves the events raised since the last call to the end of `out`: the primary's first,
+    /// then each tier's in order. Flushes nothing.
+    pub fn take_events(&mut self, out: &mut EventLog) {
+        self.pool.take_events(out);
+        for tier in &mut self.tiers {
+            tier.take_events(out);
+        }
+    }
+
+    /// Blocks until no tier has a job in flight. Their results are handled at the next poll.
+    pub fn drain(&mut self) {
+        for tier in &mut self.tiers {
+            tier.wait_idle();
+        }
+    }
+
+    /// Drains every tier (each in-flight job completes or is reported failed, and is handled as
+    /// at a poll), fails the promotions reserved but not yet submitted, and closes the engine.
+    /// Later calls do nothing or return a shut-down error. Idempotent.
+    pub fn shutdown(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        self.poll_tiers();
+        for p in core::mem::take(&mut self.pending) {
+            self.promo[p.slot.index()] = Promo::None;
+            if self.pool.fail_slot(p.slot) {
+                self.stats.promotions_failed += 1;
+            }
+        }
+        for t in 0..self.tiers.len() {
+            let mut done = core::mem::take(&mut self.completions);
+            done.clear();
+            self.tiers[t].shutdown(&mut done);
+            self.handle_completions(t, &done);
+            self.completions = done;
+        }
+        // A tier that forgot a job must not leave it pinned or reserved forever.
+        // Oldest first, so the outcome does not depend on the hash table's order.
+        while let Some(r) = self.jobs.index.iter().copied().min_by_key(|&r| self.jobs.records[r as usize].id) {
+            let rec = &self.jobs.records[r as usize];
+            let (tier, job) = (rec.tier, rec.id);
+            self.protocol_error(ProtocolError::Unreported { tier, job: job.0 });
+            let mut failed = Completions::new();
+            failed.push(job, false);
+            self.handle_completions(tier, &failed);
+        }
+        self.shut_down = true;
+    }
+}
+
+impl<P> core::fmt::Debug for TieringEngine<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("TieringEngine")
+            .field("tiers", &self.tiers.len())
+            .field("step", &self.step)
+            .field("jobs_in_flight", &self.jobs.len())
+            .field("shut_down", &self.shut_down)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: EvictionPolicy> TieringEngine<P> {
+    /// Lookup of the primary pool alone (no poll, no tier).
+    pub fn primary_lookup(&self, key: &OffloadKey) -> PoolLookup {
+        self.pool.lookup(key)
+    }
+}

@@ -1,0 +1,168 @@
+//! `MemoryTier`: a secondary tier that keeps copies of row bytes in memory and completes every
+//! job by the next poll. The reference tier for tests, as vLLM's example tier is; it can be told
+//! to fail upcoming jobs.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use hashbrown::HashMap;
+
+use crate::event::EventLog;
+use crate::tier::{Completions, Job, SecondaryTier, TierLookup};
+use crate::{OffloadKey, ReqContext, SlotId};
+
+/// Access to the primary pool's rows, for tiers that copy bytes (the std adapter implements it
+/// over its memory region). A row is `row_bytes()` long.
+pub trait RowIo: Send + Sync {
+    /// Bytes per row.
+    fn row_bytes(&self) -> usize;
+    /// Copies row `slot` into `dst` (`dst.len() == row_bytes()`).
+    fn read_row(&self, slot: SlotId, dst: &mut [u8]);
+    /// Copies `src` into row `slot` (`src.len() == row_bytes()`).
+    fn write_row(&self, slot: SlotId, src: &[u8]);
+}
+
+/// Which kind of job [`MemoryTier::fail_next`] fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Loads (tier -> primary).
+    Load,
+    /// Stores (primary -> tier).
+    Store,
+}
+
+/// An in-memory secondary tier.
+pub struct MemoryTier {
+    rows: Option<Arc<dyn RowIo>>,
+    blocks: HashMap<OffloadKey, Box<[u8]>, foldhash::fast::FixedState>,
+    finished: Completions,
+    fail_loads: u32,
+    fail_stores: u32,
+    outcome: Vec<bool>,
+}
+
+impl core::fmt::Debug for MemoryTier {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("MemoryTier")
+            .field("blocks", &self.blocks.len())
+            .field("copies_bytes", &self.rows.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryTier {
+    /// A tier that copies row bytes through `rows`, or, with `None`, tracks presence only.
+    pub fn new(rows: Option<Arc<dyn RowIo>>) -> Self {
+        MemoryTier {
+            rows,
+            blocks: HashMap::with_hasher(foldhash::fast::FixedState::with_seed(0)),
+            finished: Completions::new(),
+            fail_loads: 0,
+            fail_stores: 0,
+            outcome: Vec::new(),
+        }
+    }
+
+    /// Makes `key` present with `data` (one row; ignored for a presence-only tier).
+    pub fn insert(&mut self, key: OffloadKey, data: &[u8]) {
+        let data: Box<[u8]> = if self.rows.is_some() { data.into() } else { Box::default() };
+        self.blocks.insert(key, data);
+    }
+
+    /// Is `key` in the tier?
+    pub fn contains(&self, key: &OffloadKey) -> bool {
+        self.blocks.contains_key(key)
+    }
+
+    /// The bytes kept for `key`.
+    pub fn get(&self, key: &OffloadKey) -> Option<&[u8]> {
+        self.blocks.get(key).map(|b| &**b)
+    }
+
+    /// Number of blocks held.
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// True when no block is held.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Makes one more upcoming job of `kind` fail as a whole.
+    pub fn fail_next(&mut self, kind: JobKind) {
+        match kind {
+            JobKind::Load => self.fail_loads = self.fail_loads.saturating_add(1),
+            JobKind::Store => self.fail_stores = self.fail_stores.saturating_add(1),
+        }
+    }
+}
+
+impl SecondaryTier for MemoryTier {
+    fn lookup(&mut self, key: &OffloadKey, _req: ReqContext) -> TierLookup {
+        if self.blocks.contains_key(key) {
+            TierLookup::Hit
+        } else {
+            TierLookup::Miss
+        }
+    }
+
+    /// Copies the rows now (the job's snapshot) and reports success at the next poll. A block
+    /// already held is kept as it is: content-addressed blocks do not change.
+    fn submit_store(&mut self, job: Job<'_>) {
+        if self.fail_stores > 0 {
+            self.fail_stores -= 1;
+            self.finished.push(job.id, false);
+            return;
+        }
+        for (key, &slot) in job.keys.iter().zip(job.slots) {
+            if self.blocks.contains_key(key) {
+                continue;
+            }
+            let data: Box<[u8]> = match &self.rows {
+                Some(rows) => {
+                    let mut buf = alloc::vec![0u8; rows.row_bytes()].into_boxed_slice();
+                    rows.read_row(slot, &mut buf);
+                    buf
+                }
+                None => Box::default(),
+            };
+            self.blocks.insert(*key, data);
+        }
+        self.finished.push(job.id, true);
+    }
+
+    /// Copies the held blocks into the job's slots now; keys the tier lacks fail on their own
+    /// (partial success).
+    fn submit_load(&mut self, job: Job<'_>) {
+        if self.fail_loads > 0 {
+            self.fail_loads -= 1;
+            self.finished.push(job.id, false);
+            return;
+        }
+        self.outcome.clear();
+        for (key, &slot) in job.keys.iter().zip(job.slots) {
+            let found = self.blocks.get(key);
+            if let (Some(rows), Some(data)) = (&self.rows, found) {
+                rows.write_row(slot, data);
+            }
+            self.outcome.push(found.is_some());
+        }
+        if self.outcome.iter().all(|&ok| ok) {
+            self.finished.push(job.id, true);
+        } else {
+            self.finished.push_partial(job.id, self.outcome.iter().copied());
+        }
+    }
+
+    fn poll_finished(&mut self, out: &mut Completions) {
+        out.append(&mut self.finished);
+    }
+
+    fn take_events(&mut self, _out: &mut EventLog) {}
+
+    fn shutdown(&mut self, out: &mut Completions) {
+        out.append(&mut self.finished);
+    }
+}

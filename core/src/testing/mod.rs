@@ -1,0 +1,1 @@
+//! The `Op` enum and the naive oracle (feature `testing`).

@@ -1,0 +1,4 @@
+//! `kvtier bench ...`: benchmarks that print ratios against a ceiling or peer measured in the
+//! same run.
+
+pub mod core;
