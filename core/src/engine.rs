@@ -263,6 +263,12 @@ impl<P: EvictionPolicy> TieringEngine<P> {
         self.jobs.len()
     }
 
+    /// True while `slot` is reserved by a promotion (its write belongs to the engine, not the
+    /// caller; `complete_store` leaves it alone).
+    pub fn is_promotion_slot(&self, slot: SlotId) -> bool {
+        self.promo.get(slot.index()).is_some_and(|p| *p != Promo::None)
+    }
+
     /// Number of `end_step` calls so far.
     pub fn step(&self) -> u64 {
         self.step
@@ -640,5 +646,240 @@ impl<P: EvictionPolicy> TieringEngine<P> {
     /// Lookup of the primary pool alone (no poll, no tier).
     pub fn primary_lookup(&self, key: &OffloadKey) -> PoolLookup {
         self.pool.lookup(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::boxed::Box;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    use super::*;
+    use crate::{JobKind as FailKind, MemoryTier, PolicyKind};
+
+    fn k(b: u8) -> OffloadKey {
+        OffloadKey::new(&[b], 0).unwrap()
+    }
+    const R1: ReqContext = ReqContext::new(1);
+    const R2: ReqContext = ReqContext::new(2);
+
+    /// A tier whose jobs finish only when the test says so.
+    #[derive(Default)]
+    struct ManualTier {
+        has: Vec<OffloadKey>,
+        loads: Vec<(JobId, ReqContext, Vec<OffloadKey>)>,
+        stores: Vec<(JobId, Vec<OffloadKey>)>,
+        finished: Completions,
+        busy: bool,
+    }
+
+    impl SecondaryTier for ManualTier {
+        fn lookup(&mut self, key: &OffloadKey, _req: ReqContext) -> TierLookup {
+            if self.busy {
+                TierLookup::Busy
+            } else if self.has.contains(key) {
+                TierLookup::Hit
+            } else {
+                TierLookup::Miss
+            }
+        }
+        fn submit_store(&mut self, job: Job<'_>) {
+            self.stores.push((job.id, job.keys.to_vec()));
+        }
+        fn submit_load(&mut self, job: Job<'_>) {
+            self.loads.push((job.id, job.req, job.keys.to_vec()));
+        }
+        fn poll_finished(&mut self, out: &mut Completions) {
+            out.append(&mut self.finished);
+        }
+        fn shutdown(&mut self, out: &mut Completions) {
+            for (id, ..) in self.loads.drain(..) {
+                out.push(id, false);
+            }
+            for (id, _) in self.stores.drain(..) {
+                out.push(id, false);
+            }
+        }
+    }
+
+    fn engine(slots: u32, tiers: Vec<Box<dyn SecondaryTier>>, deadline: u32) -> TieringEngine {
+        let config = EngineConfig { promotion_deadline_steps: deadline, events: true };
+        TieringEngine::new(AnyPolicy::new(PolicyKind::Lru, slots), tiers, config)
+    }
+
+    fn manual(e: &mut TieringEngine, t: usize) -> &mut ManualTier {
+        e.tier_mut::<ManualTier>(t).unwrap()
+    }
+
+    fn store(e: &mut TieringEngine, keys: &[OffloadKey]) {
+        let mut plan = StorePlan::new();
+        e.prepare_store(keys, R1, &mut plan).unwrap();
+        e.complete_store(&plan.keys, R1, true).unwrap();
+    }
+
+    #[test]
+    fn cascade_pins_once_per_tier_until_done() {
+        let tiers: Vec<Box<dyn SecondaryTier>> = vec![Box::new(ManualTier::default()), Box::new(ManualTier::default())];
+        let mut e = engine(2, tiers, 0);
+        store(&mut e, &[k(1), k(2)]);
+        assert_eq!(e.primary().find(&k(1)), Some((SlotId(0), 2)));
+        assert_eq!(manual(&mut e, 0).stores, [(JobId(0), vec![k(1), k(2)])]);
+        assert_eq!(manual(&mut e, 1).stores, [(JobId(1), vec![k(1), k(2)])]);
+        // Completing already-ready keys again cascades nothing.
+        assert_eq!(e.complete_store(&[k(1)], R1, true), Ok(0));
+        assert_eq!(e.jobs_in_flight(), 2);
+        // Pinned blocks cannot be evicted.
+        let mut plan = StorePlan::new();
+        assert!(e.prepare_store(&[k(3)], R1, &mut plan).is_err());
+        e.end_step(); // this step already polled (in prepare_store)
+        manual(&mut e, 0).finished.push(JobId(0), true);
+        manual(&mut e, 1).finished.push(JobId(1), false);
+        e.end_step();
+        assert_eq!(e.primary().find(&k(1)), Some((SlotId(0), 0)));
+        assert_eq!(e.jobs_in_flight(), 0);
+        assert_eq!(e.stats().cascade_jobs_failed, 1);
+    }
+
+    #[test]
+    fn promotions_batch_per_tier_and_request_at_end_step() {
+        let mut t0 = ManualTier::default();
+        let mut t1 = ManualTier::default();
+        t0.has = vec![k(1), k(3)];
+        t1.has = vec![k(2), k(4)];
+        let mut e = engine(8, vec![Box::new(t0), Box::new(t1)], 0);
+        assert_eq!(e.lookup(&k(2), R1), LookupResult::Pending); // tier 1 first
+        assert_eq!(e.lookup(&k(1), R2), LookupResult::Pending);
+        assert_eq!(e.lookup(&k(3), R1), LookupResult::Pending);
+        assert_eq!(e.lookup(&k(4), R2), LookupResult::Pending);
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending); // reserved: never promoted twice
+        assert_eq!(e.lookup(&k(9), R1), LookupResult::Miss);
+        assert_eq!(e.jobs_in_flight(), 0, "nothing is submitted at lookup time");
+        e.end_step();
+        // Tier 1 received the first reservation: its jobs come first (R1 then R2).
+        assert_eq!(manual(&mut e, 1).loads, [(JobId(0), R1, vec![k(2)]), (JobId(1), R2, vec![k(4)])]);
+        assert_eq!(manual(&mut e, 0).loads, [(JobId(2), R2, vec![k(1)]), (JobId(3), R1, vec![k(3)])]);
+        // Partial success: k1 loads, k3 fails and its slot is freed.
+        manual(&mut e, 0).finished.push(JobId(2), true);
+        manual(&mut e, 0).finished.push_partial(JobId(3), [false]);
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Ready);
+        assert_eq!(e.lookup(&k(3), R1), LookupResult::Pending, "asks the tiers again");
+        let mut ev = EventLog::new();
+        e.take_events(&mut ev);
+        let stored: Vec<_> = ev.iter().map(|x| (x.removed, x.keys.to_vec())).collect();
+        assert_eq!(stored, [(false, vec![k(1)])]);
+    }
+
+    #[test]
+    fn busy_tier_means_retry_unless_a_later_tier_hits() {
+        let busy = ManualTier { busy: true, ..ManualTier::default() };
+        let mut other = ManualTier::default();
+        other.has = vec![k(1)];
+        let mut e = engine(2, vec![Box::new(busy), Box::new(other)], 0);
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending);
+        assert_eq!(e.lookup(&k(2), R1), LookupResult::Retry);
+    }
+
+    #[test]
+    fn full_primary_makes_promotion_a_miss() {
+        let mut t = ManualTier::default();
+        t.has = vec![k(5)];
+        let mut e = engine(1, vec![Box::new(t)], 0);
+        let mut plan = StorePlan::new();
+        e.prepare_store(&[k(1)], R1, &mut plan).unwrap(); // in flight: not evictable
+        assert_eq!(e.lookup(&k(5), R1), LookupResult::Miss);
+    }
+
+    #[test]
+    fn overdue_promotion_answers_miss_and_lands_late() {
+        let mut t = ManualTier::default();
+        t.has = vec![k(1)];
+        let mut e = engine(2, vec![Box::new(t)], 2);
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending);
+        e.end_step(); // submitted
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending);
+        e.end_step();
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending);
+        e.end_step(); // two end_steps after submission
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Miss);
+        assert_eq!(e.stats().promotions_overdue, 1);
+        // The caller cannot complete the engine's write, and the slot stays reserved.
+        assert_eq!(e.complete_store(&[k(1)], R1, true), Ok(0));
+        assert!(e.is_promotion_slot(SlotId(0)));
+        manual(&mut e, 0).finished.push(JobId(0), true);
+        e.end_step();
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Ready);
+        assert!(!e.is_promotion_slot(SlotId(0)));
+    }
+
+    #[test]
+    fn protocol_errors_are_ignored_and_counted() {
+        let mut e = engine(2, vec![Box::new(ManualTier::default()), Box::new(ManualTier::default())], 0);
+        store(&mut e, &[k(1)]);
+        e.end_step();
+        manual(&mut e, 0).finished.push(JobId(77), true);
+        manual(&mut e, 0).finished.push(JobId(1), true); // tier 1's job
+        manual(&mut e, 0).finished.push(JobId(0), true);
+        manual(&mut e, 0).finished.push(JobId(0), true); // twice
+        e.end_step();
+        assert_eq!(e.stats().protocol_errors, 3);
+        assert_eq!(e.last_protocol_error(), Some(ProtocolError::DuplicateCompletion { tier: 0, job: 0 }));
+        assert_eq!(e.primary().find(&k(1)), Some((SlotId(0), 1)), "tier 1's pin is still held");
+        manual(&mut e, 1).finished.push_partial(JobId(1), [true, true]);
+        e.end_step();
+        assert_eq!(e.last_protocol_error(), Some(ProtocolError::OutcomeCount { tier: 1, job: 1 }));
+        assert_eq!(e.primary().find(&k(1)), Some((SlotId(0), 0)));
+    }
+
+    #[test]
+    fn shutdown_reports_every_job_and_releases_every_slot() {
+        let mut t = ManualTier::default();
+        t.has = vec![k(7), k(8)];
+        let mut e = engine(4, vec![Box::new(t)], 0);
+        store(&mut e, &[k(1)]);
+        assert_eq!(e.lookup(&k(7), R1), LookupResult::Pending);
+        e.end_step(); // k7's load in flight
+        assert_eq!(e.lookup(&k(8), R1), LookupResult::Pending); // reserved, never submitted
+        e.shutdown();
+        assert_eq!(e.jobs_in_flight(), 0);
+        assert_eq!(e.primary().blocks().map(|(_, k, rc)| (*k, rc)).collect::<Vec<_>>(), [(k(1), 0)]);
+        assert_eq!(e.stats().promotions_failed, 2);
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Miss);
+        let mut plan = StorePlan::new();
+        assert_eq!(e.prepare_store(&[k(2)], R1, &mut plan), Err(StoreError::ShutDown));
+        e.shutdown();
+    }
+
+    #[test]
+    fn polls_once_per_step_before_checking_arguments() {
+        let mut t = ManualTier::default();
+        t.has = vec![k(1)];
+        let mut e = engine(2, vec![Box::new(MemoryTier::new(None)), Box::new(t)], 0);
+        store(&mut e, &[k(2)]);
+        assert_eq!(e.primary().find(&k(2)), Some((SlotId(0), 2)));
+        e.end_step();
+        // A refused prepare_load still polled: the memory tier's cascade finished.
+        assert!(e.prepare_load(&[k(9)], R1, &mut Vec::new()).is_err());
+        assert_eq!(e.primary().find(&k(2)), Some((SlotId(0), 1)));
+        manual(&mut e, 1).finished.push(JobId(1), true);
+        e.end_step(); // already polled this step: tier 1's report waits
+        assert_eq!(e.primary().find(&k(2)), Some((SlotId(0), 1)));
+        assert_eq!(e.lookup(&k(2), R1), LookupResult::Ready);
+        assert_eq!(e.primary().find(&k(2)), Some((SlotId(0), 0)));
+    }
+
+    #[test]
+    fn memory_tier_failures_free_the_slot() {
+        let mut e = engine(2, vec![Box::new(MemoryTier::new(None))], 0);
+        store(&mut e, &[k(1), k(2)]);
+        e.end_step();
+        store(&mut e, &[k(3), k(4)]); // evicts k1, k2 (now in the tier)
+        e.end_step();
+        e.tier_mut::<MemoryTier>(0).unwrap().fail_next(FailKind::Load);
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending);
+        e.end_step();
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending, "failed load freed the slot; reserved again");
+        e.end_step();
+        assert_eq!(e.lookup(&k(1), R1), LookupResult::Ready);
     }
 }

@@ -414,3 +414,170 @@ impl<P: EvictionPolicy> PrimaryPool<P> {
         out.append(&mut self.events);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    use super::*;
+    use crate::{AnyPolicy, ArcPolicy, LruPolicy, PolicyKind};
+
+    fn k(b: u8) -> OffloadKey {
+        OffloadKey::new(&[b], 0).unwrap()
+    }
+
+    fn store<P: EvictionPolicy>(pool: &mut PrimaryPool<P>, keys: &[OffloadKey]) -> StorePlan {
+        let mut plan = StorePlan::new();
+        pool.prepare_store(keys, &mut plan).unwrap();
+        let mut readied = Vec::new();
+        pool.complete_store(&plan.keys, true, &mut readied);
+        plan
+    }
+
+    fn slots(plan: &StorePlan) -> Vec<u32> {
+        plan.slots.iter().map(|s| s.0).collect()
+    }
+
+    fn lru_order(pool: &PrimaryPool<LruPolicy>) -> Vec<OffloadKey> {
+        pool.policy().order().map(|s| *pool.slot(s).unwrap().0).collect()
+    }
+
+    #[test]
+    fn fresh_slots_first_then_last_freed_first() {
+        let mut pool = PrimaryPool::new(LruPolicy::new(4));
+        assert_eq!(slots(&store(&mut pool, &[k(1), k(2), k(3)])), [0, 1, 2]);
+        // One fresh slot (3) is left; k(1) is evicted for the second key and its slot reused.
+        let plan = store(&mut pool, &[k(4), k(5)]);
+        assert_eq!(slots(&plan), [3, 0]);
+        assert_eq!(plan.evicted, [k(1)]);
+        // A failed store frees its slots onto the stack: last freed, first reused.
+        let mut plan = StorePlan::new();
+        pool.prepare_store(&[k(6), k(7)], &mut plan).unwrap();
+        assert_eq!(slots(&plan), [2, 1]);
+        assert_eq!(plan.evicted, [k(2), k(3)]);
+        pool.complete_store(&[k(6), k(7)], false, &mut Vec::new());
+        assert_eq!(pool.len(), 2);
+        assert_eq!(slots(&store(&mut pool, &[k(8)])), [1]);
+    }
+
+    #[test]
+    fn eviction_protects_the_calls_keys_and_is_atomic() {
+        let mut pool = PrimaryPool::new(LruPolicy::new(2));
+        store(&mut pool, &[k(1), k(2)]);
+        // k(1) is least recent but named by the call, so k(2) goes.
+        let plan = store(&mut pool, &[k(1), k(3)]);
+        assert_eq!(plan.keys, [k(3)]);
+        assert_eq!(plan.evicted, [k(2)]);
+        // Pin one block; the other is protected: nothing can be evicted and nothing changes.
+        pool.prepare_load(&[k(3)], &mut Vec::new()).unwrap();
+        let before = lru_order(&pool);
+        let mut plan = StorePlan::new();
+        assert_eq!(pool.prepare_store(&[k(1), k(4)], &mut plan), Err(StoreError::NoSpace { needed: 1 }));
+        assert!(plan.keys.is_empty() && plan.evicted.is_empty());
+        assert_eq!(lru_order(&pool), before);
+        let mut events = EventLog::new();
+        pool.take_events(&mut events);
+        // stored k1,k2; stored k3 after removed k2 ... and no event for the failed call.
+        let kinds: Vec<(bool, usize)> = events.iter().map(|e| (e.removed, e.keys.len())).collect();
+        assert_eq!(kinds, [(false, 2), (true, 1), (false, 1)]);
+    }
+
+    #[test]
+    fn repeats_store_once_and_pin_per_occurrence() {
+        let mut pool = PrimaryPool::new(LruPolicy::new(3));
+        let plan = store(&mut pool, &[k(1), k(1), k(2)]);
+        assert_eq!(plan.keys, [k(1), k(2)]);
+        assert_eq!(pool.free_slots(), 1);
+        let mut got = Vec::new();
+        pool.prepare_load(&[k(1), k(1)], &mut got).unwrap();
+        assert_eq!(got, [SlotId(0), SlotId(0)]);
+        assert_eq!(pool.find(&k(1)), Some((SlotId(0), 2)));
+        // Three unpins of a block pinned twice: refused as a whole, nothing changes.
+        assert_eq!(pool.complete_load(&[k(1), k(2), k(1), k(1)]), Err(UnpinError::NotPinned { index: 1 }));
+        assert_eq!(pool.complete_load(&[k(1), k(1), k(1)]), Err(UnpinError::NotPinned { index: 2 }));
+        assert_eq!(pool.find(&k(1)), Some((SlotId(0), 2)));
+        assert_eq!(pool.complete_load(&[k(9)]), Err(UnpinError::NotPresent { index: 0 }));
+        pool.complete_load(&[k(1), k(1)]).unwrap();
+        assert_eq!(pool.find(&k(1)), Some((SlotId(0), 0)));
+    }
+
+    #[test]
+    fn load_errors_leave_state_unchanged() {
+        let mut pool = PrimaryPool::new(LruPolicy::new(3));
+        store(&mut pool, &[k(1)]);
+        let mut plan = StorePlan::new();
+        pool.prepare_store(&[k(2)], &mut plan).unwrap();
+        let mut got = vec![SlotId(7)];
+        assert_eq!(pool.prepare_load(&[k(1), k(2)], &mut got), Err(LoadError::NotReady { index: 1 }));
+        assert_eq!(pool.prepare_load(&[k(1), k(3)], &mut got), Err(LoadError::NotPresent { index: 1 }));
+        assert_eq!(got, [SlotId(7)]);
+        assert_eq!(pool.find(&k(1)), Some((SlotId(0), 0)));
+        assert_eq!(pool.lookup(&k(2)), PoolLookup::Pending);
+        assert_eq!(pool.lookup(&k(1)), PoolLookup::Ready);
+        assert_eq!(pool.lookup(&k(3)), PoolLookup::Miss);
+    }
+
+    #[test]
+    fn touch_leaves_the_first_key_most_recent() {
+        let mut pool = PrimaryPool::new(LruPolicy::new(4));
+        store(&mut pool, &[k(1), k(2), k(3), k(4)]);
+        pool.touch(&[k(2), k(9), k(1)]);
+        assert_eq!(lru_order(&pool), [k(3), k(4), k(1), k(2)]);
+    }
+
+    #[test]
+    fn arc_ghost_hits_move_the_target() {
+        let mut pool = PrimaryPool::new(ArcPolicy::new(2));
+        store(&mut pool, &[k(1), k(2)]);
+        store(&mut pool, &[k(3)]); // evicts k1 from T1 into B1
+        assert_eq!(pool.policy().b1().copied().collect::<Vec<_>>(), [k(1)]);
+        pool.touch(&[k(1)]); // ghost hit in B1: p = min(0 + max(1, 0/1), 2) = 1
+        assert_eq!(pool.policy().target(), 1.0);
+        pool.touch(&[k(3)]); // ready in T1: to T2
+        assert_eq!(pool.policy().t2().collect::<Vec<_>>(), [SlotId(0)]);
+        // |T1| = 1 >= floor(p) = 1: the victim comes from T1 (k2), and goes to B1.
+        let plan = store(&mut pool, &[k(4)]);
+        assert_eq!(plan.evicted, [k(2)]);
+        assert_eq!(pool.policy().b1().copied().collect::<Vec<_>>(), [k(1), k(2)]);
+        // Inserting a ghost's key drops it from the ghost list.
+        store(&mut pool, &[k(1)]);
+        assert_eq!(pool.policy().b1().copied().collect::<Vec<_>>(), [k(2), k(4)]);
+    }
+
+    #[test]
+    fn arc_fails_when_t2_is_empty_even_if_t1_has_a_candidate() {
+        let mut pool = PrimaryPool::new(ArcPolicy::new(2));
+        store(&mut pool, &[k(1), k(2)]);
+        store(&mut pool, &[k(3)]); // k1 -> B1
+        pool.touch(&[k(1)]); // p = 1
+        pool.touch(&[k(1)]); // p = 2 (capped at capacity)
+        assert_eq!(pool.policy().target(), 2.0);
+        // |T1| = 2 >= 2, so T1 is tried first; make T1 (k2,k3) unevictable but one: pin k2.
+        pool.prepare_load(&[k(2)], &mut Vec::new()).unwrap();
+        // Need 2 victims: the first from T1 (k3), then virtual |T1| = 1 < 2 so T2 is asked,
+        // which is empty: the call fails and nothing changes.
+        let mut plan = StorePlan::new();
+        assert!(pool.prepare_store(&[k(5), k(6)], &mut plan).is_err());
+        assert_eq!(pool.len(), 2);
+        assert_eq!(pool.policy().b1().copied().collect::<Vec<_>>(), [k(1)]);
+    }
+
+    #[test]
+    fn any_policy_dispatches() {
+        let mut pool = PrimaryPool::new(AnyPolicy::new(PolicyKind::Arc, 1));
+        store(&mut pool, &[k(1)]);
+        store(&mut pool, &[k(2)]);
+        let AnyPolicy::Arc(arc) = pool.policy() else { panic!("ARC expected") };
+        assert_eq!(arc.b1().copied().collect::<Vec<_>>(), [k(1)]);
+    }
+
+    #[test]
+    fn zero_slots() {
+        let mut pool = PrimaryPool::new(ArcPolicy::new(0));
+        let mut plan = StorePlan::new();
+        assert_eq!(pool.prepare_store(&[k(1)], &mut plan), Err(StoreError::NoSpace { needed: 1 }));
+        pool.prepare_store(&[], &mut plan).unwrap();
+        pool.touch(&[k(1)]);
+    }
+}
