@@ -54,20 +54,23 @@ pub mod arc;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod jobs;
 mod key;
 mod list;
 pub mod lru;
 pub mod memory_tier;
 pub mod policy;
 pub mod pool;
-pub mod tier;
+pub mod sync;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tier;
 
 pub use arc::ArcPolicy;
 pub use engine::{EngineConfig, EngineStats, LookupResult, TieringEngine};
 pub use error::{LoadError, ProtocolError, ShutDown, StoreError, UnpinError};
 pub use event::{Event, EventLog, Medium};
+pub use jobs::{CompletionQueue, JobHandle, JobProgress, JobShared, JobTable};
 pub use key::{JobId, KeyError, OffloadKey, ReqContext, ReqId, SlotId, GROUP_LEN, MAX_KEY_LEN};
 pub use lru::LruPolicy;
 pub use memory_tier::{JobKind, MemoryTier, RowIo};
