@@ -18,6 +18,9 @@
 //!   that are already present.)
 //! - A finished promotion only completes a key that is still in flight *in the slot the job
 //!   loaded into*.
+//! - `complete_load` only drops pins the caller took: a block's cascade pins are the engine's,
+//!   and releasing one early would let the slot be evicted and reused while a tier still reads
+//!   it. Unpinning more than the caller holds is [`UnpinError::NotPinned`].
 //! - A tier that breaks the protocol (unknown job, job reported twice, ...) does not stop the
 //!   engine: the report is ignored, counted in [`EngineStats::protocol_errors`] and kept as
 //!   [`TieringEngine::last_protocol_error`].
@@ -166,7 +169,10 @@ enum Promo {
     /// Reserved by a lookup this step; submitted at `end_step`.
     Reserved,
     /// Load job `job` in flight; overdue once `step >= due`.
-    Submitted { job: JobId, due: u64 },
+    Submitted {
+        job: JobId,
+        due: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +195,8 @@ pub struct TieringEngine<P = AnyPolicy> {
     next_job: u64,
     jobs: JobBook,
     promo: Vec<Promo>,
+    /// Per slot: pins held by cascades in flight (never the caller's to release).
+    cascade_pins: Vec<i32>,
     pending: Vec<Pending>,
     groups: Vec<(usize, ReqContext)>,
     tier_rank: Vec<u32>,
@@ -218,6 +226,7 @@ impl<P: EvictionPolicy> TieringEngine<P> {
             next_job: 0,
             jobs: JobBook::default(),
             promo: alloc::vec![Promo::None; n],
+            cascade_pins: alloc::vec![0; n],
             pending: Vec::new(),
             groups: Vec::new(),
             tier_rank: alloc::vec![u32::MAX; t],
@@ -344,6 +353,7 @@ impl<P: EvictionPolicy> TieringEngine<P> {
         let (tier, job) = (rec.tier, rec.id.0);
         let mut lost = false;
         for (key, &slot) in rec.keys.iter().zip(&rec.slots) {
+            self.cascade_pins[slot.index()] -= 1;
             lost |= !self.pool.unpin_slot(slot, key);
         }
         if self.outcome.iter().any(|&ok| !ok) {
@@ -442,9 +452,15 @@ impl<P: EvictionPolicy> TieringEngine<P> {
 
     /// Allocates primary slots for the absent `keys` (see [`PrimaryPool::prepare_store`]),
     /// filling `plan`.
-    pub fn prepare_store(&mut self, keys: &[OffloadKey], _req: ReqContext, plan: &mut StorePlan) -> Result<(), StoreError> {
+    pub fn prepare_store(
+        &mut self,
+        keys: &[OffloadKey],
+        _req: ReqContext,
+        plan: &mut StorePlan,
+    ) -> Result<(), StoreError> {
         self.poll_guarded();
         if self.shut_down {
+            plan.clear();
             return Err(StoreError::ShutDown);
         }
         self.pool.prepare_store(keys, plan)
@@ -470,6 +486,7 @@ impl<P: EvictionPolicy> TieringEngine<P> {
                 let rec = &mut self.jobs.records[r as usize];
                 for &slot in &readied {
                     if let Some(key) = self.pool.pin_slot(slot) {
+                        self.cascade_pins[slot.index()] += 1;
                         rec.slots.push(slot);
                         rec.keys.push(key);
                     }
@@ -494,7 +511,12 @@ impl<P: EvictionPolicy> TieringEngine<P> {
     }
 
     /// Pins ready `keys` for reading into the GPU, appending their slots to `slots`.
-    pub fn prepare_load(&mut self, keys: &[OffloadKey], _req: ReqContext, slots: &mut Vec<SlotId>) -> Result<(), LoadError> {
+    pub fn prepare_load(
+        &mut self,
+        keys: &[OffloadKey],
+        _req: ReqContext,
+        slots: &mut Vec<SlotId>,
+    ) -> Result<(), LoadError> {
         self.poll_guarded();
         if self.shut_down {
             return Err(LoadError::ShutDown);
@@ -507,7 +529,8 @@ impl<P: EvictionPolicy> TieringEngine<P> {
         if self.shut_down {
             return Err(UnpinError::ShutDown);
         }
-        self.pool.complete_load(keys)
+        let cascade_pins = &self.cascade_pins;
+        self.pool.complete_load_above(keys, |s| cascade_pins[s.index()])
     }
 
     /// Marks `keys` recently used in the primary pool and in every tier.
@@ -674,6 +697,12 @@ mod tests {
         busy: bool,
     }
 
+    impl ManualTier {
+        fn holding(has: Vec<OffloadKey>) -> Self {
+            ManualTier { has, ..ManualTier::default() }
+        }
+    }
+
     impl SecondaryTier for ManualTier {
         fn lookup(&mut self, key: &OffloadKey, _req: ReqContext) -> TierLookup {
             if self.busy {
@@ -726,6 +755,11 @@ mod tests {
         assert_eq!(e.primary().find(&k(1)), Some((SlotId(0), 2)));
         assert_eq!(manual(&mut e, 0).stores, [(JobId(0), vec![k(1), k(2)])]);
         assert_eq!(manual(&mut e, 1).stores, [(JobId(1), vec![k(1), k(2)])]);
+        // The cascades' pins are the engine's: the caller cannot release them.
+        assert_eq!(e.complete_load(&[k(1)], R1), Err(UnpinError::NotPinned { index: 0 }));
+        e.prepare_load(&[k(1)], R1, &mut Vec::new()).unwrap();
+        assert_eq!(e.complete_load(&[k(1), k(1)], R1), Err(UnpinError::NotPinned { index: 1 }));
+        e.complete_load(&[k(1)], R1).unwrap();
         // Completing already-ready keys again cascades nothing.
         assert_eq!(e.complete_store(&[k(1)], R1, true), Ok(0));
         assert_eq!(e.jobs_in_flight(), 2);
@@ -773,8 +807,7 @@ mod tests {
     #[test]
     fn busy_tier_means_retry_unless_a_later_tier_hits() {
         let busy = ManualTier { busy: true, ..ManualTier::default() };
-        let mut other = ManualTier::default();
-        other.has = vec![k(1)];
+        let other = ManualTier::holding(vec![k(1)]);
         let mut e = engine(2, vec![Box::new(busy), Box::new(other)], 0);
         assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending);
         assert_eq!(e.lookup(&k(2), R1), LookupResult::Retry);
@@ -782,8 +815,7 @@ mod tests {
 
     #[test]
     fn full_primary_makes_promotion_a_miss() {
-        let mut t = ManualTier::default();
-        t.has = vec![k(5)];
+        let t = ManualTier::holding(vec![k(5)]);
         let mut e = engine(1, vec![Box::new(t)], 0);
         let mut plan = StorePlan::new();
         e.prepare_store(&[k(1)], R1, &mut plan).unwrap(); // in flight: not evictable
@@ -792,8 +824,7 @@ mod tests {
 
     #[test]
     fn overdue_promotion_answers_miss_and_lands_late() {
-        let mut t = ManualTier::default();
-        t.has = vec![k(1)];
+        let t = ManualTier::holding(vec![k(1)]);
         let mut e = engine(2, vec![Box::new(t)], 2);
         assert_eq!(e.lookup(&k(1), R1), LookupResult::Pending);
         e.end_step(); // submitted
@@ -833,8 +864,7 @@ mod tests {
 
     #[test]
     fn shutdown_reports_every_job_and_releases_every_slot() {
-        let mut t = ManualTier::default();
-        t.has = vec![k(7), k(8)];
+        let t = ManualTier::holding(vec![k(7), k(8)]);
         let mut e = engine(4, vec![Box::new(t)], 0);
         store(&mut e, &[k(1)]);
         assert_eq!(e.lookup(&k(7), R1), LookupResult::Pending);
@@ -852,8 +882,7 @@ mod tests {
 
     #[test]
     fn polls_once_per_step_before_checking_arguments() {
-        let mut t = ManualTier::default();
-        t.has = vec![k(1)];
+        let t = ManualTier::holding(vec![k(1)]);
         let mut e = engine(2, vec![Box::new(MemoryTier::new(None)), Box::new(t)], 0);
         store(&mut e, &[k(2)]);
         assert_eq!(e.primary().find(&k(2)), Some((SlotId(0), 2)));

@@ -63,6 +63,7 @@ impl OffloadKey {
     }
 
     /// The full key bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
@@ -79,6 +80,7 @@ impl OffloadKey {
     }
 
     /// The fixed, seedless hash every table in the core uses for this key.
+    #[inline]
     pub(crate) fn table_hash(&self) -> u64 {
         let mut h = foldhash::fast::FixedState::with_seed(0x6b76_7469_6572).build_hasher();
         h.write(self.as_bytes());
@@ -87,8 +89,11 @@ impl OffloadKey {
 }
 
 impl PartialEq for OffloadKey {
+    /// Bytes past `len` are always zero (every constructor zero-fills), so comparing the whole
+    /// fixed-size array is exact, and compiles to a few vector compares instead of a `memcmp`.
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        self.len == other.len && self.bytes == other.bytes
     }
 }
 impl Eq for OffloadKey {}

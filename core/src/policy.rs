@@ -42,6 +42,8 @@ pub enum PolicyKind {
 }
 
 /// LRU or ARC, chosen at run time.
+// One per pool: the size difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum AnyPolicy {
     /// LRU.

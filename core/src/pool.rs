@@ -45,7 +45,7 @@ impl StorePlan {
         Self::default()
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.keys.clear();
         self.slots.clear();
         self.evicted.clear();
@@ -347,10 +347,20 @@ impl<P: EvictionPolicy> PrimaryPool<P> {
     /// Unpins `keys`: `ref_cnt -= 1` per occurrence; each must be present and pinned. On error
     /// nothing changed.
     pub fn complete_load(&mut self, keys: &[OffloadKey]) -> Result<(), UnpinError> {
+        self.complete_load_above(keys, |_| 0)
+    }
+
+    /// `complete_load` that never takes a slot's `ref_cnt` below `floor(slot)` (pins the caller
+    /// does not own, such as the engine's cascade pins).
+    pub(crate) fn complete_load_above(
+        &mut self,
+        keys: &[OffloadKey],
+        floor: impl Fn(SlotId) -> i32,
+    ) -> Result<(), UnpinError> {
         for (index, key) in keys.iter().enumerate() {
             let err = match self.find_slot(key) {
                 None => UnpinError::NotPresent { index },
-                Some(s) if self.slots[s as usize].ref_cnt <= 0 => UnpinError::NotPinned { index },
+                Some(s) if self.slots[s as usize].ref_cnt <= floor(SlotId(s)).max(0) => UnpinError::NotPinned { index },
                 Some(s) => {
                     self.slots[s as usize].ref_cnt -= 1;
                     continue;

@@ -86,7 +86,8 @@ struct Workload {
 
 impl Workload {
     fn new(universe: usize, seed: u64) -> Self {
-        let keys = (0..universe as u32).map(|i| OffloadKey::new(&(i as u64 * 0x9e37).to_le_bytes(), i % 3).unwrap()).collect();
+        let keys =
+            (0..universe as u32).map(|i| OffloadKey::new(&(i as u64 * 0x9e37).to_le_bytes(), i % 3).unwrap()).collect();
         Workload {
             keys,
             rng: Rng(seed),
