@@ -1,1 +1,20 @@
-//! placeholder
+//! # kvtier-fs
+//!
+//! The file-system secondary tier: the vLLM-compatible namespace and paths ([`namespace`]), the
+//! on-disk block formats ([`mod@format`]), and the executor interface ([`op`]) that turns per-block
+//! file operations into syscalls on worker threads or io_uring.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod direct;
+pub mod format;
+pub mod namespace;
+pub mod op;
+pub mod region;
+pub mod tier;
+pub mod tmpname;
+
+pub use op::{BlockFormat, Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
+pub use tier::{FsStats, FsTier, FsTierConfig, StartupReport, StorageFormat};

@@ -1,0 +1,863 @@
+//! The conformance suite every [`Executor`] must pass (feature `conformance`).
+//!
+//! Each case is a public function taking the executor's constructor, `make(region, dir) -> E`,
+//! where `dir` is the case's scratch directory (an executor that probes the file system, e.g.
+//! for `O_DIRECT`, probes it there).
+//! [`executor_conformance!`](crate::executor_conformance) generates one `#[test]` per case in
+//! the module it is invoked in:
+//!
+//! ```ignore
+//! mod buffered {
+//!     kvtier_fs::executor_conformance!(|region, _dir| MyExecutor::new(region, false));
+//! }
+//! ```
+//!
+//! The cases work on real files in temporary directories under [`std::env::temp_dir`] (on the
+//! machines this project runs on, `/tmp` is the same ext4 file system as the workspace, so
+//! `O_DIRECT` is exercised; where `/tmp` is tmpfs, an `O_DIRECT` executor runs buffered or
+//! not at all, depending on its probe).
+//!
+//! What they pin down: byte-exact round trips in both formats and at aligned and unaligned row
+//! sizes; `NotFound`, `Corrupt` (the file is removed) and `Transient` (the file is kept)
+//! outcomes; temp-file hygiene (no temp file survives an op, published files are never
+//! written in place); hundreds of ops in flight; every op reported exactly once, including
+//! across `shutdown` and `Drop`; leases held while an op runs and released before it is
+//! reported.
+//!
+//! [`transient_errors_keep_the_file`] re-runs its own test in a child process with a lowered
+//! `RLIMIT_NOFILE` (through `sh -c 'ulimit -n ...'`) to make `open` fail with `EMFILE`: that
+//! works as root, where permission bits deny nothing, and keeps the limit away from the other
+//! tests of the parent process. It needs the standard libtest harness (`--exact`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvtier_core::{OffloadKey, SlotId};
+use tempfile::TempDir;
+
+use crate::format::{self, HEADER_LEN};
+use crate::region::{Access, PrimaryRegion};
+use crate::{tmpname, BlockFormat, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
+
+/// The namespace digest native blocks are written under.
+pub const NAMESPACE: [u8; 12] = *b"0123456789ab";
+/// Another namespace: its blocks are foreign to [`NAMESPACE`].
+pub const OTHER_NAMESPACE: [u8; 12] = *b"ba9876543210";
+
+/// Longest a case waits for one completion before declaring the executor stuck.
+pub const STUCK: Duration = Duration::from_secs(120);
+
+/// Row sizes every round trip is run with: one page, three pages, and an unaligned size.
+pub const ROW_SIZES: [usize; 3] = [4096, 12288, 5000];
+
+const CHILD_ENV: &str = "KVTIER_CONFORMANCE_CHILD_DIR";
+const CHILD_MARKER: &str = "child-passed";
+
+/// Generates one `#[test]` per conformance case in the current module; `$make` is the
+/// executor's constructor, `|region: Arc<PrimaryRegion>, dir: &Path| -> impl Executor`.
+#[macro_export]
+macro_rules! executor_conformance {
+    ($make:expr) => {
+        $crate::executor_conformance!(@cases $make;
+            round_trip_many_blocks,
+            files_have_the_format_layout,
+            load_of_a_missing_file_is_not_found,
+            wrong_length_is_corrupt_and_removed,
+            flipped_bytes_are_corrupt_and_removed,
+            foreign_native_files_are_corrupt,
+            store_creates_missing_directories,
+            store_replaces_a_published_file_atomically,
+            failed_store_leaves_nothing,
+            many_ops_in_flight,
+            poll_waits_as_asked,
+            shutdown_reports_every_op,
+            drop_with_work_in_flight_is_sound,
+            lease_conflicts_fail_the_op,
+        );
+        #[test]
+        fn transient_errors_keep_the_file() {
+            $crate::conformance::transient_errors_keep_the_file(
+                concat!(module_path!(), "::transient_errors_keep_the_file"),
+                $make,
+            );
+        }
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::$case($make);
+            }
+        )*
+    };
+}
+
+/// Runs every case except [`transient_errors_keep_the_file`] (which needs its test's name to
+/// re-run itself in a child process), in one test.
+pub fn run_all<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(make: F) {
+    round_trip_many_blocks(&make);
+    files_have_the_format_layout(&make);
+    load_of_a_missing_file_is_not_found(&make);
+    wrong_length_is_corrupt_and_removed(&make);
+    flipped_bytes_are_corrupt_and_removed(&make);
+    foreign_native_files_are_corrupt(&make);
+    store_creates_missing_directories(&make);
+    store_replaces_a_published_file_atomically(&make);
+    failed_store_leaves_nothing(&make);
+    many_ops_in_flight(&make);
+    poll_waits_as_asked(&make);
+    shutdown_reports_every_op(&make);
+    drop_with_work_in_flight_is_sound(&make);
+    lease_conflicts_fail_the_op(&make);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh scratch directory under [`std::env::temp_dir`].
+pub fn scratch_dir() -> TempDir {
+    tempfile::Builder::new().prefix("kvtier-conformance-").tempdir().expect("create a scratch directory")
+}
+
+/// A region of `rows` rows of `row_bytes`.
+pub fn region(rows: usize, row_bytes: usize) -> Arc<PrimaryRegion> {
+    Arc::new(PrimaryRegion::anonymous(rows, row_bytes).expect("map a region"))
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// `len` pseudo-random bytes determined by `seed`.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(&splitmix(seed.wrapping_mul(0x1_0000_0001).wrapping_add(i)).to_le_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Block `i`'s key: a 16-byte hash part and group `i % 3`.
+pub fn key(i: u64) -> OffloadKey {
+    let mut hash = [0u8; 16];
+    hash[..8].copy_from_slice(&splitmix(i).to_le_bytes());
+    hash[8..].copy_from_slice(&splitmix(!i).to_le_bytes());
+    OffloadKey::new(&hash, (i % 3) as u32).expect("a 20-byte key")
+}
+
+/// Block `i`'s file under `root`, laid out like the FS tier's (`{h[0:3]}/{h[3:5]}_g{g}/{h}.bin`).
+pub fn block_path(root: &Path, i: u64) -> PathBuf {
+    let k = key(i);
+    let h: String = k.hash().iter().map(|b| format!("{b:02x}")).collect();
+    root.join(&h[..3]).join(format!("{}_g{}", &h[3..5], k.group())).join(format!("{h}.bin"))
+}
+
+/// The native format for block `i` under [`NAMESPACE`].
+pub fn native(i: u64) -> BlockFormat {
+    BlockFormat::Native { namespace: NAMESPACE, key: key(i) }
+}
+
+/// Fills row `slot` with `pattern(seed)`; with `dirty_tail`, the bytes between `row_bytes` and
+/// the stride are set to a non-zero value too (a well-behaved executor never writes them to a
+/// file: the native format pads with zeros).
+pub fn fill(region: &Arc<PrimaryRegion>, slot: u32, seed: u64, dirty_tail: bool) {
+    let mut lease = region.lease(SlotId(slot), Access::Write).expect("fill: slot is free");
+    let row_bytes = region.row_bytes();
+    let row = lease.as_mut_slice().expect("a write lease");
+    row[..row_bytes].copy_from_slice(&pattern(seed, row_bytes));
+    row[row_bytes..].fill(if dirty_tail { 0xee } else { 0 });
+}
+
+/// A copy of row `slot`'s block bytes.
+pub fn block(region: &Arc<PrimaryRegion>, slot: u32) -> Vec<u8> {
+    region.lease(SlotId(slot), Access::Read).expect("block: slot is not write-leased").block().to_vec()
+}
+
+/// An op.
+pub fn op(token: u64, kind: OpKind, slot: u32, path: &Path, format: BlockFormat) -> FileOp {
+    FileOp { token, kind, slot: SlotId(slot), path: path.to_path_buf(), format, sync: token % 4 == 0 }
+}
+
+/// Every temp file (by [`tmpname::parse_temp`]) under `root`.
+pub fn temp_files(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            } else if tmpname::parse_temp(&entry.file_name()).is_some() {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn assert_no_temp_files(root: &Path) {
+    let left = temp_files(root);
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+}
+
+/// Polls once with `wait`, checking the count against `in_flight`.
+pub fn poll_some<E: Executor>(exec: &mut E, out: &mut Vec<FileOpDone>, wait: Wait) -> usize {
+    let before = exec.in_flight();
+    let len = out.len();
+    let n = exec.poll(out, wait).expect("poll");
+    assert_eq!(out.len() - len, n, "poll's count must match what it appended");
+    assert_eq!(exec.in_flight(), before - n, "in_flight must drop by what poll returned");
+    n
+}
+
+/// Submits every op (polling for room whenever the executor is full), then polls until nothing
+/// is in flight. Returns each op's outcome by token; panics on a token reported twice or never.
+pub fn run_ops<E: Executor>(exec: &mut E, ops: Vec<FileOp>) -> HashMap<u64, Outcome> {
+    let tokens: Vec<u64> = ops.iter().map(|o| o.token).collect();
+    let mut done = Vec::new();
+    let base = exec.in_flight();
+    let mut submitted = 0;
+    for mut op in ops {
+        loop {
+            match exec.submit(op) {
+                Ok(()) => break,
+                Err(full) => {
+                    op = full.0;
+                    assert!(exec.in_flight() > 0, "executor full with nothing in flight");
+                    poll_some(exec, &mut done, Wait::Timeout(STUCK));
+                }
+            }
+        }
+        submitted += 1;
+        assert_eq!(exec.in_flight() + done.len(), base + submitted, "in_flight counts submitted, not polled ops");
+    }
+    while exec.in_flight() > 0 {
+        assert!(poll_some(exec, &mut done, Wait::Timeout(STUCK)) > 0, "no completion within {STUCK:?}");
+    }
+    collect(done, &tokens)
+}
+
+fn collect(done: Vec<FileOpDone>, tokens: &[u64]) -> HashMap<u64, Outcome> {
+    let mut by_token = HashMap::new();
+    for d in done {
+        assert!(tokens.contains(&d.token), "unknown token {} reported", d.token);
+        assert!(by_token.insert(d.token, d.outcome).is_none(), "token {} reported twice", d.token);
+    }
+    for t in tokens {
+        assert!(by_token.contains_key(t), "token {t} never reported");
+    }
+    by_token
+}
+
+/// Runs one op and returns its outcome.
+pub fn run_one<E: Executor>(exec: &mut E, op: FileOp) -> Outcome {
+    let token = op.token;
+    run_ops(exec, vec![op]).remove(&token).expect("reported")
+}
+
+fn assert_ok(outcome: &Outcome, what: &str) {
+    assert!(outcome.is_ok(), "{what}: {outcome:?}");
+}
+
+fn assert_corrupt_and_removed(outcome: Outcome, path: &Path, what: &str) -> &'static str {
+    let Outcome::Corrupt(reason) = outcome else { panic!("{what}: expected Corrupt, got {outcome:?}") };
+    assert!(!path.exists(), "{what}: the corrupt file {} must be removed", path.display());
+    reason
+}
+
+/// Stores block `i` from `slot` (filled with seed `i`) at `block_path(root, i)`.
+fn store_block<E: Executor>(
+    exec: &mut E,
+    region: &Arc<PrimaryRegion>,
+    root: &Path,
+    i: u64,
+    slot: u32,
+    format: BlockFormat,
+) -> PathBuf {
+    fill(region, slot, i, false);
+    let path = block_path(root, i);
+    assert_ok(&run_one(exec, op(i, OpKind::Store, slot, &path, format)), "store");
+    path
+}
+
+fn formats(i: u64) -> [BlockFormat; 2] {
+    [BlockFormat::Vllm, native(i)]
+}
+
+fn format_name(f: &BlockFormat) -> &'static str {
+    match f {
+        BlockFormat::Vllm => "vllm",
+        BlockFormat::Native { .. } => "native",
+    }
+}
+
+fn expected_len(format: &BlockFormat, row_bytes: usize) -> u64 {
+    match format {
+        BlockFormat::Vllm => row_bytes as u64,
+        BlockFormat::Native { .. } => format::native_file_len(row_bytes as u64),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+// ---------------------------------------------------------------------------------------------
+
+/// 64 blocks, in both formats and at every [`ROW_SIZES`] size, stored from slots `0..64` and
+/// loaded back into slots `64..128` (pre-filled with garbage): byte-exact, each slot free again
+/// as soon as its op is reported, no temp file left.
+pub fn round_trip_many_blocks<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    const N: u64 = 64;
+    for row_bytes in ROW_SIZES {
+        for fmt in 0..2 {
+            let dir = scratch_dir();
+            let region = region(2 * N as usize, row_bytes);
+            let mut exec = make(Arc::clone(&region), dir.path());
+            let format = |i| formats(i)[fmt];
+            let what = format!("{} format, {row_bytes}-byte rows", format_name(&format(0)));
+            // Slots are shuffled so neighbours on disk are not neighbours in memory.
+            let src = |i: u64| ((i * 37) % N) as u32;
+            let dst = |i: u64| N as u32 + ((i * 11 + 5) % N) as u32;
+            for i in 0..N {
+                fill(&region, src(i), i, i % 2 == 1);
+                fill(&region, dst(i), 0xdead_0000 + i, true);
+            }
+            let stores = (0..N).map(|i| op(i, OpKind::Store, src(i), &block_path(dir.path(), i), format(i))).collect();
+            for (t, o) in run_ops(&mut exec, stores) {
+                assert_ok(&o, &format!("{what}: store {t}"));
+                region.lease(SlotId(src(t)), Access::Write).expect("a reported store's slot is released");
+            }
+            for i in 0..N {
+                let len = fs::metadata(block_path(dir.path(), i)).expect("stored file exists").len();
+                assert_eq!(len, expected_len(&format(i), row_bytes), "{what}: file length");
+            }
+            let loads =
+                (0..N).map(|i| op(100 + i, OpKind::Load, dst(i), &block_path(dir.path(), i), format(i))).collect();
+            for (t, o) in run_ops(&mut exec, loads) {
+                assert_ok(&o, &format!("{what}: load {t}"));
+                region.lease(SlotId(dst(t - 100)), Access::Write).expect("a reported load's slot is released");
+            }
+            for i in 0..N {
+                assert!(
+                    block(&region, dst(i)) == pattern(i, row_bytes),
+                    "{what}: block {i} differs after the round trip"
+                );
+                assert!(block(&region, src(i)) == pattern(i, row_bytes), "{what}: a store modified its source row");
+            }
+            assert_no_temp_files(dir.path());
+            exec.shutdown();
+        }
+    }
+}
+
+/// A vLLM-format file is exactly the row's `row_bytes`; a native file is a header that decodes
+/// and checks, the row's bytes, and zero padding (even when the row's tail holds other bytes).
+pub fn files_have_the_format_layout<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    for row_bytes in ROW_SIZES {
+        let dir = scratch_dir();
+        let region = region(2, row_bytes);
+        let mut exec = make(Arc::clone(&region), dir.path());
+        fill(&region, 0, 7, true);
+        let vllm = dir.path().join("vllm.bin");
+        assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &vllm, BlockFormat::Vllm)), "vllm store");
+        assert!(fs::read(&vllm).unwrap() == pattern(7, row_bytes), "a vllm file is the raw row ({row_bytes} bytes)");
+
+        let nat = dir.path().join("native.bin");
+        assert_ok(&run_one(&mut exec, op(2, OpKind::Store, 0, &nat, native(7))), "native store");
+        let bytes = fs::read(&nat).unwrap();
+        assert_eq!(bytes.len() as u64, format::native_file_len(row_bytes as u64));
+        let header = format::decode_header(&bytes).expect("the header decodes");
+        header.check(&NAMESPACE, &key(7), &pattern(7, row_bytes)).expect("the header checks");
+        assert!(bytes[HEADER_LEN..HEADER_LEN + row_bytes] == pattern(7, row_bytes), "the payload follows the header");
+        assert!(
+            bytes[HEADER_LEN + row_bytes..].iter().all(|&b| b == 0),
+            "the payload is zero padded ({row_bytes} bytes)"
+        );
+        assert_no_temp_files(dir.path());
+    }
+}
+
+/// Loading a file that does not exist is `NotFound`, in both formats, and creates nothing.
+pub fn load_of_a_missing_file_is_not_found<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let dir = scratch_dir();
+    let region = region(1, 4096);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    for (t, format) in formats(0).into_iter().enumerate() {
+        for path in [dir.path().join("missing.bin"), block_path(&dir.path().join("no-such-dir"), 0)] {
+            let o = run_one(&mut exec, op(t as u64, OpKind::Load, 0, &path, format));
+            assert!(matches!(o, Outcome::NotFound), "{}: {o:?}", path.display());
+            assert!(!path.exists());
+        }
+    }
+    assert!(region.lease(SlotId(0), Access::Write).is_ok());
+}
+
+/// A file shorter or longer than its format's length is `Corrupt("wrong length")` and removed.
+pub fn wrong_length_is_corrupt_and_removed<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    for row_bytes in ROW_SIZES {
+        let dir = scratch_dir();
+        let region = region(2, row_bytes);
+        let mut exec = make(Arc::clone(&region), dir.path());
+        for format in formats(3) {
+            let full = expected_len(&format, row_bytes);
+            for len in [0, 1, full - 1, full / 2, full + 1, full + 4096] {
+                let path = store_block(&mut exec, &region, dir.path(), 3, 0, format);
+                fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len).unwrap();
+                let what = format!("{} file of {len} bytes instead of {full}", format_name(&format));
+                let reason =
+                    assert_corrupt_and_removed(run_one(&mut exec, op(9, OpKind::Load, 1, &path, format)), &path, &what);
+                assert_eq!(reason, "wrong length", "{what}");
+                assert!(region.lease(SlotId(1), Access::Write).is_ok());
+            }
+        }
+    }
+}
+
+/// A native file with one flipped bit (in the payload, in a header field, in the padding of the
+/// header) is `Corrupt` and removed.
+pub fn flipped_bytes_are_corrupt_and_removed<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    for row_bytes in ROW_SIZES {
+        let dir = scratch_dir();
+        let region = region(2, row_bytes);
+        let mut exec = make(Arc::clone(&region), dir.path());
+        let offsets = [HEADER_LEN, HEADER_LEN + row_bytes / 2, HEADER_LEN + row_bytes - 1, 0, 20, 100, 2000];
+        for at in offsets {
+            let path = store_block(&mut exec, &region, dir.path(), 5, 0, native(5));
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[at] ^= 0x10;
+            fs::write(&path, &bytes).unwrap();
+            let what = format!("native {row_bytes}-byte block with byte {at} flipped");
+            assert_corrupt_and_removed(run_one(&mut exec, op(6, OpKind::Load, 1, &path, native(5))), &path, &what);
+        }
+    }
+}
+
+/// A native file written under another namespace or for another key, or a file of the right
+/// length that is not a native block at all, is `Corrupt` and removed.
+pub fn foreign_native_files_are_corrupt<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let row_bytes = 12288;
+    let dir = scratch_dir();
+    let region = region(2, row_bytes);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let foreign_ns = BlockFormat::Native { namespace: OTHER_NAMESPACE, key: key(1) };
+    let expect = native(1);
+    for (written, what) in [(foreign_ns, "another namespace"), (native(2), "another key")] {
+        fill(&region, 0, 1, false);
+        let path = block_path(dir.path(), 1);
+        assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &path, written)), "store");
+        assert_corrupt_and_removed(run_one(&mut exec, op(2, OpKind::Load, 1, &path, expect)), &path, what);
+    }
+    let path = block_path(dir.path(), 1);
+    fs::write(&path, pattern(1, format::native_file_len(row_bytes as u64) as usize)).unwrap();
+    assert_corrupt_and_removed(run_one(&mut exec, op(3, OpKind::Load, 1, &path, expect)), &path, "not a native file");
+}
+
+/// A store into a directory that does not exist yet creates it (all missing levels).
+pub fn store_creates_missing_directories<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let dir = scratch_dir();
+    let region = region(2, 8192);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    for (i, format) in formats(4).into_iter().enumerate() {
+        let root = dir.path().join(format!("not/yet/there{i}"));
+        let path = store_block(&mut exec, &region, &root, 4, 0, format);
+        assert!(path.is_file(), "{} published", path.display());
+        fill(&region, 1, 99, false);
+        assert_ok(&run_one(&mut exec, op(2, OpKind::Load, 1, &path, format)), "load back");
+        assert!(block(&region, 1) == pattern(4, 8192));
+    }
+    assert_no_temp_files(dir.path());
+}
+
+/// Storing over a published file replaces it atomically: the new content appears under the
+/// name, the old file's inode is never written (a hard link to it keeps the old bytes), and no
+/// temp file is left.
+pub fn store_replaces_a_published_file_atomically<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let row_bytes = 4096;
+    let dir = scratch_dir();
+    let region = region(1, row_bytes);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let path = dir.path().join("block.bin");
+    let old = pattern(1, row_bytes);
+    fs::write(&path, &old).unwrap();
+    let link = dir.path().join("old-inode");
+    fs::hard_link(&path, &link).unwrap();
+    fill(&region, 0, 2, false);
+    assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &path, BlockFormat::Vllm)), "store over a published file");
+    assert!(fs::read(&path).unwrap() == pattern(2, row_bytes), "the new block is published");
+    assert!(fs::read(&link).unwrap() == old, "the published file was modified in place");
+    assert_no_temp_files(dir.path());
+}
+
+/// A store that cannot publish (the final name is a directory; a path component is a file)
+/// fails and leaves no temp file and no final file.
+pub fn failed_store_leaves_nothing<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let dir = scratch_dir();
+    let region = region(1, 4096);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    fill(&region, 0, 1, false);
+    let is_dir = dir.path().join("a-directory.bin");
+    fs::create_dir(&is_dir).unwrap();
+    fs::write(is_dir.join("keep"), b"x").unwrap();
+    let under_file = dir.path().join("a-file").join("block.bin");
+    fs::write(dir.path().join("a-file"), b"x").unwrap();
+    for (t, path) in [is_dir.clone(), under_file].iter().enumerate() {
+        for format in formats(1) {
+            let o = run_one(&mut exec, op(t as u64, OpKind::Store, 0, path, format));
+            assert!(matches!(o, Outcome::Failed(_)), "store to {}: {o:?}", path.display());
+            assert_no_temp_files(dir.path());
+        }
+    }
+    assert!(is_dir.join("keep").is_file());
+    assert!(!dir.path().join("a-file").join("block.bin").exists());
+    assert!(region.lease(SlotId(0), Access::Write).is_ok());
+}
+
+/// Hundreds of ops in flight at once: 256 stores, then 256 loads of them interleaved with 256
+/// more stores, all submitted before any completion is polled (room is made by polling with
+/// `Wait::Forever` only when the executor says it is full).
+pub fn many_ops_in_flight<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    const N: u64 = 256;
+    let row_bytes = 16384;
+    let dir = scratch_dir();
+    let region = region(2 * N as usize, row_bytes);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let submit_all = |exec: &mut E, ops: Vec<FileOp>, done: &mut Vec<FileOpDone>| {
+        for mut op in ops {
+            while let Err(full) = exec.submit(op) {
+                op = full.0;
+                assert!(exec.poll(done, Wait::Forever).unwrap() > 0, "full, yet nothing completes");
+            }
+        }
+    };
+    let drain = |exec: &mut E, done: &mut Vec<FileOpDone>| {
+        while exec.in_flight() > 0 {
+            assert!(exec.poll(done, Wait::Forever).unwrap() > 0, "Wait::Forever returned nothing with ops in flight");
+        }
+    };
+    for i in 0..N {
+        fill(&region, i as u32, i, false);
+    }
+    let mut done = Vec::new();
+    let stores: Vec<FileOp> =
+        (0..N).map(|i| op(i, OpKind::Store, i as u32, &block_path(dir.path(), i), native(i))).collect();
+    submit_all(&mut exec, stores, &mut done);
+    drain(&mut exec, &mut done);
+    let tokens: Vec<u64> = (0..N).collect();
+    for (t, o) in collect(std::mem::take(&mut done), &tokens) {
+        assert_ok(&o, &format!("store {t}"));
+    }
+
+    let mut mixed = Vec::new();
+    for i in 0..N {
+        mixed.push(op(N + i, OpKind::Load, (N + i) as u32, &block_path(dir.path(), i), native(i)));
+        mixed.push(op(2 * N + i, OpKind::Store, i as u32, &block_path(dir.path(), N + i), native(N + i)));
+    }
+    submit_all(&mut exec, mixed, &mut done);
+    drain(&mut exec, &mut done);
+    let tokens: Vec<u64> = (N..3 * N).collect();
+    for (t, o) in collect(done, &tokens) {
+        assert_ok(&o, &format!("op {t}"));
+    }
+    for i in 0..N {
+        assert!(block(&region, (N + i) as u32) == pattern(i, row_bytes), "block {i} differs");
+        let len = fs::metadata(block_path(dir.path(), N + i)).unwrap().len();
+        assert_eq!(len, format::native_file_len(row_bytes as u64));
+    }
+    assert_no_temp_files(dir.path());
+}
+
+/// `poll` with nothing in flight returns at once whatever the wait; `Wait::Forever` returns as
+/// soon as an op completes; `in_flight` counts submitted ops until they are polled.
+pub fn poll_waits_as_asked<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let dir = scratch_dir();
+    let region = region(2, 4096);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let mut out = Vec::new();
+    let t0 = std::time::Instant::now();
+    assert_eq!(exec.poll(&mut out, Wait::Forever).unwrap(), 0);
+    assert_eq!(exec.poll(&mut out, Wait::Timeout(Duration::from_millis(20))).unwrap(), 0);
+    assert_eq!(exec.poll(&mut out, Wait::No).unwrap(), 0);
+    assert!(t0.elapsed() < Duration::from_secs(10), "poll waited with nothing in flight");
+    assert_eq!(exec.in_flight(), 0);
+
+    fill(&region, 0, 1, false);
+    exec.submit(op(1, OpKind::Store, 0, &dir.path().join("a.bin"), BlockFormat::Vllm)).unwrap();
+    exec.submit(op(2, OpKind::Load, 1, &dir.path().join("missing.bin"), BlockFormat::Vllm)).unwrap();
+    assert_eq!(exec.in_flight(), 2);
+    while exec.in_flight() > 0 {
+        assert!(poll_some(&mut exec, &mut out, Wait::Forever) > 0);
+    }
+    let by = collect(out, &[1, 2]);
+    assert_ok(&by[&1], "store");
+    assert!(matches!(by[&2], Outcome::NotFound), "{:?}", by[&2]);
+    assert_eq!(exec.poll(&mut Vec::new(), Wait::Forever).unwrap(), 0);
+}
+
+/// `shutdown` with queued work reports every op exactly once (done or `Cancelled`, nothing
+/// else), leaves nothing in flight, releases every lease, publishes nothing for a cancelled
+/// store and leaves no temp file; ops submitted afterwards are `Cancelled`; it is idempotent.
+pub fn shutdown_reports_every_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    const N: u64 = 300;
+    let row_bytes = 256 * 1024;
+    let dir = scratch_dir();
+    let region = region(N as usize + 1, row_bytes);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    for i in 0..N {
+        fill(&region, i as u32, i, false);
+    }
+    let mut tokens = Vec::new();
+    for i in 0..N {
+        if exec.submit(op(i, OpKind::Store, i as u32, &block_path(dir.path(), i), native(i))).is_err() {
+            break;
+        }
+        tokens.push(i);
+    }
+    exec.shutdown();
+    let mut done = Vec::new();
+    poll_some(&mut exec, &mut done, Wait::No);
+    assert_eq!(exec.in_flight(), 0, "after shutdown, every op must be reported by one poll");
+    let mut cancelled = 0;
+    for (t, o) in collect(done, &tokens) {
+        let path = block_path(dir.path(), t);
+        match o {
+            Outcome::Ok => assert!(path.is_file()),
+            Outcome::Cancelled => {
+                cancelled += 1;
+                assert!(!path.exists(), "a cancelled store published {}", path.display());
+            }
+            o => panic!("op {t} after shutdown: {o:?}"),
+        }
+    }
+    eprintln!("shutdown: {cancelled} of {} queued stores cancelled", tokens.len());
+    for slot in 0..=N as u32 {
+        assert!(region.lease(SlotId(slot), Access::Write).is_ok(), "slot {slot} still leased after shutdown");
+    }
+    assert_no_temp_files(dir.path());
+
+    exec.submit(op(1000, OpKind::Load, 0, &block_path(dir.path(), 0), native(0))).expect("accepted after shutdown");
+    let mut late = Vec::new();
+    poll_some(&mut exec, &mut late, Wait::Forever);
+    assert!(matches!(collect(late, &[1000])[&1000], Outcome::Cancelled));
+    exec.shutdown();
+    assert_eq!(exec.in_flight(), 0);
+}
+
+/// Dropping an executor with work in flight is sound: no panic, every lease is released, no
+/// temp file is left, and every published file is complete.
+pub fn drop_with_work_in_flight_is_sound<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    const N: u64 = 128;
+    let row_bytes = 64 * 1024;
+    let dir = scratch_dir();
+    let region = region(2 * N as usize, row_bytes);
+    {
+        let mut exec = make(Arc::clone(&region), dir.path());
+        for i in 0..N {
+            fill(&region, i as u32, i, false);
+        }
+        let stores =
+            (0..N / 2).map(|i| op(i, OpKind::Store, i as u32, &block_path(dir.path(), i), native(i))).collect();
+        run_ops(&mut exec, stores);
+        for i in 0..N / 2 {
+            let _ = exec.submit(op(N + i, OpKind::Load, (N + i) as u32, &block_path(dir.path(), i), native(i)));
+            let j = N / 2 + i;
+            let _ = exec.submit(op(j, OpKind::Store, j as u32, &block_path(dir.path(), j), native(j)));
+        }
+        let mut some = Vec::new();
+        let _ = exec.poll(&mut some, Wait::No);
+        drop(exec);
+    }
+    for slot in 0..2 * N as u32 {
+        assert!(region.lease(SlotId(slot), Access::Write).is_ok(), "slot {slot} still leased after drop");
+    }
+    assert_no_temp_files(dir.path());
+    for i in 0..N {
+        let path = block_path(dir.path(), i);
+        if let Ok(bytes) = fs::read(&path) {
+            let header = format::decode_header(&bytes).expect("a published file is complete");
+            header.check(&NAMESPACE, &key(i), &bytes[HEADER_LEN..HEADER_LEN + row_bytes]).expect("and correct");
+        }
+    }
+}
+
+/// An op whose slot is leased elsewhere fails (it never races the holder): a load into a slot
+/// being read, a store from a slot being written, an out-of-range slot. Reads share: a store
+/// from a slot being read succeeds. Two loads into one slot submitted together never both
+/// write it at once: both are reported, at least one succeeds, and the slot holds the block.
+pub fn lease_conflicts_fail_the_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let row_bytes = 1 << 20;
+    let dir = scratch_dir();
+    let region = region(3, row_bytes);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let path = store_block(&mut exec, &region, dir.path(), 1, 0, native(1));
+
+    let reader = region.lease(SlotId(0), Access::Read).unwrap();
+    let o = run_one(&mut exec, op(2, OpKind::Load, 0, &path, native(1)));
+    assert!(matches!(o, Outcome::Failed(_)), "load into a read-leased slot: {o:?}");
+    let other = dir.path().join("shared-read.bin");
+    assert_ok(&run_one(&mut exec, op(3, OpKind::Store, 0, &other, BlockFormat::Vllm)), "store from a read-leased slot");
+    drop(reader);
+
+    let writer = region.lease(SlotId(1), Access::Write).unwrap();
+    let never = dir.path().join("never.bin");
+    let o = run_one(&mut exec, op(4, OpKind::Store, 1, &never, BlockFormat::Vllm));
+    assert!(matches!(o, Outcome::Failed(_)), "store from a write-leased slot: {o:?}");
+    assert!(!never.exists());
+    let o = run_one(&mut exec, op(5, OpKind::Load, 1, &path, native(1)));
+    assert!(matches!(o, Outcome::Failed(_)), "load into a write-leased slot: {o:?}");
+    drop(writer);
+
+    let o = run_one(&mut exec, op(6, OpKind::Load, 3, &path, native(1)));
+    assert!(matches!(o, Outcome::Failed(_)), "load into an out-of-range slot: {o:?}");
+
+    fill(&region, 2, 0xbad, false);
+    let twice = vec![op(7, OpKind::Load, 2, &path, native(1)), op(8, OpKind::Load, 2, &path, native(1))];
+    let by = run_ops(&mut exec, twice);
+    assert!(by.values().any(Outcome::is_ok), "two loads into one slot: {by:?}");
+    assert!(by.values().all(|o| o.is_ok() || matches!(o, Outcome::Failed(_))), "{by:?}");
+    assert!(block(&region, 2) == pattern(1, row_bytes), "the slot holds the block");
+    assert!(path.is_file(), "a lease conflict never removes the file");
+}
+
+/// A load failing for a transient reason keeps the file, and a later load succeeds.
+///
+/// Run as a test named `test_path` (`module_path!()::name`): it re-runs that test in a child
+/// process whose `RLIMIT_NOFILE` is lowered, where the child fills its descriptor table so
+/// `open` fails with `EMFILE`. There, a load must be `Transient` (or `Ok`, for an executor that
+/// needs no process descriptor, e.g. io_uring direct descriptors) and keep the file, and a
+/// store must be `Transient` (or `Ok`) and leave no temp file; with descriptors free again,
+/// the load succeeds. When not privileged, a file with mode 000 (`EACCES`) is also checked in
+/// this process (root bypasses permission bits, so that half is skipped as root).
+pub fn transient_errors_keep_the_file<E: Executor>(test_path: &str, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    const ROW: usize = 8192;
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        return emfile_child(Path::new(&dir), ROW, make);
+    }
+    let dir = scratch_dir();
+    let region = region(2, ROW);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let vllm = store_block(&mut exec, &region, dir.path(), 1, 0, BlockFormat::Vllm);
+    let nat = store_block(&mut exec, &region, dir.path(), 2, 0, native(2));
+
+    // EACCES, where permission bits are enforced.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&nat, fs::Permissions::from_mode(0o000)).unwrap();
+    if fs::File::open(&nat).is_err() {
+        let o = run_one(&mut exec, op(3, OpKind::Load, 1, &nat, native(2)));
+        assert!(matches!(o, Outcome::Transient(_)), "load of a mode-000 file: {o:?}");
+        assert!(nat.is_file(), "a transient failure must keep the file");
+    } else {
+        eprintln!("transient_errors_keep_the_file: privileged (root): the EACCES half is skipped");
+    }
+    fs::set_permissions(&nat, fs::Permissions::from_mode(0o644)).unwrap();
+    exec.shutdown();
+    drop(exec);
+
+    // EMFILE, in a child process.
+    let name = test_path.split_once("::").map_or(test_path, |(_, rest)| rest);
+    let exe = std::env::current_exe().expect("the test binary");
+    let output = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+        .arg(exe)
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(CHILD_ENV, dir.path())
+        .output()
+        .expect("run the child test");
+    let log = format!(
+        "child test {name}:\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{log}");
+    assert!(dir.path().join(CHILD_MARKER).is_file(), "the child did not run the case (wrong test name?)\n{log}");
+    assert!(vllm.is_file() && nat.is_file(), "the files survive the transient failures");
+    assert_no_temp_files(dir.path());
+}
+
+fn emfile_child<E: Executor>(dir: &Path, row_bytes: usize, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let region = region(2, row_bytes);
+    let mut exec = make(Arc::clone(&region), dir);
+    let files = [(block_path(dir, 1), BlockFormat::Vllm, 1), (block_path(dir, 2), native(2), 2)];
+    let fresh = block_path(dir, 3);
+
+    let mut hold = Vec::new();
+    loop {
+        match fs::File::open("/dev/null") {
+            Ok(f) => hold.push(f),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(e) => panic!("filling the descriptor table: {e}"),
+        }
+        assert!(hold.len() < 100_000, "RLIMIT_NOFILE was not lowered");
+    }
+    for (t, (path, format, _)) in files.iter().enumerate() {
+        let o = run_one(&mut exec, op(t as u64, OpKind::Load, 1, path, *format));
+        match &o {
+            Outcome::Transient(_) => {}
+            Outcome::Ok => {
+                eprintln!("load under EMFILE succeeded: this executor needs no descriptor")
+            }
+            o => panic!("load of {} with no descriptor left: {o:?}", path.display()),
+        }
+        assert!(path.is_file(), "a transient failure must keep the file");
+    }
+    fill(&region, 0, 3, false);
+    let o = run_one(&mut exec, op(5, OpKind::Store, 0, &fresh, BlockFormat::Vllm));
+    assert!(matches!(o, Outcome::Transient(_) | Outcome::Ok), "store with no descriptor left: {o:?}");
+    drop(hold);
+    assert_no_temp_files(dir);
+    if fresh.exists() {
+        fs::remove_file(&fresh).unwrap();
+    }
+
+    for (t, (path, format, seed)) in files.iter().enumerate() {
+        fill(&region, 1, 0xbad, false);
+        assert_ok(
+            &run_one(&mut exec, op(10 + t as u64, OpKind::Load, 1, path, *format)),
+            "load once descriptors are free",
+        );
+        assert!(block(&region, 1) == pattern(*seed, row_bytes));
+    }
+    exec.shutdown();
+    fs::write(dir.join(CHILD_MARKER), b"ok").unwrap();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures_are_deterministic_and_distinct() {
+        assert_eq!(pattern(1, 5000), pattern(1, 5000));
+        assert_ne!(pattern(1, 64), pattern(2, 64));
+        assert_eq!(pattern(3, 4097).len(), 4097);
+        assert_ne!(key(1), key(2));
+        let root = Path::new("/r");
+        let p = block_path(root, 1);
+        let h: String = key(1).hash().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(p, root.join(&h[..3]).join(format!("{}_g1", &h[3..5])).join(format!("{h}.bin")));
+    }
+
+    #[test]
+    fn temp_files_are_found_at_any_depth() {
+        let dir = scratch_dir();
+        let deep = dir.path().join("a/b");
+        fs::create_dir_all(&deep).unwrap();
+        let t = tmpname::temp_path(&deep.join("x.bin"), 7);
+        fs::write(&t, b"").unwrap();
+        fs::write(deep.join("x.bin"), b"").unwrap();
+        assert_eq!(temp_files(dir.path()), vec![t]);
+    }
+}

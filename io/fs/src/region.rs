@@ -1,0 +1,354 @@
+//! The primary tier's memory: `rows` page-aligned rows in one mapping, and per-row leases.
+//!
+//! Every access to a row goes through a [`Lease`]: a write lease is exclusive, read leases are
+//! shared. Executors take a lease when an op is submitted and drop it before the op's
+//! completion is handed back, so even a buggy caller cannot make two operations write one row
+//! at once, or read a row while another writes it: the second lease is refused
+//! ([`LeaseError::Busy`]) and that op fails instead. A lease also keeps the mapping alive
+//! (it holds an `Arc` of the region), so memory the kernel may still touch is never unmapped.
+//!
+//! All `unsafe` of the primary region is in this module.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use kvtier_core::{RowIo, SlotId};
+use memmap2::{MmapOptions, MmapRaw};
+
+/// Row alignment and stride granularity: O_DIRECT and io_uring fixed buffers need it.
+pub const ROW_ALIGN: usize = 4096;
+
+const WRITER: u32 = u32::MAX;
+
+/// Access a lease grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Shared, read-only.
+    Read,
+    /// Exclusive, read-write.
+    Write,
+}
+
+/// Why a lease was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseError {
+    /// The slot is not a row of this region.
+    OutOfRange,
+    /// Another lease on the row conflicts (a writer, or readers when writing).
+    Busy,
+}
+
+impl std::fmt::Display for LeaseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaseError::OutOfRange => f.write_str("slot out of range"),
+            LeaseError::Busy => f.write_str("slot is leased by another operation"),
+        }
+    }
+}
+
+impl std::error::Error for LeaseError {}
+
+/// The rows of the primary tier.
+pub struct PrimaryRegion {
+    map: Option<MmapRaw>,
+    rows: usize,
+    row_bytes: usize,
+    stride: usize,
+    leases: Box<[AtomicU32]>,
+    shared_path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for PrimaryRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrimaryRegion")
+            .field("rows", &self.rows)
+            .field("row_bytes", &self.row_bytes)
+            .field("stride", &self.stride)
+            .field("shared_path", &self.shared_path)
+            .finish()
+    }
+}
+
+fn layout(rows: usize, row_bytes: usize) -> io::Result<(usize, usize)> {
+    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "region size overflows");
+    let stride = row_bytes.checked_next_multiple_of(ROW_ALIGN).ok_or_else(too_big)?;
+    let len = stride.checked_mul(rows).ok_or_else(too_big)?;
+    Ok((stride, len))
+}
+
+impl PrimaryRegion {
+    /// `rows` rows of `row_bytes` in private anonymous memory (zeroed).
+    pub fn anonymous(rows: usize, row_bytes: usize) -> io::Result<Self> {
+        let (stride, len) = layout(rows, row_bytes)?;
+        let map = if len == 0 { None } else { Some(MmapRaw::from(MmapOptions::new().len(len).map_anon()?)) };
+        Ok(Self::with_map(map, rows, row_bytes, stride, None))
+    }
+
+    /// `rows` rows of `row_bytes` in a file shared with other processes (e.g. under `/dev/shm`,
+    /// as vLLM's worker processes map the same rows). The file is created, or resized if it
+    /// exists, and removed when the region is dropped.
+    pub fn shared(path: &Path, rows: usize, row_bytes: usize) -> io::Result<Self> {
+        let (stride, len) = layout(rows, row_bytes)?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        file.set_len(len as u64)?;
+        let map = if len == 0 { None } else { Some(MmapOptions::new().len(len).map_raw(&file)?) };
+        Ok(Self::with_map(map, rows, row_bytes, stride, Some(path.to_path_buf())))
+    }
+
+    fn with_map(
+        map: Option<MmapRaw>,
+        rows: usize,
+        row_bytes: usize,
+        stride: usize,
+        shared_path: Option<PathBuf>,
+    ) -> Self {
+        let leases = (0..rows).map(|_| AtomicU32::new(0)).collect();
+        PrimaryRegion { map, rows, row_bytes, stride, leases, shared_path }
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes of a block (the meaningful part of a row).
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// Distance between rows: `row_bytes` rounded up to [`ROW_ALIGN`].
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// The path of a shared region's file.
+    pub fn shared_path(&self) -> Option<&Path> {
+        self.shared_path.as_deref()
+    }
+
+    /// The base address and length of the mapping, for registering it with the kernel
+    /// (io_uring fixed buffers). `None` for an empty region.
+    pub fn mapping(&self) -> Option<(NonNull<u8>, usize)> {
+        let map = self.map.as_ref()?;
+        Some((NonNull::new(map.as_mut_ptr())?, map.len()))
+    }
+
+    /// Leases row `slot`. The lease keeps the region alive and is released on drop.
+    pub fn lease(self: &Arc<Self>, slot: SlotId, access: Access) -> Result<Lease, LeaseError> {
+        let cell = self.leases.get(slot.index()).ok_or(LeaseError::OutOfRange)?;
+        let acquired = match access {
+            Access::Write => cell.compare_exchange(0, WRITER, Ordering::Acquire, Ordering::Relaxed).is_ok(),
+            Access::Read => {
+                cell.fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| (n < WRITER - 1).then(|| n + 1)).is_ok()
+            }
+        };
+        if !acquired {
+            return Err(LeaseError::Busy);
+        }
+        Ok(Lease { region: Arc::clone(self), slot: slot.0, access })
+    }
+
+    fn release(&self, slot: u32, access: Access) {
+        let cell = &self.leases[slot as usize];
+        match access {
+            Access::Write => cell.store(0, Ordering::Release),
+            Access::Read => {
+                cell.fetch_sub(1, Ordering::Release);
+            }
+        }
+    }
+
+    /// Start of row `slot`; the caller checked `slot < rows` (so the map exists).
+    fn row_ptr(&self, slot: u32) -> *mut u8 {
+        let base = self.map.as_ref().map_or(std::ptr::null_mut(), MmapRaw::as_mut_ptr);
+        // `slot < rows` and `rows * stride` is the mapping's length, so the offset stays inside
+        // the mapping; `wrapping_add` keeps this function itself free of unsafe.
+        base.wrapping_add(slot as usize * self.stride)
+    }
+
+    /// Raw pointer to row `slot` for an engine that copies into it with its own means (a GPU
+    /// copy engine). Valid while the region lives.
+    ///
+    /// # Safety
+    ///
+    /// The caller must not touch the row while any [`Lease`] on it may exist: in the engine's
+    /// protocol, only between `prepare_store` and `complete_store` (writing) or between
+    /// `prepare_load` and `complete_load` (reading) of a key in that slot.
+    pub unsafe fn row_ptr_unleased(&self, slot: SlotId) -> Option<NonNull<u8>> {
+        (slot.index() < self.rows).then(|| self.row_ptr(slot.0)).and_then(NonNull::new)
+    }
+}
+
+impl Drop for PrimaryRegion {
+    fn drop(&mut self) {
+        if let Some(path) = &self.shared_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Access to one row, released on drop. Read leases are shared, write leases exclusive.
+pub struct Lease {
+    region: Arc<PrimaryRegion>,
+    slot: u32,
+    access: Access,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("slot", &self.slot).field("access", &self.access).finish()
+    }
+}
+
+impl Lease {
+    /// The leased slot.
+    pub fn slot(&self) -> SlotId {
+        SlotId(self.slot)
+    }
+
+    /// The access granted.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// The whole row (`stride` bytes, of which the first `row_bytes` are the block).
+    pub fn as_slice(&self) -> &[u8] {
+        let len = self.region.stride;
+        if len == 0 {
+            return &[];
+        }
+        // SAFETY: the row lies inside the live mapping (`slot < rows`, checked by `lease`;
+        // `self.region` keeps the mapping alive), and the lease excludes writers other than
+        // this lease's own `&mut` borrow, so no one mutates it while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.region.row_ptr(self.slot), len) }
+    }
+
+    /// The whole row, writable. `None` for a read lease.
+    pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
+        let len = self.region.stride;
+        if self.access != Access::Write {
+            return None;
+        }
+        if len == 0 {
+            return Some(&mut []);
+        }
+        // SAFETY: as in `as_slice`; a write lease is exclusive (no other lease on this row
+        // exists), and `&mut self` makes this the only borrow of it.
+        Some(unsafe { std::slice::from_raw_parts_mut(self.region.row_ptr(self.slot), len) })
+    }
+
+    /// The block part of the row (`row_bytes`).
+    pub fn block(&self) -> &[u8] {
+        &self.as_slice()[..self.region.row_bytes]
+    }
+
+    /// Row pointer for handing to the kernel (read into / write from). Valid while the lease
+    /// lives; the kernel may write through it only under a write lease.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.region.row_ptr(self.slot)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.region.release(self.slot, self.access);
+    }
+}
+
+/// Row access for in-memory tiers. Copies go through leases; a row leased elsewhere (which the
+/// engine's protocol excludes) is left alone rather than raced.
+#[derive(Debug, Clone)]
+pub struct RegionRows(pub Arc<PrimaryRegion>);
+
+impl RowIo for RegionRows {
+    fn row_bytes(&self) -> usize {
+        self.0.row_bytes
+    }
+
+    fn read_row(&self, slot: SlotId, dst: &mut [u8]) {
+        if let Ok(lease) = self.0.lease(slot, Access::Read) {
+            let n = dst.len().min(self.0.row_bytes);
+            dst[..n].copy_from_slice(&lease.block()[..n]);
+        }
+    }
+
+    fn write_row(&self, slot: SlotId, src: &[u8]) {
+        if let Ok(mut lease) = self.0.lease(slot, Access::Write) {
+            let n = src.len().min(self.0.row_bytes);
+            if let Some(row) = lease.as_mut_slice() {
+                row[..n].copy_from_slice(&src[..n]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_page_aligned_and_leased() {
+        let region = Arc::new(PrimaryRegion::anonymous(3, 100).unwrap());
+        assert_eq!(region.stride(), 4096);
+        let (base, len) = region.mapping().unwrap();
+        assert_eq!(base.as_ptr() as usize % ROW_ALIGN, 0);
+        assert_eq!(len, 3 * 4096);
+        let mut w = region.lease(SlotId(1), Access::Write).unwrap();
+        assert_eq!(w.as_ptr() as usize - base.as_ptr() as usize, 4096);
+        w.as_mut_slice().unwrap()[..3].copy_from_slice(b"abc");
+        assert_eq!(region.lease(SlotId(1), Access::Read).unwrap_err(), LeaseError::Busy);
+        assert_eq!(region.lease(SlotId(1), Access::Write).unwrap_err(), LeaseError::Busy);
+        drop(w);
+        let r1 = region.lease(SlotId(1), Access::Read).unwrap();
+        let r2 = region.lease(SlotId(1), Access::Read).unwrap();
+        assert_eq!(r1.access(), Access::Read);
+        assert_eq!(&r2.block()[..3], b"abc");
+        assert_eq!(r2.block().len(), 100);
+        assert_eq!(region.lease(SlotId(1), Access::Write).unwrap_err(), LeaseError::Busy);
+        drop((r1, r2));
+        assert!(region.lease(SlotId(1), Access::Write).is_ok());
+        assert_eq!(region.lease(SlotId(3), Access::Read).unwrap_err(), LeaseError::OutOfRange);
+    }
+
+    #[test]
+    fn empty_regions_do_not_map() {
+        let region = Arc::new(PrimaryRegion::anonymous(0, 4096).unwrap());
+        assert!(region.mapping().is_none());
+        let region = Arc::new(PrimaryRegion::anonymous(2, 0).unwrap());
+        let lease = region.lease(SlotId(0), Access::Read).unwrap();
+        assert!(lease.as_slice().is_empty());
+    }
+
+    #[test]
+    fn region_rows_copy_through_leases() {
+        let region = Arc::new(PrimaryRegion::anonymous(2, 8).unwrap());
+        let rows = RegionRows(region.clone());
+        rows.write_row(SlotId(0), b"12345678");
+        let mut out = [0u8; 8];
+        rows.read_row(SlotId(0), &mut out);
+        assert_eq!(&out, b"12345678");
+        let busy = region.lease(SlotId(0), Access::Write).unwrap();
+        rows.write_row(SlotId(0), b"xxxxxxxx"); // refused, not raced
+        drop(busy);
+        rows.read_row(SlotId(0), &mut out);
+        assert_eq!(&out, b"12345678");
+    }
+
+    #[test]
+    fn shared_region_is_visible_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.shm");
+        let region = Arc::new(PrimaryRegion::shared(&path, 2, 4096).unwrap());
+        RegionRows(region.clone()).write_row(SlotId(1), &[7u8; 4096]);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 8192);
+        assert!(bytes[4096..].iter().all(|&b| b == 7));
+        drop(region);
+        assert!(!path.exists());
+    }
+}

@@ -1,0 +1,454 @@
+//! `FsTier`: the file-system secondary tier.
+//!
+//! It owns the namespace directory, an in-memory index of the blocks on disk (lookups never
+//! make a syscall, unless probe-on-miss is turned on for directories shared with other
+//! processes), and turns each store or load job into one [`FileOp`] per block for its
+//! [`Executor`], folding the ops' outcomes back into job results with the keys that succeeded.
+//!
+//! - A store skips blocks already on disk; a block becomes visible to lookups only once its
+//!   file is published.
+//! - A load of a block that turned out missing or corrupt drops it from the index (the
+//!   executor already removed a corrupt file); a transient failure keeps both.
+//! - Every job is reported exactly once, a job with no block included; an op the executor
+//!   cannot take fails its key rather than vanish.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kvtier_core::{Completions, EventLog, Job, JobId, Medium, OffloadKey, ReqContext, SecondaryTier, TierLookup};
+
+use crate::direct::DirectMode;
+use crate::namespace::{self, Layout, RunConfig, NATIVE_STORAGE_FORMAT};
+use crate::op::{BlockFormat, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
+use crate::tmpname;
+
+/// How blocks are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageFormat {
+    /// Checksummed header + row bytes (see [`crate::format`]).
+    #[default]
+    Native,
+    /// Raw row bytes, interchangeable with vLLM's FS tier.
+    Vllm,
+}
+
+/// Settings of one FS tier.
+#[derive(Debug, Clone)]
+pub struct FsTierConfig {
+    /// The root directory (namespaces are created below it).
+    pub root: PathBuf,
+    /// The run config that names the namespace.
+    pub run: RunConfig,
+    /// This process's rank (`{base}_r{rank}`).
+    pub rank: u32,
+    /// Block file format.
+    pub format: StorageFormat,
+    /// O_DIRECT: probe (`Auto`), require, or never.
+    pub o_direct: DirectMode,
+    /// `fdatasync` every block before publishing it.
+    pub fsync: bool,
+    /// On an index miss, check the disk (for directories shared with other processes).
+    pub probe_on_miss: bool,
+    /// Raise a STORAGE event for each store job that stored blocks.
+    pub events: bool,
+}
+
+impl FsTierConfig {
+    /// Defaults for a tier under `root`: native format, O_DIRECT auto, no fsync, no probe, no events.
+    pub fn new(root: impl Into<PathBuf>, run: RunConfig) -> Self {
+        FsTierConfig {
+            root: root.into(),
+            run,
+            rank: 0,
+            format: StorageFormat::Native,
+            o_direct: DirectMode::Auto,
+            fsync: false,
+            probe_on_miss: false,
+            events: false,
+        }
+    }
+
+    /// The run config as written to disk: the native format adds its `storage_format`, so
+    /// neither system ever reads the other's format.
+    pub fn effective_run_config(&self) -> RunConfig {
+        let mut run = self.run.clone();
+        run.storage_format = match self.format {
+            StorageFormat::Native => Some(NATIVE_STORAGE_FORMAT.to_string()),
+            StorageFormat::Vllm => None,
+        };
+        run
+    }
+}
+
+/// What start-up found.
+#[derive(Debug, Clone, Default)]
+pub struct StartupReport {
+    /// Blocks indexed by the scan.
+    pub blocks_indexed: usize,
+    /// Stale temp files of dead processes removed.
+    pub stale_temps_removed: usize,
+    /// Files in the namespace that are neither blocks nor temp files (left alone).
+    pub foreign_files: usize,
+    /// How long the scan took.
+    pub scan_time: Duration,
+    /// Whether O_DIRECT is used.
+    pub o_direct: bool,
+}
+
+/// Counters since start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsStats {
+    /// Blocks published by stores.
+    pub blocks_stored: u64,
+    /// Blocks a store skipped because they were already on disk.
+    pub blocks_skipped: u64,
+    /// Blocks loaded and verified.
+    pub blocks_loaded: u64,
+    /// Corrupt files found (and removed) by loads.
+    pub corrupt: u64,
+    /// Blocks a load found missing.
+    pub missing: u64,
+    /// Transient failures (file kept).
+    pub transient: u64,
+    /// Other failed ops.
+    pub failed: u64,
+}
+
+#[derive(Debug)]
+struct FsJob {
+    id: JobId,
+    kind: OpKind,
+    keys: Vec<OffloadKey>,
+    ok: Vec<bool>,
+    remaining: usize,
+}
+
+/// The file-system tier over an [`Executor`].
+pub struct FsTier {
+    layout: Layout,
+    format: StorageFormat,
+    namespace: [u8; 12],
+    fsync: bool,
+    probe_on_miss: bool,
+    events_enabled: bool,
+    index: HashSet<OffloadKey>,
+    exec: Box<dyn Executor>,
+    jobs: HashMap<u64, FsJob>,
+    finished: Completions,
+    events: EventLog,
+    done: Vec<FileOpDone>,
+    startup: StartupReport,
+    stats: FsStats,
+    closed: bool,
+}
+
+impl std::fmt::Debug for FsTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsTier")
+            .field("rank_dir", &self.layout.rank_dir())
+            .field("format", &self.format)
+            .field("blocks", &self.index.len())
+            .field("executor", &self.exec.name())
+            .field("jobs_in_flight", &self.jobs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Packs a job id and a key position into an op token.
+fn token(job: JobId, index: usize) -> u64 {
+    (job.0 << 24) | index as u64
+}
+
+fn untoken(token: u64) -> (u64, usize) {
+    (token >> 24, (token & 0xff_ffff) as usize)
+}
+
+/// The most blocks one job may hold (positions must fit the op token).
+pub const MAX_JOB_BLOCKS: usize = 1 << 24;
+
+impl FsTier {
+    /// Opens (creating if needed) the namespace of `config`: checks or writes `config.json`,
+    /// probes O_DIRECT, scans the rank directory to rebuild the index and removes stale temp
+    /// files of dead processes. `make_executor` gets whether O_DIRECT is to be used.
+    pub fn open(
+        config: &FsTierConfig,
+        make_executor: impl FnOnce(bool) -> io::Result<Box<dyn Executor>>,
+    ) -> io::Result<FsTier> {
+        let run = config.effective_run_config();
+        let layout = Layout::new(&config.root, &run, config.rank);
+        namespace::ensure_config(&layout, &run).map_err(|e| io::Error::other(e.to_string()))?;
+        let rank_dir = layout.rank_dir().to_path_buf();
+        std::fs::create_dir_all(&rank_dir)?;
+        let o_direct = crate::direct::resolve(config.o_direct, &rank_dir)?;
+        let started = Instant::now();
+        let mut index = HashSet::new();
+        let mut startup = StartupReport { o_direct, ..StartupReport::default() };
+        scan(&layout, &rank_dir, &mut index, &mut startup)?;
+        startup.blocks_indexed = index.len();
+        startup.scan_time = started.elapsed();
+        let exec = make_executor(o_direct)?;
+        Ok(FsTier {
+            namespace: layout.namespace_bytes(),
+            layout,
+            format: config.format,
+            fsync: config.fsync,
+            probe_on_miss: config.probe_on_miss,
+            events_enabled: config.events,
+            index,
+            exec,
+            jobs: HashMap::new(),
+            finished: Completions::new(),
+            events: EventLog::new(),
+            done: Vec::new(),
+            startup,
+            stats: FsStats::default(),
+            closed: false,
+        })
+    }
+
+    /// What start-up found.
+    pub fn startup(&self) -> &StartupReport {
+        &self.startup
+    }
+
+    /// Counters since start-up.
+    pub fn stats(&self) -> &FsStats {
+        &self.stats
+    }
+
+    /// The namespace's paths.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Number of blocks in the index.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// True when the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Is `key` in the index?
+    pub fn contains(&self, key: &OffloadKey) -> bool {
+        self.index.contains(key)
+    }
+
+    /// The executor's name.
+    pub fn executor_name(&self) -> &'static str {
+        self.exec.name()
+    }
+
+    fn block_format(&self, key: &OffloadKey) -> BlockFormat {
+        match self.format {
+            StorageFormat::Native => BlockFormat::Native { namespace: self.namespace, key: *key },
+            StorageFormat::Vllm => BlockFormat::Vllm,
+        }
+    }
+
+    fn submit(&mut self, kind: OpKind, job: Job<'_>) {
+        let mut rec =
+            FsJob { id: job.id, kind, keys: job.keys.to_vec(), ok: vec![false; job.keys.len()], remaining: 0 };
+        if self.closed || job.keys.len() > MAX_JOB_BLOCKS {
+            self.report(rec);
+            return;
+        }
+        for (i, (key, &slot)) in job.keys.iter().zip(job.slots).enumerate() {
+            let on_disk = self.index.contains(key);
+            match kind {
+                OpKind::Store if on_disk => {
+                    rec.ok[i] = true;
+                    self.stats.blocks_skipped += 1;
+                    continue;
+                }
+                OpKind::Load if !on_disk => continue,
+                _ => {}
+            }
+            let op = FileOp {
+                token: token(job.id, i),
+                kind,
+                slot,
+                path: self.layout.block_path(key),
+                format: self.block_format(key),
+                sync: self.fsync,
+            };
+            match self.exec.submit(op) {
+                Ok(()) => rec.remaining += 1,
+                Err(_full) => self.stats.failed += 1,
+            }
+        }
+        if rec.remaining == 0 {
+            self.report(rec);
+        } else {
+            self.jobs.insert(job.id.0, rec);
+        }
+    }
+
+    fn report(&mut self, rec: FsJob) {
+        if rec.ok.iter().all(|&ok| ok) {
+            self.finished.push(rec.id, true);
+        } else {
+            self.finished.push_partial(rec.id, rec.ok.iter().copied());
+        }
+        if rec.kind == OpKind::Store && self.events_enabled {
+            self.events.push(
+                Medium::Storage,
+                false,
+                rec.keys.iter().zip(&rec.ok).filter(|(_, &ok)| ok).map(|(k, _)| k),
+            );
+        }
+    }
+
+    /// Folds the ops the executor finished into their jobs.
+    fn collect(&mut self, wait: Wait) {
+        let mut done = std::mem::take(&mut self.done);
+        done.clear();
+        // A failing poll leaves the ops in flight; they are collected by a later poll.
+        let _ = self.exec.poll(&mut done, wait);
+        for d in done.drain(..) {
+            self.fold(d);
+        }
+        self.done = done;
+    }
+
+    fn fold(&mut self, done: FileOpDone) {
+        let (job, i) = untoken(done.token);
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let Some(key) = rec.keys.get(i).copied() else {
+            return;
+        };
+        let ok = done.outcome.is_ok();
+        match (&done.outcome, done.kind) {
+            (Outcome::Ok, OpKind::Store) => {
+                self.index.insert(key);
+                self.stats.blocks_stored += 1;
+            }
+            (Outcome::Ok, OpKind::Load) => self.stats.blocks_loaded += 1,
+            (Outcome::NotFound, _) => {
+                self.index.remove(&key);
+                self.stats.missing += 1;
+            }
+            (Outcome::Corrupt(_), _) => {
+                self.index.remove(&key);
+                self.stats.corrupt += 1;
+            }
+            (Outcome::Transient(_), _) => self.stats.transient += 1,
+            (Outcome::Failed(_) | Outcome::Cancelled, _) => self.stats.failed += 1,
+        }
+        rec.ok[i] = ok;
+        rec.remaining -= 1;
+        if rec.remaining == 0 {
+            if let Some(rec) = self.jobs.remove(&job) {
+                self.report(rec);
+            }
+        }
+    }
+}
+
+/// Walks the rank directory (`{h[0:3]}/{h[3:5]}_g{group}/{h}.bin`, shallower for hashes of
+/// fewer than 3 bytes): indexes block files, removes temp files of processes that are gone
+/// (never one a live process may still be writing), counts everything else as foreign.
+fn scan(
+    layout: &Layout,
+    rank_dir: &Path,
+    index: &mut HashSet<OffloadKey>,
+    report: &mut StartupReport,
+) -> io::Result<()> {
+    let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                if depth < 2 {
+                    dirs.push((path, depth + 1));
+                } else {
+                    report.foreign_files += 1;
+                }
+                continue;
+            }
+            if let Some(pid) = tmpname::parse_temp(&entry.file_name()) {
+                if !tmpname::is_process_alive(pid) && std::fs::remove_file(&path).is_ok() {
+                    report.stale_temps_removed += 1;
+                }
+                continue;
+            }
+            let rel = path.strip_prefix(rank_dir).unwrap_or(&path);
+            match layout.parse_block_path(rel) {
+                Some(key) if kind.is_file() => {
+                    index.insert(key);
+                }
+                _ => report.foreign_files += 1,
+            }
+        }
+    }
+    Ok(())
+}
+
+impl SecondaryTier for FsTier {
+    fn lookup(&mut self, key: &OffloadKey, _req: ReqContext) -> TierLookup {
+        if self.index.contains(key) {
+            return TierLookup::Hit;
+        }
+        if self.probe_on_miss && !self.closed && self.layout.block_path(key).is_file() {
+            self.index.insert(*key);
+            return TierLookup::Hit;
+        }
+        TierLookup::Miss
+    }
+
+    fn submit_store(&mut self, job: Job<'_>) {
+        self.submit(OpKind::Store, job);
+    }
+
+    fn submit_load(&mut self, job: Job<'_>) {
+        self.submit(OpKind::Load, job);
+    }
+
+    fn poll_finished(&mut self, out: &mut Completions) {
+        if !self.jobs.is_empty() {
+            self.collect(Wait::No);
+        }
+        out.append(&mut self.finished);
+    }
+
+    fn take_events(&mut self, out: &mut EventLog) {
+        out.append(&mut self.events);
+    }
+
+    fn wait_idle(&mut self) {
+        while !self.jobs.is_empty() && self.exec.in_flight() > 0 {
+            self.collect(Wait::Forever);
+        }
+    }
+
+    fn shutdown(&mut self, out: &mut Completions) {
+        if !self.closed {
+            self.closed = true;
+            self.exec.shutdown();
+            while self.exec.in_flight() > 0 {
+                let before = self.exec.in_flight();
+                self.collect(Wait::Forever);
+                if self.exec.in_flight() == before {
+                    break;
+                }
+            }
+            // An executor that lost ops must not make their jobs vanish: fail what is left.
+            let mut left: Vec<u64> = self.jobs.keys().copied().collect();
+            left.sort_unstable();
+            for id in left {
+                if let Some(rec) = self.jobs.remove(&id) {
+                    self.report(rec);
+                }
+            }
+        }
+        out.append(&mut self.finished);
+    }
+}

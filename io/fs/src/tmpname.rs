@@ -1,0 +1,131 @@
+//! Temp-file names: unique per operation, recognizable after a crash.
+//!
+//! A store writes `{final}.{pid}.{seq:x}.tmp` next to its final path and renames it onto the
+//! final path when complete. `pid` is the writing process and `seq` a process-wide counter
+//! ([`next_seq`]), so no two operations of live processes ever share a temp name (vLLM uses one
+//! fixed suffix per thread: a stale temp file of a crashed run blocks that thread's later
+//! writes of the same key). A process that dies mid-store leaves its temp file behind;
+//! [`parse_temp`] and [`is_process_alive`] let start-up remove exactly the temp files of dead
+//! processes, and nothing else.
+//!
+//! This module never touches the file system.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The suffix every temp file ends with.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The next number of the process-wide temp-name sequence (never repeats within a process).
+pub fn next_seq() -> u64 {
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The temp path of one store operation onto `final_path`: `{final_path}.{pid}.{seq:x}.tmp`, in
+/// the same directory (so the publishing `rename` never crosses file systems).
+pub fn temp_path(final_path: &Path, seq: u64) -> PathBuf {
+    let mut name = OsString::with_capacity(final_path.as_os_str().len() + 32);
+    name.push(final_path.as_os_str());
+    name.push(format!(".{}.{seq:x}{TEMP_SUFFIX}", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// The pid of the process that wrote temp file `name` (a file name, not a path), if `name` is
+/// exactly `{stem}.{pid}.{seq}.tmp`: a non-empty stem, `pid` in decimal (1 to `i32::MAX`, no
+/// sign, no leading zero) and `seq` in lowercase hexadecimal (1 to 16 digits). Anything else,
+/// including a name that is not UTF-8, is not a temp file of ours.
+pub fn parse_temp(name: &OsStr) -> Option<u32> {
+    let name = std::str::from_utf8(name.as_bytes()).ok()?;
+    let rest = name.strip_suffix(TEMP_SUFFIX)?;
+    let (rest, seq) = rest.rsplit_once('.')?;
+    let (stem, pid) = rest.rsplit_once('.')?;
+    let seq_ok = (1..=16).contains(&seq.len()) && seq.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let pid_ok = !pid.is_empty() && !pid.starts_with('0') && pid.bytes().all(|b| b.is_ascii_digit());
+    if stem.is_empty() || !seq_ok || !pid_ok {
+        return None;
+    }
+    let pid: u32 = pid.parse().ok()?;
+    (pid <= i32::MAX as u32).then_some(pid)
+}
+
+/// Whether a process with id `pid` exists (`kill(pid, 0)` succeeds or fails with `EPERM`).
+///
+/// A pid may have been reused by an unrelated process since the temp file was written; such a
+/// file is kept (conservatively) until that process is gone too. A start-up sweep should also
+/// treat its own pid as dead for files it did not write itself (a crashed predecessor may have
+/// had the same pid). Pid 0 and pids above `i32::MAX` (which `kill` would read as process
+/// groups) are reported as not alive.
+pub fn is_process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: `kill` with signal 0 sends nothing and touches no memory of ours; it only checks
+    // that `pid` (> 0, so a single process, never a group) exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_unique_and_parse_back() {
+        let fin = Path::new("/x/abc/de_g0/abcdef.bin");
+        let (a, b) = (next_seq(), next_seq());
+        assert_ne!(a, b);
+        let t = temp_path(fin, 0x1f);
+        assert_eq!(t.parent(), fin.parent());
+        let name = t.file_name().unwrap();
+        assert_eq!(name.to_str().unwrap(), format!("abcdef.bin.{}.1f.tmp", std::process::id()));
+        assert_eq!(parse_temp(name), Some(std::process::id()));
+        assert_ne!(temp_path(fin, a), temp_path(fin, b));
+    }
+
+    #[test]
+    fn only_the_exact_pattern_is_a_temp_name() {
+        let ok = |s: &str| parse_temp(OsStr::new(s));
+        assert_eq!(ok("h.bin.123.ff.tmp"), Some(123));
+        assert_eq!(ok("h.123.0.tmp"), Some(123));
+        assert_eq!(ok("h.bin.2147483647.0123456789abcdef.tmp"), Some(i32::MAX as u32));
+        for bad in [
+            "h.bin",
+            "h.bin.tmp",
+            ".123.ff.tmp",
+            "h.bin.123.ff.tmp.x",
+            "h.bin.123.FF.tmp",
+            "h.bin.123..tmp",
+            "h.bin..ff.tmp",
+            "h.bin.0123.ff.tmp",
+            "h.bin.0.ff.tmp",
+            "h.bin.+12.ff.tmp",
+            "h.bin.2147483648.ff.tmp",
+            "h.bin.99999999999.ff.tmp",
+            "h.bin.12.0123456789abcdef0.tmp",
+            "h.bin_1234567.tmp",
+            "h.bin.12.xyz.tmp",
+        ] {
+            assert_eq!(ok(bad), None, "{bad}");
+        }
+        assert_eq!(parse_temp(OsStr::from_bytes(b"h\xff.1.1.tmp")), None);
+    }
+
+    #[test]
+    fn liveness() {
+        assert!(is_process_alive(std::process::id()));
+        assert!(is_process_alive(1));
+        assert!(!is_process_alive(0));
+        assert!(!is_process_alive(u32::MAX));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!is_process_alive(pid));
+    }
+}
