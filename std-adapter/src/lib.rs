@@ -1,12 +1,18 @@
 //! # kvtier
 //!
-//! The crate an inference engine links: the primary memory region, the `kvtier` command-line
-//! tool's subcommands (`replay`, `bench`), over the deterministic [`kvtier_core`] engine.
+//! The crate an inference engine links: [`TieredCache`] (the deterministic [`kvtier_core`]
+//! engine, its tiers and the primary memory region behind one handle), its typed
+//! [`config`], and the `kvtier` command-line tool's subcommands (`replay`, `bench`, `inspect`).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod bench;
-pub mod region;
+pub mod cache;
+pub mod config;
+pub mod inspect;
 pub mod replay;
 
+pub use cache::{CacheError, TieredCache};
+pub use config::CacheConfig;
 pub use kvtier_core as core;
+pub use kvtier_fs::region::PrimaryRegion;

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Counts allocations so `bench core` can report allocations per operation.
+#[global_allocator]
+static ALLOC: kvtier::bench::core::CountingAlloc = kvtier::bench::core::CountingAlloc;
+
 /// kvtier: multi-tier KV-cache offloading engine.
 #[derive(Parser)]
 #[command(name = "kvtier", version, about)]
@@ -20,6 +24,8 @@ enum Command {
         /// Trace file (JSON lines); standard input when absent.
         file: Option<PathBuf>,
     },
+    /// What is in an FS-tier root directory, and is it healthy.
+    Inspect(kvtier::inspect::InspectArgs),
     /// Benchmarks, with ratios against a ceiling or peer measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -31,13 +37,17 @@ enum Command {
 enum BenchCommand {
     /// The core engine alone (no I/O) against a Python model of vLLM's CPU manager.
     Core(kvtier::bench::core::CoreArgs),
+    /// The FS tier against the disk's O_DIRECT ceiling and a Python peer of vLLM's FS tier.
+    Fs(kvtier::bench::fs::FsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay { file } => kvtier::replay::run_cli(file.as_deref()),
+        Command::Inspect(args) => kvtier::inspect::run(&args),
         Command::Bench { which: BenchCommand::Core(args) } => kvtier::bench::core::run(&args),
+        Command::Bench { which: BenchCommand::Fs(args) } => kvtier::bench::fs::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

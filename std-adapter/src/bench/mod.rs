@@ -2,3 +2,4 @@
 //! same run.
 
 pub mod core;
+pub mod fs;

@@ -1,0 +1,130 @@
+//! [`TieredCache`]: the engine, its tiers and the primary memory region behind one handle, for
+//! an inference engine's scheduler thread.
+
+use std::io;
+use std::sync::Arc;
+
+use kvtier_core::{AnyPolicy, EngineConfig, MemoryTier, SecondaryTier, TieringEngine};
+use kvtier_fs::region::{PrimaryRegion, RegionRows};
+use kvtier_fs::{Executor, FsTier};
+
+use crate::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
+
+/// Why a cache could not be built.
+#[derive(Debug)]
+pub enum CacheError {
+    /// The configuration is inconsistent.
+    Config(String),
+    /// A tier or the region could not start.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::Config(m) => f.write_str(m),
+            CacheError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+impl From<io::Error> for CacheError {
+    fn from(e: io::Error) -> Self {
+        CacheError::Io(e)
+    }
+}
+
+/// Builds the executor an FS tier asked for. `auto` picks the best available here.
+pub fn make_executor(
+    kind: ExecutorKind,
+    fs: &FsConfig,
+    region: &Arc<PrimaryRegion>,
+    o_direct: bool,
+) -> io::Result<Box<dyn Executor>> {
+    match kind {
+        ExecutorKind::Threaded | ExecutorKind::Auto => {
+            let mut cfg = kvtier_io_threaded::ThreadedConfig { o_direct, ..Default::default() };
+            if let Some(n) = fs.read_workers {
+                cfg.read_workers = n;
+            }
+            if let Some(n) = fs.write_workers {
+                cfg.write_workers = n;
+            }
+            Ok(Box::new(kvtier_io_threaded::ThreadedExecutor::new(region.clone(), cfg)?))
+        }
+        ExecutorKind::Uring => {
+            Err(io::Error::new(io::ErrorKind::Unsupported, "the uring executor is not in this build yet"))
+        }
+        ExecutorKind::Sim => {
+            Err(io::Error::new(io::ErrorKind::Unsupported, "the sim executor is not in this build yet"))
+        }
+    }
+}
+
+/// Opens one secondary tier of `config` over `region`.
+pub fn open_tier(config: &TierConfig, region: &Arc<PrimaryRegion>) -> io::Result<Box<dyn SecondaryTier>> {
+    match config {
+        TierConfig::Memory(_) => Ok(Box::new(MemoryTier::new(Some(Arc::new(RegionRows(region.clone())))))),
+        TierConfig::Fs(fs) => {
+            let tier = FsTier::open(&fs.tier_config(), |o_direct| make_executor(fs.executor, fs, region, o_direct))?;
+            Ok(Box::new(tier))
+        }
+    }
+}
+
+/// The primary region, the engine and its tiers. Dropping it shuts the engine down (every tier
+/// drains) before the region's memory goes.
+pub struct TieredCache {
+    engine: TieringEngine,
+    region: Arc<PrimaryRegion>,
+}
+
+impl std::fmt::Debug for TieredCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TieredCache").field("engine", &self.engine).field("region", &self.region).finish()
+    }
+}
+
+impl TieredCache {
+    /// Maps the region and opens every tier of `config`.
+    pub fn new(config: &CacheConfig) -> Result<Self, CacheError> {
+        let rows = config.num_blocks as usize;
+        let region = match &config.shared_memory {
+            Some(path) => PrimaryRegion::shared(path, rows, config.block_bytes)?,
+            None => PrimaryRegion::anonymous(rows, config.block_bytes)?,
+        };
+        let region = Arc::new(region);
+        let tiers = config.tiers.iter().map(|t| open_tier(t, &region)).collect::<io::Result<Vec<_>>>()?;
+        let engine_config = EngineConfig { promotion_deadline_steps: config.promotion_deadline_steps, events: true };
+        let engine = TieringEngine::new(AnyPolicy::new(config.policy.into(), config.num_blocks), tiers, engine_config);
+        Ok(TieredCache { engine, region })
+    }
+
+    /// The engine: call it from the scheduler thread.
+    pub fn engine(&mut self) -> &mut TieringEngine {
+        &mut self.engine
+    }
+
+    /// The engine, read-only.
+    pub fn engine_ref(&self) -> &TieringEngine {
+        &self.engine
+    }
+
+    /// The primary rows (copy GPU blocks in and out through leases).
+    pub fn region(&self) -> &Arc<PrimaryRegion> {
+        &self.region
+    }
+
+    /// Drains every tier and closes the engine (also done on drop).
+    pub fn shutdown(&mut self) {
+        self.engine.shutdown();
+    }
+}
+
+impl Drop for TieredCache {
+    fn drop(&mut self) {
+        self.engine.shutdown();
+    }
+}

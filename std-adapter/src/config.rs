@@ -1,0 +1,298 @@
+//! Typed configuration of a [`crate::TieredCache`], loadable from TOML; the same tier entries
+//! are what a `kvtier replay` config line carries.
+//!
+//! ```toml
+//! num_blocks = 4096
+//! block_bytes = 2097152
+//! policy = "arc"                  # "lru" (default) or "arc"
+//! promotion_deadline_steps = 64   # 0 disables the deadline
+//! # shared_memory = "/dev/shm/kvtier-primary"   # map the rows from a shared file
+//!
+//! [[tiers]]
+//! type = "fs"
+//! root_dir = "/mnt/nvme/kvtier"
+//! executor = "auto"               # "threaded", "uring", "sim" or "auto"
+//! format = "native"               # or "vllm" (raw rows, vLLM-compatible)
+//! model_name = "meta-llama/Llama-3.1-8B"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use kvtier_core::PolicyKind;
+use kvtier_fs::direct::DirectMode;
+use kvtier_fs::namespace::{KvCacheGroup, RunConfig};
+use kvtier_fs::{FsTierConfig, StorageFormat};
+use serde::Deserialize;
+
+/// The whole cache: primary pool and secondary tiers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Primary slots (rows).
+    pub num_blocks: u32,
+    /// Bytes per block.
+    #[serde(default = "default_block_bytes")]
+    pub block_bytes: usize,
+    /// Eviction policy of the primary pool.
+    #[serde(default)]
+    pub policy: PolicyName,
+    /// Steps after which a promotion in flight answers Miss (0: never).
+    #[serde(default = "default_deadline")]
+    pub promotion_deadline_steps: u32,
+    /// Map the primary rows from this file (e.g. under /dev/shm) instead of anonymous memory.
+    #[serde(default)]
+    pub shared_memory: Option<PathBuf>,
+    /// Secondary tiers, in order.
+    #[serde(default)]
+    pub tiers: Vec<TierConfig>,
+}
+
+fn default_block_bytes() -> usize {
+    4096
+}
+
+fn default_deadline() -> u32 {
+    64
+}
+
+/// `lru` or `arc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyName {
+    /// Least recently used.
+    #[default]
+    Lru,
+    /// Adaptive replacement cache.
+    Arc,
+}
+
+impl From<PolicyName> for PolicyKind {
+    fn from(p: PolicyName) -> Self {
+        match p {
+            PolicyName::Lru => PolicyKind::Lru,
+            PolicyName::Arc => PolicyKind::Arc,
+        }
+    }
+}
+
+/// One secondary tier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TierConfig {
+    /// In-memory copies (the reference tier).
+    Memory(MemoryConfig),
+    /// A file-system tier.
+    Fs(Box<FsConfig>),
+}
+
+/// A memory tier (no settings; unknown keys are refused like everywhere else).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {}
+
+/// Which executor runs an FS tier's file operations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// Worker threads with blocking O_DIRECT syscalls.
+    Threaded,
+    /// io_uring.
+    Uring,
+    /// The deterministic simulated disk.
+    Sim,
+    /// The best one available here.
+    #[default]
+    Auto,
+}
+
+/// `native` or `vllm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatName {
+    /// Checksummed header + row bytes (default).
+    #[default]
+    Native,
+    /// Raw row bytes, as vLLM writes them.
+    Vllm,
+}
+
+/// `auto`, `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectName {
+    /// Probe the directory; fall back to buffered I/O with one warning.
+    #[default]
+    Auto,
+    /// Require O_DIRECT.
+    On,
+    /// Never use O_DIRECT.
+    Off,
+}
+
+/// An FS tier: where, how, and the run-config fields that name its namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// Root directory.
+    pub root_dir: PathBuf,
+    /// Executor.
+    #[serde(default)]
+    pub executor: ExecutorKind,
+    /// Block format.
+    #[serde(default)]
+    pub format: FormatName,
+    /// Run config: model name.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Run config: KV dtype.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Run config: tokens per hash.
+    #[serde(default)]
+    pub tokens_per_hash: Option<u64>,
+    /// Run config: GPU blocks per file.
+    #[serde(default)]
+    pub blocks_per_file: Option<u64>,
+    /// Run config: tensor-parallel size.
+    #[serde(default)]
+    pub tp_size: Option<u64>,
+    /// Run config: pipeline-parallel size.
+    #[serde(default)]
+    pub pp_size: Option<u64>,
+    /// Run config: prefill context-parallel size.
+    #[serde(default)]
+    pub pcp_size: Option<u64>,
+    /// Run config: decode context-parallel size.
+    #[serde(default)]
+    pub dcp_size: Option<u64>,
+    /// Run config: KV-cache groups.
+    #[serde(default)]
+    pub kv_cache_groups: Option<Vec<KvCacheGroup>>,
+    /// Run config: whether blocks are parallel-agnostic.
+    #[serde(default)]
+    pub parallel_agnostic: Option<bool>,
+    /// This process's rank.
+    #[serde(default)]
+    pub rank: u32,
+    /// Raise STORAGE events for stored blocks.
+    #[serde(default)]
+    pub events: bool,
+    /// O_DIRECT mode.
+    #[serde(default)]
+    pub o_direct: DirectName,
+    /// `fdatasync` every block before publishing it.
+    #[serde(default)]
+    pub fsync: bool,
+    /// Check the disk on an index miss (directories shared with other processes).
+    #[serde(default)]
+    pub probe_on_miss: bool,
+    /// Read-priority worker threads (threaded executor).
+    #[serde(default)]
+    pub read_workers: Option<usize>,
+    /// Write-priority worker threads (threaded executor).
+    #[serde(default)]
+    pub write_workers: Option<usize>,
+}
+
+impl FsConfig {
+    /// The FS tier's settings.
+    pub fn tier_config(&self) -> FsTierConfig {
+        let d = RunConfig::default();
+        let run = RunConfig {
+            model_name: self.model_name.clone().unwrap_or(d.model_name),
+            dtype: self.dtype.clone().unwrap_or(d.dtype),
+            tokens_per_hash: self.tokens_per_hash.unwrap_or(d.tokens_per_hash),
+            blocks_per_file: self.blocks_per_file.unwrap_or(d.blocks_per_file),
+            tp_size: self.tp_size.unwrap_or(d.tp_size),
+            pp_size: self.pp_size.unwrap_or(d.pp_size),
+            pcp_size: self.pcp_size.unwrap_or(d.pcp_size),
+            dcp_size: self.dcp_size.unwrap_or(d.dcp_size),
+            kv_cache_groups: self.kv_cache_groups.clone().unwrap_or(d.kv_cache_groups),
+            parallel_agnostic: self.parallel_agnostic.unwrap_or(d.parallel_agnostic),
+            ..d
+        };
+        let mut cfg = FsTierConfig::new(&self.root_dir, run);
+        cfg.rank = self.rank;
+        cfg.format = match self.format {
+            FormatName::Native => StorageFormat::Native,
+            FormatName::Vllm => StorageFormat::Vllm,
+        };
+        cfg.o_direct = match self.o_direct {
+            DirectName::Auto => DirectMode::Auto,
+            DirectName::On => DirectMode::On,
+            DirectName::Off => DirectMode::Off,
+        };
+        cfg.fsync = self.fsync;
+        cfg.probe_on_miss = self.probe_on_miss;
+        cfg.events = self.events;
+        cfg
+    }
+}
+
+/// A configuration file could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read(PathBuf, std::io::Error),
+    /// The file is not a valid configuration.
+    Parse(PathBuf, String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            ConfigError::Parse(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl CacheConfig {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        Self::from_toml(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_round_trip_and_unknown_keys() {
+        let cfg = CacheConfig::from_toml(
+            r#"
+            num_blocks = 8
+            policy = "arc"
+            [[tiers]]
+            type = "memory"
+            [[tiers]]
+            type = "fs"
+            root_dir = "/tmp/x"
+            format = "vllm"
+            model_name = "m/n"
+            rank = 2
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.block_bytes, 4096);
+        assert_eq!(cfg.policy, PolicyName::Arc);
+        assert_eq!(cfg.promotion_deadline_steps, 64);
+        let TierConfig::Fs(fs) = &cfg.tiers[1] else { panic!("fs tier expected") };
+        let t = fs.tier_config();
+        assert_eq!((t.rank, t.format, t.run.model_name.as_str()), (2, StorageFormat::Vllm, "m/n"));
+        assert!(CacheConfig::from_toml("num_blocks = 1\nnum_blokcs = 2").unwrap_err().contains("num_blokcs"));
+        let bad = "num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\nexecutr = \"uring\"";
+        assert!(CacheConfig::from_toml(bad).unwrap_err().contains("executr"));
+        assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"tape\"").is_err());
+        assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"memory\"\nsize = 3").is_err());
+    }
+}

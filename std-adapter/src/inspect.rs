@@ -1,0 +1,247 @@
+//! `kvtier inspect ROOT [--verify] [--json]`: what is in an FS-tier root directory, and is it
+//! healthy.
+//!
+//! A namespace is a directory holding a `config.json`; its blocks live in the sibling
+//! directories `{namespace}_r{rank}`. With `--verify` every block file is read and checked: a
+//! native block's header and payload checksum, a vllm-format block's length only (raw rows
+//! carry no checksum; a file whose length differs from the namespace's common length is
+//! counted corrupt).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use kvtier_fs::format::{decode_header, HEADER_LEN};
+use kvtier_fs::namespace::{digest12, parse_block_path, Layout, RunConfig, CONFIG_FILE, NATIVE_STORAGE_FORMAT};
+use kvtier_fs::tmpname;
+use serde::Serialize;
+
+/// Flags of `kvtier inspect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InspectArgs {
+    /// The FS tier's root directory.
+    pub root: PathBuf,
+    /// Read and check every block file.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Findings for a whole root.
+#[derive(Debug, Serialize)]
+pub struct RootReport {
+    /// The inspected root.
+    pub root: PathBuf,
+    /// Namespaces found, by directory name.
+    pub namespaces: Vec<NamespaceReport>,
+}
+
+/// One namespace.
+#[derive(Debug, Serialize)]
+pub struct NamespaceReport {
+    /// The namespace's base directory.
+    pub dir: PathBuf,
+    /// `model_name` from its config (None if unreadable).
+    pub model_name: Option<String>,
+    /// `native` or `vllm`.
+    pub format: &'static str,
+    /// Its config's digest.
+    pub digest: Option<String>,
+    /// A problem with `config.json` (unreadable, or not matching the directory name).
+    pub config_problem: Option<String>,
+    /// Per rank directory.
+    pub ranks: Vec<RankReport>,
+}
+
+/// One rank directory.
+#[derive(Debug, Default, Serialize)]
+pub struct RankReport {
+    /// The rank.
+    pub rank: u32,
+    /// Block files.
+    pub blocks: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// Temp files (stores in progress or left by a crash).
+    pub temp_files: u64,
+    /// Files that are neither blocks nor temp files.
+    pub foreign_files: u64,
+    /// With `--verify`: blocks that check out.
+    pub intact: Option<u64>,
+    /// With `--verify`: blocks that do not.
+    pub corrupt: Option<u64>,
+}
+
+/// Runs the command.
+pub fn run(args: &InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let report = inspect(&args.root, args.verify)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_human(&report, args.verify);
+    }
+    Ok(())
+}
+
+/// Inspects `root`.
+pub fn inspect(root: &Path, verify: bool) -> io::Result<RootReport> {
+    let mut names: Vec<PathBuf> = fs::read_dir(root)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.join(CONFIG_FILE).is_file())
+        .collect();
+    names.sort();
+    let mut namespaces = Vec::new();
+    for dir in names {
+        namespaces.push(inspect_namespace(root, &dir, verify)?);
+    }
+    Ok(RootReport { root: root.to_path_buf(), namespaces })
+}
+
+fn inspect_namespace(root: &Path, dir: &Path, verify: bool) -> io::Result<NamespaceReport> {
+    let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parsed: Result<RunConfig, String> = fs::read_to_string(dir.join(CONFIG_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()));
+    let (run, mut config_problem) = match parsed {
+        Ok(run) => (Some(run), None),
+        Err(e) => (None, Some(format!("unreadable config.json: {e}"))),
+    };
+    let digest = run.as_ref().map(digest12);
+    if let (Some(run), Some(d)) = (&run, &digest) {
+        let expected = Layout::new(root, run, 0);
+        if expected.base() != dir {
+            config_problem =
+                Some(format!("config.json digests to {d}, which does not match the directory name {dir_name}"));
+        }
+    }
+    let native = run.as_ref().is_some_and(|r| r.storage_format.as_deref() == Some(NATIVE_STORAGE_FORMAT));
+    let prefix = format!("{dir_name}_r");
+    let mut rank_dirs: Vec<(u32, PathBuf)> = fs::read_dir(root)?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rank = name.strip_prefix(&prefix)?.parse().ok()?;
+            Some((rank, e.path()))
+        })
+        .collect();
+    rank_dirs.sort();
+    let mut ranks = Vec::new();
+    for (rank, rank_dir) in rank_dirs {
+        let ns = digest.as_deref().map(|d| {
+            let mut b = [0u8; 12];
+            b.copy_from_slice(&d.as_bytes()[..12]);
+            b
+        });
+        ranks.push(inspect_rank(rank, &rank_dir, native, ns, verify)?);
+    }
+    Ok(NamespaceReport {
+        dir: dir.to_path_buf(),
+        model_name: run.map(|r| r.model_name),
+        format: if native { "native" } else { "vllm" },
+        digest,
+        config_problem,
+        ranks,
+    })
+}
+
+fn inspect_rank(
+    rank: u32,
+    rank_dir: &Path,
+    native: bool,
+    ns: Option<[u8; 12]>,
+    verify: bool,
+) -> io::Result<RankReport> {
+    let mut report = RankReport { rank, ..RankReport::default() };
+    let mut blocks = Vec::new();
+    let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                if depth < 2 {
+                    dirs.push((path, depth + 1));
+                } else {
+                    report.foreign_files += 1;
+                }
+            } else if tmpname::parse_temp(&entry.file_name()).is_some() {
+                report.temp_files += 1;
+            } else if let Some(key) =
+                path.strip_prefix(rank_dir).ok().and_then(parse_block_path).filter(|_| kind.is_file())
+            {
+                let len = entry.metadata()?.len();
+                report.blocks += 1;
+                report.bytes += len;
+                blocks.push((path, key, len));
+            } else {
+                report.foreign_files += 1;
+            }
+        }
+    }
+    if verify {
+        let (mut intact, mut corrupt) = (0, 0);
+        // Raw rows carry no checksum: the namespace's most common length is the reference.
+        let mut lengths: BTreeMap<u64, u64> = BTreeMap::new();
+        for (_, _, len) in &blocks {
+            *lengths.entry(*len).or_default() += 1;
+        }
+        let common = lengths.iter().max_by_key(|(len, n)| (**n, **len)).map(|(len, _)| *len);
+        for (path, key, len) in &blocks {
+            let ok = if native { verify_native(path, key, ns).unwrap_or(false) } else { Some(*len) == common };
+            if ok {
+                intact += 1;
+            } else {
+                corrupt += 1;
+            }
+        }
+        report.intact = Some(intact);
+        report.corrupt = Some(corrupt);
+    }
+    Ok(report)
+}
+
+fn verify_native(path: &Path, key: &kvtier_core::OffloadKey, ns: Option<[u8; 12]>) -> io::Result<bool> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.read_to_end(&mut bytes)?;
+    let Ok(header) = decode_header(&bytes) else { return Ok(false) };
+    let Some(ns) = ns else { return Ok(false) };
+    let payload_len = header.payload_len as usize;
+    let Some(payload) = bytes.get(HEADER_LEN..HEADER_LEN.saturating_add(payload_len)) else { return Ok(false) };
+    Ok(bytes.len() as u64 == kvtier_fs::format::native_file_len(header.payload_len)
+        && header.check(&ns, key, payload).is_ok())
+}
+
+fn print_human(report: &RootReport, verify: bool) {
+    println!("{}: {} namespace(s)", report.root.display(), report.namespaces.len());
+    for ns in &report.namespaces {
+        println!(
+            "\n{}  model={}  format={}  digest={}",
+            ns.dir.display(),
+            ns.model_name.as_deref().unwrap_or("?"),
+            ns.format,
+            ns.digest.as_deref().unwrap_or("?")
+        );
+        if let Some(p) = &ns.config_problem {
+            println!("  problem: {p}");
+        }
+        for r in &ns.ranks {
+            print!(
+                "  rank {}: {} blocks, {:.1} MiB, {} temp files, {} foreign files",
+                r.rank,
+                r.blocks,
+                r.bytes as f64 / (1 << 20) as f64,
+                r.temp_files,
+                r.foreign_files
+            );
+            if verify {
+                print!(", {} intact, {} corrupt", r.intact.unwrap_or(0), r.corrupt.unwrap_or(0));
+            }
+            println!();
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The FS tier end to end on real directories, through `TieredCache` and the threaded
+//! executor: restart, corruption, vLLM-format interchange, two processes sharing a directory,
+//! and ENOSPC on a small loop-mounted ext4 image.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use kvtier::config::{CacheConfig, ExecutorKind, FormatName, FsConfig, TierConfig};
+use kvtier::core::{LookupResult, OffloadKey, ReqContext, StorePlan};
+use kvtier::{PrimaryRegion, TieredCache};
+use kvtier_fs::namespace::Layout;
+use kvtier_fs::region::Access;
+use kvtier_fs::FsTier;
+
+const REQ: ReqContext = ReqContext::new(1);
+const BLOCK: usize = 8192;
+
+fn key(i: u64) -> OffloadKey {
+    let mut hash = [0u8; 32];
+    hash[..8].copy_from_slice(&i.to_be_bytes());
+    hash[8..16].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    OffloadKey::new(&hash, (i % 2) as u32).unwrap()
+}
+
+/// The bytes block `i` holds: distinct per block and per position.
+fn pattern(i: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i as usize * 131 + j * 7 + j / 251) as u8).collect()
+}
+
+fn fs_config(root: &Path, format: FormatName) -> FsConfig {
+    let mut fs: FsConfig = serde_json::from_value(serde_json::json!({"root_dir": root})).unwrap();
+    fs.executor = ExecutorKind::Threaded;
+    fs.format = format;
+    fs.model_name = Some("meta-llama/Llama-3.1-8B".into());
+    fs
+}
+
+fn cache(root: &Path, slots: u32, format: FormatName, probe: bool) -> TieredCache {
+    let mut fs = fs_config(root, format);
+    fs.probe_on_miss = probe;
+    let config = CacheConfig {
+        num_blocks: slots,
+        block_bytes: BLOCK,
+        policy: Default::default(),
+        promotion_deadline_steps: 0,
+        shared_memory: None,
+        tiers: vec![TierConfig::Fs(Box::new(fs))],
+    };
+    TieredCache::new(&config).unwrap()
+}
+
+fn fill(region: &Arc<PrimaryRegion>, slot: kvtier::core::SlotId, bytes: &[u8]) {
+    let mut lease = region.lease(slot, Access::Write).unwrap();
+    lease.as_mut_slice().unwrap()[..bytes.len()].copy_from_slice(bytes);
+}
+
+fn read(region: &Arc<PrimaryRegion>, slot: kvtier::core::SlotId) -> Vec<u8> {
+    region.lease(slot, Access::Read).unwrap().block().to_vec()
+}
+
+/// Stores blocks `ids` (filled with their patterns) and waits until every tier has them.
+fn store(c: &mut TieredCache, ids: impl IntoIterator<Item = u64>) {
+    let ids: Vec<u64> = ids.into_iter().collect();
+    let keys: Vec<OffloadKey> = ids.iter().map(|&i| key(i)).collect();
+    let mut plan = StorePlan::new();
+    c.engine().prepare_store(&keys, REQ, &mut plan).unwrap();
+    let region = c.region().clone();
+    for (k, &slot) in plan.keys.iter().zip(&plan.slots) {
+        let i = ids[keys.iter().position(|x| x == k).unwrap()];
+        fill(&region, slot, &pattern(i, BLOCK));
+    }
+    c.engine().complete_store(&plan.keys, REQ, true).unwrap();
+    c.engine().end_step();
+    c.engine().drain();
+    c.engine().end_step(); // handles the finished cascades (unpins)
+}
+
+/// Looks `i` up until it is ready (promoting it from disk), then checks its bytes.
+fn promote_and_check(c: &mut TieredCache, i: u64) -> bool {
+    for _ in 0..4 {
+        match c.engine().lookup(&key(i), REQ) {
+            LookupResult::Ready => {
+                let (slot, _) = c.engine_ref().primary().find(&key(i)).unwrap();
+                assert_eq!(read(c.region(), slot), pattern(i, BLOCK), "block {i} bytes");
+                return true;
+            }
+            LookupResult::Miss => return false,
+            LookupResult::Pending | LookupResult::Retry => {
+                c.engine().end_step();
+                c.engine().drain();
+            }
+        }
+    }
+    panic!("block {i} never became ready");
+}
+
+fn fs_tier(c: &mut TieredCache) -> &mut FsTier {
+    c.engine().tier_mut::<FsTier>(0).unwrap()
+}
+
+#[test]
+fn store_evict_promote_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in [FormatName::Native, FormatName::Vllm] {
+        let root = dir.path().join(format!("{format:?}"));
+        {
+            let mut c = cache(&root, 8, format, false);
+            store(&mut c, 0..8);
+            store(&mut c, 8..16); // evicts 0..8 from the primary; they stay on disk
+            assert_eq!(fs_tier(&mut c).len(), 16);
+            for i in 0..8 {
+                assert!(promote_and_check(&mut c, i), "block {i} from disk");
+            }
+        }
+        // A second cache on the same directory finds everything the first stored.
+        let mut c = cache(&root, 8, format, false);
+        assert_eq!(fs_tier(&mut c).startup().blocks_indexed, 16);
+        for i in (0..16).rev() {
+            assert!(promote_and_check(&mut c, i), "block {i} after restart");
+        }
+        assert!(!promote_and_check(&mut c, 99));
+    }
+}
+
+#[test]
+fn corrupt_and_foreign_blocks_are_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cache(dir.path(), 4, FormatName::Native, false);
+    store(&mut c, 0..4);
+    store(&mut c, 4..8);
+    let paths: Vec<PathBuf> = (0..3).map(|i| fs_tier(&mut c).layout().block_path(&key(i))).collect();
+    // A flipped payload bit, a truncated file, and a valid block of another key in its place.
+    let mut bytes = std::fs::read(&paths[0]).unwrap();
+    bytes[4096 + 100] ^= 1;
+    std::fs::write(&paths[0], &bytes).unwrap();
+    std::fs::write(&paths[1], &std::fs::read(&paths[1]).unwrap()[..4096 + 10]).unwrap();
+    std::fs::copy(fs_tier(&mut c).layout().block_path(&key(3)), &paths[2]).unwrap();
+    for i in 0..3 {
+        assert!(!promote_and_check(&mut c, i), "corrupt block {i} must not be served");
+        assert!(!paths[i as usize].exists(), "corrupt file {i} is removed");
+        assert!(!fs_tier(&mut c).contains(&key(i)));
+    }
+    assert_eq!(fs_tier(&mut c).stats().corrupt, 3);
+    assert!(promote_and_check(&mut c, 3), "intact neighbours still load");
+}
+
+#[test]
+fn vllm_format_reads_what_vllm_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Raw rows at vLLM's paths, as its FS tier writes them, before the cache starts.
+    let run = fs_config(dir.path(), FormatName::Vllm).tier_config().effective_run_config();
+    let layout = Layout::new(dir.path(), &run, 0);
+    for i in 100..104 {
+        let path = layout.block_path(&key(i));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, pattern(i, BLOCK)).unwrap();
+    }
+    let mut c = cache(dir.path(), 2, FormatName::Vllm, false);
+    assert_eq!(fs_tier(&mut c).startup().blocks_indexed, 4);
+    for i in 100..104 {
+        assert!(promote_and_check(&mut c, i));
+    }
+}
+
+/// Child side of `two_processes_share_a_directory` (does nothing when run on its own).
+#[test]
+fn two_process_child() {
+    let (Ok(root), Ok(first)) = (std::env::var("KVTIER_CHILD_ROOT"), std::env::var("KVTIER_CHILD_FIRST")) else {
+        return;
+    };
+    let first: u64 = first.parse().unwrap();
+    let mut c = cache(Path::new(&root), 64, FormatName::Native, true);
+    // Overlapping halves: 0..48 and 16..64 are stored by both at once.
+    for chunk in (first..first + 48).collect::<Vec<_>>().chunks(8) {
+        store(&mut c, chunk.iter().copied());
+    }
+    // Wait for the other process, then load everything (the other's blocks through the probe).
+    let flag = Path::new(&root).join(format!("done-{first}"));
+    std::fs::write(&flag, b"").unwrap();
+    let other = Path::new(&root).join(format!("done-{}", 16 - first));
+    while !other.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut c = cache(Path::new(&root), 64, FormatName::Native, true);
+    for i in 0..64 {
+        assert!(promote_and_check(&mut c, i), "process {first}: block {i}");
+    }
+}
+
+#[test]
+fn two_processes_share_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = [0u64, 16]
+        .iter()
+        .map(|first| {
+            Command::new(&exe)
+                .args(["--exact", "two_process_child", "--nocapture", "--test-threads=1"])
+                .env("KVTIER_CHILD_ROOT", dir.path())
+                .env("KVTIER_CHILD_FIRST", first.to_string())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success(), "a child process failed");
+    }
+}
+
+/// Mounts a small ext4 image on a loop device; `None` (with the reason printed) where that is
+/// not possible here.
+struct LoopMount {
+    image: PathBuf,
+    mount: PathBuf,
+}
+
+impl LoopMount {
+    fn new(dir: &Path, mib: u32) -> Option<LoopMount> {
+        let image = dir.join("fs.img");
+        let mount = dir.join("mnt");
+        std::fs::create_dir_all(&mount).ok()?;
+        let run = |cmd: &str, args: &[&str]| {
+            Command::new(cmd).args(args).output().map(|o| o.status.success().then_some(()).ok_or(o)).ok()?.ok()
+        };
+        let img = image.to_str()?;
+        if run("truncate", &["-s", &format!("{mib}M"), img]).is_none()
+            || run("mkfs.ext4", &["-q", "-F", "-O", "^has_journal", img]).is_none()
+            || run("mount", &["-o", "loop", img, mount.to_str()?]).is_none()
+        {
+            eprintln!("skipped: cannot mount a loop device here (needs root, mkfs.ext4 and loop devices)");
+            return None;
+        }
+        Some(LoopMount { image, mount })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+fn temp_files(dir: &Path) -> usize {
+    let mut n = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            } else if e.file_name().to_string_lossy().ends_with(".tmp") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn enospc_fails_cleanly_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mnt) = LoopMount::new(dir.path(), 8) else { return };
+    let root = mnt.mount.join("kv");
+    let mut c = cache(&root, 32, FormatName::Native, false);
+    // 8 MiB image, 12 KiB per native block file: fill it up.
+    let ballast = mnt.mount.join("ballast");
+    let mut i = 0;
+    while fs_tier(&mut c).stats().failed == 0 && i < 2000 {
+        store(&mut c, i..i + 16);
+        i += 16;
+        if i == 320 {
+            // Leave little room so the next stores hit ENOSPC.
+            let free = {
+                // SAFETY: zeroed statvfs is a valid out-parameter; the path is NUL-terminated.
+                let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+                let p = std::ffi::CString::new(mnt.mount.to_str().unwrap()).unwrap();
+                // SAFETY: as above; `s` outlives the call.
+                assert_eq!(unsafe { libc::statvfs(p.as_ptr(), &mut s) }, 0);
+                s.f_bavail * s.f_bsize
+            };
+            std::fs::write(&ballast, vec![1u8; free.saturating_sub(64 * 1024) as usize]).ok();
+        }
+    }
+    let stats = *fs_tier(&mut c).stats();
+    assert!(stats.failed > 0, "the image never filled up ({i} blocks stored)");
+    assert_eq!(temp_files(&root), 0, "no temp file may remain after ENOSPC");
+    let indexed = fs_tier(&mut c).len();
+    drop(c);
+    // Nothing corrupt was indexed: a fresh start finds exactly what was published, all intact.
+    let report = kvtier::inspect::inspect(&root, true).unwrap();
+    let rank = &report.namespaces[0].ranks[0];
+    assert_eq!((rank.blocks as usize, rank.corrupt), (indexed, Some(0)));
+    // Free space, and the tier works again.
+    std::fs::remove_file(&ballast).ok();
+    let mut c = cache(&root, 32, FormatName::Native, false);
+    let before = fs_tier(&mut c).stats().failed;
+    store(&mut c, 5000..5016);
+    assert_eq!(fs_tier(&mut c).stats().failed, before);
+    store(&mut c, 6000..6032); // evict 5000.. from the primary
+    for i in 5000..5016 {
+        assert!(promote_and_check(&mut c, i));
+    }
+}
