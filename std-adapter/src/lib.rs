@@ -16,3 +16,8 @@ pub use cache::{CacheError, TieredCache};
 pub use config::CacheConfig;
 pub use kvtier_core as core;
 pub use kvtier_fs::region::PrimaryRegion;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
