@@ -296,10 +296,16 @@ impl<P: EvictionPolicy> TieringEngine<P> {
     }
 
     fn poll_tiers(&mut self) {
+        self.drain_tiers(|tier, done| tier.poll_finished(done));
+    }
+
+    /// Asks every tier in order for its finished jobs (`report` fills the buffer) and handles
+    /// them before asking the next tier.
+    fn drain_tiers(&mut self, report: impl Fn(&mut dyn SecondaryTier, &mut Completions)) {
         for t in 0..self.tiers.len() {
             let mut done = core::mem::take(&mut self.completions);
             done.clear();
-            self.tiers[t].poll_finished(&mut done);
+            report(self.tiers[t].as_mut(), &mut done);
             self.handle_completions(t, &done);
             self.completions = done;
         }
@@ -633,13 +639,7 @@ impl<P: EvictionPolicy> TieringEngine<P> {
                 self.stats.promotions_failed += 1;
             }
         }
-        for t in 0..self.tiers.len() {
-            let mut done = core::mem::take(&mut self.completions);
-            done.clear();
-            self.tiers[t].shutdown(&mut done);
-            self.handle_completions(t, &done);
-            self.completions = done;
-        }
+        self.drain_tiers(|tier, done| tier.shutdown(done));
         // A tier that forgot a job must not leave it pinned or reserved forever.
         // Oldest first, so the outcome does not depend on the hash table's order.
         while let Some(r) = self.jobs.index.iter().copied().min_by_key(|&r| self.jobs.records[r as usize].id) {
