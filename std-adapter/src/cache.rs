@@ -2,7 +2,7 @@
 //! an inference engine's scheduler thread.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 
 use kvtier_core::{AnyPolicy, EngineConfig, MemoryTier, SecondaryTier, TieringEngine};
 use kvtier_fs::region::{PrimaryRegion, RegionRows};
@@ -36,7 +36,10 @@ impl From<io::Error> for CacheError {
     }
 }
 
-/// Builds the executor an FS tier asked for. `auto` picks the best available here.
+/// Builds the executor an FS tier asked for. `auto` picks io_uring where it can be set up here
+/// (the kernel has what it needs, no seccomp filter refuses it, the region can be registered
+/// within `RLIMIT_MEMLOCK`) and otherwise the threaded executor, with one warning per process
+/// naming the reason.
 pub fn make_executor(
     kind: ExecutorKind,
     fs: &FsConfig,
@@ -44,23 +47,36 @@ pub fn make_executor(
     o_direct: bool,
 ) -> io::Result<Box<dyn Executor>> {
     match kind {
-        ExecutorKind::Threaded | ExecutorKind::Auto => {
-            let mut cfg = kvtier_io_threaded::ThreadedConfig { o_direct, ..Default::default() };
-            if let Some(n) = fs.read_workers {
-                cfg.read_workers = n;
+        ExecutorKind::Threaded => threaded_executor(fs, region, o_direct),
+        ExecutorKind::Uring => uring_executor(region, o_direct),
+        ExecutorKind::Auto => match uring_executor(region, o_direct) {
+            Ok(executor) => Ok(executor),
+            Err(e) => {
+                static WARNED: Once = Once::new();
+                WARNED.call_once(|| eprintln!("kvtier: warning: {e}; the fs tier uses the threaded executor"));
+                threaded_executor(fs, region, o_direct)
             }
-            if let Some(n) = fs.write_workers {
-                cfg.write_workers = n;
-            }
-            Ok(Box::new(kvtier_io_threaded::ThreadedExecutor::new(region.clone(), cfg)?))
-        }
-        ExecutorKind::Uring => {
-            Err(io::Error::new(io::ErrorKind::Unsupported, "the uring executor is not in this build yet"))
-        }
+        },
         ExecutorKind::Sim => {
             Err(io::Error::new(io::ErrorKind::Unsupported, "the sim executor is not in this build yet"))
         }
     }
+}
+
+fn threaded_executor(fs: &FsConfig, region: &Arc<PrimaryRegion>, o_direct: bool) -> io::Result<Box<dyn Executor>> {
+    let mut cfg = kvtier_io_threaded::ThreadedConfig { o_direct, ..Default::default() };
+    if let Some(n) = fs.read_workers {
+        cfg.read_workers = n;
+    }
+    if let Some(n) = fs.write_workers {
+        cfg.write_workers = n;
+    }
+    Ok(Box::new(kvtier_io_threaded::ThreadedExecutor::new(region.clone(), cfg)?))
+}
+
+fn uring_executor(region: &Arc<PrimaryRegion>, o_direct: bool) -> io::Result<Box<dyn Executor>> {
+    let cfg = kvtier_io_uring::UringConfig { o_direct, ..Default::default() };
+    Ok(Box::new(kvtier_io_uring::UringExecutor::new(region.clone(), cfg)?))
 }
 
 /// Opens one secondary tier of `config` over `region`.
@@ -126,5 +142,34 @@ impl TieredCache {
 impl Drop for TieredCache {
     fn drop(&mut self) {
         self.engine.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fs_config() -> FsConfig {
+        serde_json::from_value(serde_json::json!({"root_dir": "/nonexistent"})).unwrap()
+    }
+
+    #[test]
+    fn each_executor_kind_builds_its_executor() {
+        let region = Arc::new(PrimaryRegion::anonymous(4, 4096).unwrap());
+        let fs = fs_config();
+        let threaded = make_executor(ExecutorKind::Threaded, &fs, &region, false).unwrap();
+        assert_eq!(threaded.name(), "threaded");
+        let auto = make_executor(ExecutorKind::Auto, &fs, &region, false).unwrap();
+        match kvtier_io_uring::probe(false) {
+            Ok(()) => {
+                assert_eq!(make_executor(ExecutorKind::Uring, &fs, &region, false).unwrap().name(), "uring");
+                assert_eq!(auto.name(), "uring", "auto picks io_uring where it runs");
+            }
+            Err(e) => {
+                eprintln!("io_uring unavailable here ({e}): auto must fall back");
+                assert_eq!(auto.name(), "threaded");
+                assert!(make_executor(ExecutorKind::Uring, &fs, &region, false).is_err());
+            }
+        }
     }
 }

@@ -12,10 +12,28 @@ fn run(lines: &[Value]) -> Vec<Value> {
 }
 
 #[test]
-fn fs_tier_round_trip_and_second_run() {
+fn fs_tier_round_trip_and_second_run_threaded() {
+    round_trip_and_second_run("threaded");
+}
+
+#[test]
+fn fs_tier_round_trip_and_second_run_uring() {
+    if let Err(e) = kvtier_io_uring::probe(false) {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    round_trip_and_second_run("uring");
+}
+
+#[test]
+fn fs_tier_round_trip_and_second_run_auto() {
+    round_trip_and_second_run("auto");
+}
+
+fn round_trip_and_second_run(executor: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = json!({"op":"config","num_blocks":2,"block_bytes":8192,"policy":"lru",
-        "tiers":[{"type":"fs","root_dir":dir.path(),"executor":"threaded","model_name":"m/x","events":true}]});
+        "tiers":[{"type":"fs","root_dir":dir.path(),"executor":executor,"model_name":"m/x","events":true}]});
     let (a, b, c) = ("aa00000001", "bb00000002", "cc00000003");
     let first = run(&[
         config.clone(),
