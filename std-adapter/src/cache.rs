@@ -57,9 +57,12 @@ pub fn make_executor(
                 threaded_executor(fs, region, o_direct)
             }
         },
-        ExecutorKind::Sim => {
-            Err(io::Error::new(io::ErrorKind::Unsupported, "the sim executor is not in this build yet"))
-        }
+        // The sim executor works on its own in-memory disk, which the tier must open: see
+        // `open_tier`.
+        ExecutorKind::Sim => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the sim executor is built with its in-memory disk by open_tier",
+        )),
     }
 }
 
@@ -83,6 +86,16 @@ fn uring_executor(region: &Arc<PrimaryRegion>, o_direct: bool) -> io::Result<Box
 pub fn open_tier(config: &TierConfig, region: &Arc<PrimaryRegion>) -> io::Result<Box<dyn SecondaryTier>> {
     match config {
         TierConfig::Memory(_) => Ok(Box::new(MemoryTier::new(Some(Arc::new(RegionRows(region.clone())))))),
+        TierConfig::Fs(fs) if fs.executor == ExecutorKind::Sim => {
+            // A fresh in-memory disk (seed 0, no faults) holds the whole namespace, config.json
+            // included: nothing reaches `root_dir` on the host, and nothing outlives the tier.
+            let disk = kvtier_io_sim::SimDisk::new(0);
+            let tier = FsTier::open_on(&fs.tier_config(), Arc::new(disk.clone()), |o_direct| {
+                let config = kvtier_io_sim::SimConfig { o_direct, ..Default::default() };
+                Ok(Box::new(kvtier_io_sim::SimExecutor::new(region.clone(), disk, config)) as Box<dyn Executor>)
+            })?;
+            Ok(Box::new(tier))
+        }
         TierConfig::Fs(fs) => {
             let tier = FsTier::open(&fs.tier_config(), |o_direct| make_executor(fs.executor, fs, region, o_direct))?;
             Ok(Box::new(tier))
@@ -171,5 +184,17 @@ mod tests {
                 assert!(make_executor(ExecutorKind::Uring, &fs, &region, false).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_sim_tier_lives_on_its_in_memory_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let region = Arc::new(PrimaryRegion::anonymous(4, 4096).unwrap());
+        let mut fs: FsConfig = serde_json::from_value(serde_json::json!({"root_dir": root.path()})).unwrap();
+        fs.executor = ExecutorKind::Sim;
+        let tier = open_tier(&TierConfig::Fs(Box::new(fs)), &region).unwrap();
+        drop(tier);
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "nothing written to the host");
+        assert!(make_executor(ExecutorKind::Sim, &fs_config(), &region, false).is_err());
     }
 }

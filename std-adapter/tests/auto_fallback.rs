@@ -8,9 +8,7 @@ use std::process::{Command, Stdio};
 #[test]
 fn auto_falls_back_to_threaded_with_one_warning() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let tier = |d: &tempfile::TempDir| {
-        serde_json::json!({"type":"fs","root_dir":d.path(),"executor":"auto","model_name":"m/x"})
-    };
+    let tier = |d: &tempfile::TempDir| serde_json::json!({"type":"fs","root_dir":d.path(),"executor":"auto","model_name":"m/x"});
     let trace = [
         serde_json::json!({"op":"config","num_blocks":2,"block_bytes":4096,"tiers":[tier(&dirs[0]), tier(&dirs[1])]}),
         serde_json::json!({"op":"prepare_store","req":"r1","keys":["aa000001"]}),

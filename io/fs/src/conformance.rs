@@ -1,14 +1,24 @@
 //! The conformance suite every [`Executor`] must pass (feature `conformance`).
 //!
-//! Each case is a public function taking the executor's constructor, `make(region, dir) -> E`,
-//! where `dir` is the case's scratch directory (an executor that probes the file system, e.g.
-//! for `O_DIRECT`, probes it there).
+//! Each case is a public function taking the disk the executor's files live on (a
+//! [`Vfs`]: [`HostFs`] for kernel executors) and the executor's constructor,
+//! `make(region, dir) -> E`, where `dir` is the case's scratch directory (an executor that
+//! probes the file system, e.g. for `O_DIRECT`, probes it there). The cases inspect and damage
+//! files only through the disk, so one suite serves kernel executors and simulated ones.
 //! [`executor_conformance!`](crate::executor_conformance) generates one `#[test]` per case in
 //! the module it is invoked in:
 //!
 //! ```ignore
 //! mod buffered {
 //!     kvtier_fs::executor_conformance!(|region, _dir| MyExecutor::new(region, false));
+//! }
+//! // An executor over its own disk: `disk` is built once per test, `make(&disk)` returns the
+//! // constructor. Without the host's file system, the EMFILE/EACCES case is not generated.
+//! mod simulated {
+//!     kvtier_fs::executor_conformance!(disk = SimDisk::new(0); |disk: &SimDisk| {
+//!         let disk = disk.clone();
+//!         move |region, _dir| SimExecutor::new(region, disk.clone(), SimConfig::default())
+//!     });
 //! }
 //! ```
 //!
@@ -41,6 +51,7 @@ use tempfile::TempDir;
 
 use crate::format::{self, HEADER_LEN};
 use crate::region::{Access, PrimaryRegion};
+use crate::vfs::{HostFs, Vfs};
 use crate::{tmpname, BlockFormat, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
 
 /// The namespace digest native blocks are written under.
@@ -59,8 +70,41 @@ const CHILD_MARKER: &str = "child-passed";
 
 /// Generates one `#[test]` per conformance case in the current module; `$make` is the
 /// executor's constructor, `|region: Arc<PrimaryRegion>, dir: &Path| -> impl Executor`.
+///
+/// `executor_conformance!(disk = $disk; $make)` runs the cases (all but
+/// [`transient_errors_keep_the_file`], which needs the host's file system) on the disk `$disk`
+/// (an expression evaluated once per test, whose value implements [`Vfs`]); `$make` is called
+/// with `&disk` and returns the executor's constructor.
 #[macro_export]
 macro_rules! executor_conformance {
+    (disk = $disk:expr; $make:expr) => {
+        $crate::executor_conformance!(@disk_cases $disk; $make;
+            round_trip_many_blocks,
+            files_have_the_format_layout,
+            load_of_a_missing_file_is_not_found,
+            wrong_length_is_corrupt_and_removed,
+            flipped_bytes_are_corrupt_and_removed,
+            foreign_native_files_are_corrupt,
+            store_creates_missing_directories,
+            store_replaces_a_published_file_atomically,
+            failed_store_leaves_nothing,
+            many_ops_in_flight,
+            poll_waits_as_asked,
+            shutdown_reports_every_op,
+            drop_with_work_in_flight_is_sound,
+            lease_conflicts_fail_the_op,
+        );
+    };
+    (@disk_cases $disk:expr; $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let disk = $disk;
+                let make = ($make)(&disk);
+                $crate::conformance::$case(&disk, make);
+            }
+        )*
+    };
     ($make:expr) => {
         $crate::executor_conformance!(@cases $make;
             round_trip_many_blocks,
@@ -90,7 +134,7 @@ macro_rules! executor_conformance {
         $(
             #[test]
             fn $case() {
-                $crate::conformance::$case($make);
+                $crate::conformance::$case(&$crate::vfs::HostFs, $make);
             }
         )*
     };
@@ -99,20 +143,26 @@ macro_rules! executor_conformance {
 /// Runs every case except [`transient_errors_keep_the_file`] (which needs its test's name to
 /// re-run itself in a child process), in one test.
 pub fn run_all<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(make: F) {
-    round_trip_many_blocks(&make);
-    files_have_the_format_layout(&make);
-    load_of_a_missing_file_is_not_found(&make);
-    wrong_length_is_corrupt_and_removed(&make);
-    flipped_bytes_are_corrupt_and_removed(&make);
-    foreign_native_files_are_corrupt(&make);
-    store_creates_missing_directories(&make);
-    store_replaces_a_published_file_atomically(&make);
-    failed_store_leaves_nothing(&make);
-    many_ops_in_flight(&make);
-    poll_waits_as_asked(&make);
-    shutdown_reports_every_op(&make);
-    drop_with_work_in_flight_is_sound(&make);
-    lease_conflicts_fail_the_op(&make);
+    run_all_on(&HostFs, make);
+}
+
+/// [`run_all`] for an executor whose files live on `disk` (e.g. a simulated disk) rather than
+/// on the host's file system: the cases read, damage and list files through `disk`.
+pub fn run_all_on<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(disk: &dyn Vfs, make: F) {
+    round_trip_many_blocks(disk, &make);
+    files_have_the_format_layout(disk, &make);
+    load_of_a_missing_file_is_not_found(disk, &make);
+    wrong_length_is_corrupt_and_removed(disk, &make);
+    flipped_bytes_are_corrupt_and_removed(disk, &make);
+    foreign_native_files_are_corrupt(disk, &make);
+    store_creates_missing_directories(disk, &make);
+    store_replaces_a_published_file_atomically(disk, &make);
+    failed_store_leaves_nothing(disk, &make);
+    many_ops_in_flight(disk, &make);
+    poll_waits_as_asked(disk, &make);
+    shutdown_reports_every_op(disk, &make);
+    drop_with_work_in_flight_is_sound(disk, &make);
+    lease_conflicts_fail_the_op(disk, &make);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,17 +241,22 @@ pub fn op(token: u64, kind: OpKind, slot: u32, path: &Path, format: BlockFormat)
 
 /// Every temp file (by [`tmpname::parse_temp`]) under `root`.
 pub fn temp_files(root: &Path) -> Vec<PathBuf> {
+    temp_files_on(&HostFs, root)
+}
+
+/// Every temp file (by [`tmpname::parse_temp`]) under `root` on `disk`.
+pub fn temp_files_on(disk: &dyn Vfs, root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
+        let Ok(entries) = disk.read_dir(&dir) else {
             continue;
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+        for entry in entries {
+            let path = dir.join(&entry.name);
+            if entry.is_dir {
                 stack.push(path);
-            } else if tmpname::parse_temp(&entry.file_name()).is_some() {
+            } else if tmpname::parse_temp(&entry.name).is_some() {
                 found.push(path);
             }
         }
@@ -209,8 +264,8 @@ pub fn temp_files(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-fn assert_no_temp_files(root: &Path) {
-    let left = temp_files(root);
+fn assert_no_temp_files(disk: &dyn Vfs, root: &Path) {
+    let left = temp_files_on(disk, root);
     assert!(left.is_empty(), "temp files left behind: {left:?}");
 }
 
@@ -273,9 +328,9 @@ fn assert_ok(outcome: &Outcome, what: &str) {
     assert!(outcome.is_ok(), "{what}: {outcome:?}");
 }
 
-fn assert_corrupt_and_removed(outcome: Outcome, path: &Path, what: &str) -> &'static str {
+fn assert_corrupt_and_removed(disk: &dyn Vfs, outcome: Outcome, path: &Path, what: &str) -> &'static str {
     let Outcome::Corrupt(reason) = outcome else { panic!("{what}: expected Corrupt, got {outcome:?}") };
-    assert!(!path.exists(), "{what}: the corrupt file {} must be removed", path.display());
+    assert!(!disk.exists(path), "{what}: the corrupt file {} must be removed", path.display());
     reason
 }
 
@@ -319,7 +374,7 @@ fn expected_len(format: &BlockFormat, row_bytes: usize) -> u64 {
 /// 64 blocks, in both formats and at every [`ROW_SIZES`] size, stored from slots `0..64` and
 /// loaded back into slots `64..128` (pre-filled with garbage): byte-exact, each slot free again
 /// as soon as its op is reported, no temp file left.
-pub fn round_trip_many_blocks<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn round_trip_many_blocks<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     const N: u64 = 64;
     for row_bytes in ROW_SIZES {
         for fmt in 0..2 {
@@ -341,7 +396,7 @@ pub fn round_trip_many_blocks<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Pa
                 region.lease(SlotId(src(t)), Access::Write).expect("a reported store's slot is released");
             }
             for i in 0..N {
-                let len = fs::metadata(block_path(dir.path(), i)).expect("stored file exists").len();
+                let len = disk.len(&block_path(dir.path(), i)).expect("stored file exists");
                 assert_eq!(len, expected_len(&format(i), row_bytes), "{what}: file length");
             }
             let loads =
@@ -357,7 +412,7 @@ pub fn round_trip_many_blocks<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Pa
                 );
                 assert!(block(&region, src(i)) == pattern(i, row_bytes), "{what}: a store modified its source row");
             }
-            assert_no_temp_files(dir.path());
+            assert_no_temp_files(disk, dir.path());
             exec.shutdown();
         }
     }
@@ -365,7 +420,7 @@ pub fn round_trip_many_blocks<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Pa
 
 /// A vLLM-format file is exactly the row's `row_bytes`; a native file is a header that decodes
 /// and checks, the row's bytes, and zero padding (even when the row's tail holds other bytes).
-pub fn files_have_the_format_layout<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn files_have_the_format_layout<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     for row_bytes in ROW_SIZES {
         let dir = scratch_dir();
         let region = region(2, row_bytes);
@@ -373,11 +428,11 @@ pub fn files_have_the_format_layout<E: Executor>(make: impl Fn(Arc<PrimaryRegion
         fill(&region, 0, 7, true);
         let vllm = dir.path().join("vllm.bin");
         assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &vllm, BlockFormat::Vllm)), "vllm store");
-        assert!(fs::read(&vllm).unwrap() == pattern(7, row_bytes), "a vllm file is the raw row ({row_bytes} bytes)");
+        assert!(disk.read(&vllm).unwrap() == pattern(7, row_bytes), "a vllm file is the raw row ({row_bytes} bytes)");
 
         let nat = dir.path().join("native.bin");
         assert_ok(&run_one(&mut exec, op(2, OpKind::Store, 0, &nat, native(7))), "native store");
-        let bytes = fs::read(&nat).unwrap();
+        let bytes = disk.read(&nat).unwrap();
         assert_eq!(bytes.len() as u64, format::native_file_len(row_bytes as u64));
         let header = format::decode_header(&bytes).expect("the header decodes");
         header.check(&NAMESPACE, &key(7), &pattern(7, row_bytes)).expect("the header checks");
@@ -386,12 +441,12 @@ pub fn files_have_the_format_layout<E: Executor>(make: impl Fn(Arc<PrimaryRegion
             bytes[HEADER_LEN + row_bytes..].iter().all(|&b| b == 0),
             "the payload is zero padded ({row_bytes} bytes)"
         );
-        assert_no_temp_files(dir.path());
+        assert_no_temp_files(disk, dir.path());
     }
 }
 
 /// Loading a file that does not exist is `NotFound`, in both formats, and creates nothing.
-pub fn load_of_a_missing_file_is_not_found<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn load_of_a_missing_file_is_not_found<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     let dir = scratch_dir();
     let region = region(1, 4096);
     let mut exec = make(Arc::clone(&region), dir.path());
@@ -399,14 +454,14 @@ pub fn load_of_a_missing_file_is_not_found<E: Executor>(make: impl Fn(Arc<Primar
         for path in [dir.path().join("missing.bin"), block_path(&dir.path().join("no-such-dir"), 0)] {
             let o = run_one(&mut exec, op(t as u64, OpKind::Load, 0, &path, format));
             assert!(matches!(o, Outcome::NotFound), "{}: {o:?}", path.display());
-            assert!(!path.exists());
+            assert!(!disk.exists(&path));
         }
     }
     assert!(region.lease(SlotId(0), Access::Write).is_ok());
 }
 
 /// A file shorter or longer than its format's length is `Corrupt("wrong length")` and removed.
-pub fn wrong_length_is_corrupt_and_removed<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn wrong_length_is_corrupt_and_removed<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     for row_bytes in ROW_SIZES {
         let dir = scratch_dir();
         let region = region(2, row_bytes);
@@ -415,10 +470,14 @@ pub fn wrong_length_is_corrupt_and_removed<E: Executor>(make: impl Fn(Arc<Primar
             let full = expected_len(&format, row_bytes);
             for len in [0, 1, full - 1, full / 2, full + 1, full + 4096] {
                 let path = store_block(&mut exec, &region, dir.path(), 3, 0, format);
-                fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len).unwrap();
+                disk.set_len(&path, len).unwrap();
                 let what = format!("{} file of {len} bytes instead of {full}", format_name(&format));
-                let reason =
-                    assert_corrupt_and_removed(run_one(&mut exec, op(9, OpKind::Load, 1, &path, format)), &path, &what);
+                let reason = assert_corrupt_and_removed(
+                    disk,
+                    run_one(&mut exec, op(9, OpKind::Load, 1, &path, format)),
+                    &path,
+                    &what,
+                );
                 assert_eq!(reason, "wrong length", "{what}");
                 assert!(region.lease(SlotId(1), Access::Write).is_ok());
             }
@@ -428,7 +487,10 @@ pub fn wrong_length_is_corrupt_and_removed<E: Executor>(make: impl Fn(Arc<Primar
 
 /// A native file with one flipped bit (in the payload, in a header field, in the padding of the
 /// header) is `Corrupt` and removed.
-pub fn flipped_bytes_are_corrupt_and_removed<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn flipped_bytes_are_corrupt_and_removed<E: Executor>(
+    disk: &dyn Vfs,
+    make: impl Fn(Arc<PrimaryRegion>, &Path) -> E,
+) {
     for row_bytes in ROW_SIZES {
         let dir = scratch_dir();
         let region = region(2, row_bytes);
@@ -436,18 +498,23 @@ pub fn flipped_bytes_are_corrupt_and_removed<E: Executor>(make: impl Fn(Arc<Prim
         let offsets = [HEADER_LEN, HEADER_LEN + row_bytes / 2, HEADER_LEN + row_bytes - 1, 0, 20, 100, 2000];
         for at in offsets {
             let path = store_block(&mut exec, &region, dir.path(), 5, 0, native(5));
-            let mut bytes = fs::read(&path).unwrap();
+            let mut bytes = disk.read(&path).unwrap();
             bytes[at] ^= 0x10;
-            fs::write(&path, &bytes).unwrap();
+            disk.write(&path, &bytes).unwrap();
             let what = format!("native {row_bytes}-byte block with byte {at} flipped");
-            assert_corrupt_and_removed(run_one(&mut exec, op(6, OpKind::Load, 1, &path, native(5))), &path, &what);
+            assert_corrupt_and_removed(
+                disk,
+                run_one(&mut exec, op(6, OpKind::Load, 1, &path, native(5))),
+                &path,
+                &what,
+            );
         }
     }
 }
 
 /// A native file written under another namespace or for another key, or a file of the right
 /// length that is not a native block at all, is `Corrupt` and removed.
-pub fn foreign_native_files_are_corrupt<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn foreign_native_files_are_corrupt<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     let row_bytes = 12288;
     let dir = scratch_dir();
     let region = region(2, row_bytes);
@@ -458,77 +525,85 @@ pub fn foreign_native_files_are_corrupt<E: Executor>(make: impl Fn(Arc<PrimaryRe
         fill(&region, 0, 1, false);
         let path = block_path(dir.path(), 1);
         assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &path, written)), "store");
-        assert_corrupt_and_removed(run_one(&mut exec, op(2, OpKind::Load, 1, &path, expect)), &path, what);
+        assert_corrupt_and_removed(disk, run_one(&mut exec, op(2, OpKind::Load, 1, &path, expect)), &path, what);
     }
     let path = block_path(dir.path(), 1);
-    fs::write(&path, pattern(1, format::native_file_len(row_bytes as u64) as usize)).unwrap();
-    assert_corrupt_and_removed(run_one(&mut exec, op(3, OpKind::Load, 1, &path, expect)), &path, "not a native file");
+    disk.write(&path, &pattern(1, format::native_file_len(row_bytes as u64) as usize)).unwrap();
+    assert_corrupt_and_removed(
+        disk,
+        run_one(&mut exec, op(3, OpKind::Load, 1, &path, expect)),
+        &path,
+        "not a native file",
+    );
 }
 
 /// A store into a directory that does not exist yet creates it (all missing levels).
-pub fn store_creates_missing_directories<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn store_creates_missing_directories<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     let dir = scratch_dir();
     let region = region(2, 8192);
     let mut exec = make(Arc::clone(&region), dir.path());
     for (i, format) in formats(4).into_iter().enumerate() {
         let root = dir.path().join(format!("not/yet/there{i}"));
         let path = store_block(&mut exec, &region, &root, 4, 0, format);
-        assert!(path.is_file(), "{} published", path.display());
+        assert!(disk.is_file(&path), "{} published", path.display());
         fill(&region, 1, 99, false);
         assert_ok(&run_one(&mut exec, op(2, OpKind::Load, 1, &path, format)), "load back");
         assert!(block(&region, 1) == pattern(4, 8192));
     }
-    assert_no_temp_files(dir.path());
+    assert_no_temp_files(disk, dir.path());
 }
 
 /// Storing over a published file replaces it atomically: the new content appears under the
 /// name, the old file's inode is never written (a hard link to it keeps the old bytes), and no
 /// temp file is left.
-pub fn store_replaces_a_published_file_atomically<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn store_replaces_a_published_file_atomically<E: Executor>(
+    disk: &dyn Vfs,
+    make: impl Fn(Arc<PrimaryRegion>, &Path) -> E,
+) {
     let row_bytes = 4096;
     let dir = scratch_dir();
     let region = region(1, row_bytes);
     let mut exec = make(Arc::clone(&region), dir.path());
     let path = dir.path().join("block.bin");
     let old = pattern(1, row_bytes);
-    fs::write(&path, &old).unwrap();
+    disk.write(&path, &old).unwrap();
     let link = dir.path().join("old-inode");
-    fs::hard_link(&path, &link).unwrap();
+    disk.hard_link(&path, &link).unwrap();
     fill(&region, 0, 2, false);
     assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &path, BlockFormat::Vllm)), "store over a published file");
-    assert!(fs::read(&path).unwrap() == pattern(2, row_bytes), "the new block is published");
-    assert!(fs::read(&link).unwrap() == old, "the published file was modified in place");
-    assert_no_temp_files(dir.path());
+    assert!(disk.read(&path).unwrap() == pattern(2, row_bytes), "the new block is published");
+    assert!(disk.read(&link).unwrap() == old, "the published file was modified in place");
+    assert_no_temp_files(disk, dir.path());
 }
 
 /// A store that cannot publish (the final name is a directory; a path component is a file)
 /// fails and leaves no temp file and no final file.
-pub fn failed_store_leaves_nothing<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn failed_store_leaves_nothing<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     let dir = scratch_dir();
     let region = region(1, 4096);
     let mut exec = make(Arc::clone(&region), dir.path());
     fill(&region, 0, 1, false);
     let is_dir = dir.path().join("a-directory.bin");
-    fs::create_dir(&is_dir).unwrap();
-    fs::write(is_dir.join("keep"), b"x").unwrap();
+    disk.create_dir(&is_dir).unwrap();
+    disk.write(&is_dir.join("keep"), b"x").unwrap();
     let under_file = dir.path().join("a-file").join("block.bin");
-    fs::write(dir.path().join("a-file"), b"x").unwrap();
+    disk.write(&dir.path().join("a-file"), b"x").unwrap();
     for (t, path) in [is_dir.clone(), under_file].iter().enumerate() {
         for format in formats(1) {
             let o = run_one(&mut exec, op(t as u64, OpKind::Store, 0, path, format));
             assert!(matches!(o, Outcome::Failed(_)), "store to {}: {o:?}", path.display());
-            assert_no_temp_files(dir.path());
+            assert_no_temp_files(disk, dir.path());
         }
     }
-    assert!(is_dir.join("keep").is_file());
-    assert!(!dir.path().join("a-file").join("block.bin").exists());
+    assert!(disk.is_file(&is_dir.join("keep")));
+    assert!(!disk.exists(&dir.path().join("a-file").join("block.bin")));
     assert!(region.lease(SlotId(0), Access::Write).is_ok());
 }
 
 /// Hundreds of ops in flight at once: 256 stores, then 256 loads of them interleaved with 256
 /// more stores, all submitted before any completion is polled (room is made by polling with
 /// `Wait::Forever` only when the executor says it is full).
-pub fn many_ops_in_flight<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn many_ops_in_flight<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     const N: u64 = 256;
     let row_bytes = 16384;
     let dir = scratch_dir();
@@ -573,15 +648,15 @@ pub fn many_ops_in_flight<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) 
     }
     for i in 0..N {
         assert!(block(&region, (N + i) as u32) == pattern(i, row_bytes), "block {i} differs");
-        let len = fs::metadata(block_path(dir.path(), N + i)).unwrap().len();
+        let len = disk.len(&block_path(dir.path(), N + i)).unwrap();
         assert_eq!(len, format::native_file_len(row_bytes as u64));
     }
-    assert_no_temp_files(dir.path());
+    assert_no_temp_files(disk, dir.path());
 }
 
 /// `poll` with nothing in flight returns at once whatever the wait; `Wait::Forever` returns as
 /// soon as an op completes; `in_flight` counts submitted ops until they are polled.
-pub fn poll_waits_as_asked<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn poll_waits_as_asked<E: Executor>(_disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     let dir = scratch_dir();
     let region = region(2, 4096);
     let mut exec = make(Arc::clone(&region), dir.path());
@@ -609,7 +684,7 @@ pub fn poll_waits_as_asked<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path)
 /// `shutdown` with queued work reports every op exactly once (done or `Cancelled`, nothing
 /// else), leaves nothing in flight, releases every lease, publishes nothing for a cancelled
 /// store and leaves no temp file; ops submitted afterwards are `Cancelled`; it is idempotent.
-pub fn shutdown_reports_every_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn shutdown_reports_every_op<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     const N: u64 = 300;
     let row_bytes = 256 * 1024;
     let dir = scratch_dir();
@@ -633,10 +708,10 @@ pub fn shutdown_reports_every_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, 
     for (t, o) in collect(done, &tokens) {
         let path = block_path(dir.path(), t);
         match o {
-            Outcome::Ok => assert!(path.is_file()),
+            Outcome::Ok => assert!(disk.is_file(&path)),
             Outcome::Cancelled => {
                 cancelled += 1;
-                assert!(!path.exists(), "a cancelled store published {}", path.display());
+                assert!(!disk.exists(&path), "a cancelled store published {}", path.display());
             }
             o => panic!("op {t} after shutdown: {o:?}"),
         }
@@ -645,7 +720,7 @@ pub fn shutdown_reports_every_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, 
     for slot in 0..=N as u32 {
         assert!(region.lease(SlotId(slot), Access::Write).is_ok(), "slot {slot} still leased after shutdown");
     }
-    assert_no_temp_files(dir.path());
+    assert_no_temp_files(disk, dir.path());
 
     exec.submit(op(1000, OpKind::Load, 0, &block_path(dir.path(), 0), native(0))).expect("accepted after shutdown");
     let mut late = Vec::new();
@@ -657,7 +732,7 @@ pub fn shutdown_reports_every_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, 
 
 /// Dropping an executor with work in flight is sound: no panic, every lease is released, no
 /// temp file is left, and every published file is complete.
-pub fn drop_with_work_in_flight_is_sound<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn drop_with_work_in_flight_is_sound<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     const N: u64 = 128;
     let row_bytes = 64 * 1024;
     let dir = scratch_dir();
@@ -682,10 +757,10 @@ pub fn drop_with_work_in_flight_is_sound<E: Executor>(make: impl Fn(Arc<PrimaryR
     for slot in 0..2 * N as u32 {
         assert!(region.lease(SlotId(slot), Access::Write).is_ok(), "slot {slot} still leased after drop");
     }
-    assert_no_temp_files(dir.path());
+    assert_no_temp_files(disk, dir.path());
     for i in 0..N {
         let path = block_path(dir.path(), i);
-        if let Ok(bytes) = fs::read(&path) {
+        if let Ok(bytes) = disk.read(&path) {
             let header = format::decode_header(&bytes).expect("a published file is complete");
             header.check(&NAMESPACE, &key(i), &bytes[HEADER_LEN..HEADER_LEN + row_bytes]).expect("and correct");
         }
@@ -696,7 +771,7 @@ pub fn drop_with_work_in_flight_is_sound<E: Executor>(make: impl Fn(Arc<PrimaryR
 /// being read, a store from a slot being written, an out-of-range slot. Reads share: a store
 /// from a slot being read succeeds. Two loads into one slot submitted together never both
 /// write it at once: both are reported, at least one succeeds, and the slot holds the block.
-pub fn lease_conflicts_fail_the_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+pub fn lease_conflicts_fail_the_op<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     let row_bytes = 1 << 20;
     let dir = scratch_dir();
     let region = region(3, row_bytes);
@@ -714,7 +789,7 @@ pub fn lease_conflicts_fail_the_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>
     let never = dir.path().join("never.bin");
     let o = run_one(&mut exec, op(4, OpKind::Store, 1, &never, BlockFormat::Vllm));
     assert!(matches!(o, Outcome::Failed(_)), "store from a write-leased slot: {o:?}");
-    assert!(!never.exists());
+    assert!(!disk.exists(&never));
     let o = run_one(&mut exec, op(5, OpKind::Load, 1, &path, native(1)));
     assert!(matches!(o, Outcome::Failed(_)), "load into a write-leased slot: {o:?}");
     drop(writer);
@@ -728,7 +803,7 @@ pub fn lease_conflicts_fail_the_op<E: Executor>(make: impl Fn(Arc<PrimaryRegion>
     assert!(by.values().any(Outcome::is_ok), "two loads into one slot: {by:?}");
     assert!(by.values().all(|o| o.is_ok() || matches!(o, Outcome::Failed(_))), "{by:?}");
     assert!(block(&region, 2) == pattern(1, row_bytes), "the slot holds the block");
-    assert!(path.is_file(), "a lease conflict never removes the file");
+    assert!(disk.is_file(&path), "a lease conflict never removes the file");
 }
 
 /// A load failing for a transient reason keeps the file, and a later load succeeds.
@@ -784,7 +859,7 @@ pub fn transient_errors_keep_the_file<E: Executor>(test_path: &str, make: impl F
     assert!(output.status.success(), "{log}");
     assert!(dir.path().join(CHILD_MARKER).is_file(), "the child did not run the case (wrong test name?)\n{log}");
     assert!(vllm.is_file() && nat.is_file(), "the files survive the transient failures");
-    assert_no_temp_files(dir.path());
+    assert_no_temp_files(&HostFs, dir.path());
 }
 
 fn emfile_child<E: Executor>(dir: &Path, row_bytes: usize, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
@@ -817,7 +892,7 @@ fn emfile_child<E: Executor>(dir: &Path, row_bytes: usize, make: impl Fn(Arc<Pri
     let o = run_one(&mut exec, op(5, OpKind::Store, 0, &fresh, BlockFormat::Vllm));
     assert!(matches!(o, Outcome::Transient(_) | Outcome::Ok), "store with no descriptor left: {o:?}");
     drop(hold);
-    assert_no_temp_files(dir);
+    assert_no_temp_files(&HostFs, dir);
     if fresh.exists() {
         fs::remove_file(&fresh).unwrap();
     }

@@ -91,10 +91,15 @@ static WARN_ONCE: Once = Once::new();
 /// buffered I/O. A probe that fails for another reason (no such directory, no permission) is
 /// an error in both modes.
 pub fn resolve(mode: DirectMode, dir: &Path) -> io::Result<bool> {
+    resolve_with(mode, dir, probe_o_direct)
+}
+
+/// [`resolve`] with `probe` in place of [`probe_o_direct`] (e.g. a simulated disk's answer).
+pub fn resolve_with(mode: DirectMode, dir: &Path, probe: impl FnOnce(&Path) -> io::Result<bool>) -> io::Result<bool> {
     match mode {
         DirectMode::Off => Ok(false),
         DirectMode::On => {
-            if probe_o_direct(dir)? {
+            if probe(dir)? {
                 Ok(true)
             } else {
                 Err(io::Error::new(
@@ -104,7 +109,7 @@ pub fn resolve(mode: DirectMode, dir: &Path) -> io::Result<bool> {
             }
         }
         DirectMode::Auto => {
-            let supported = probe_o_direct(dir)?;
+            let supported = probe(dir)?;
             if !supported {
                 WARN_ONCE.call_once(|| {
                     eprintln!(

@@ -15,6 +15,7 @@ pub mod op;
 pub mod region;
 pub mod tier;
 pub mod tmpname;
+pub mod vfs;
 
 pub use op::{BlockFormat, Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
 pub use tier::{FsStats, FsTier, FsTierConfig, StartupReport, StorageFormat};

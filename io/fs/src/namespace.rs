@@ -17,8 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +25,8 @@ use kvtier_core::OffloadKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::vfs::{HostFs, Vfs};
 
 /// The only `inference_engine` a run config names.
 pub const INFERENCE_ENGINE: &str = "vllm";
@@ -462,38 +463,38 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NamespaceError + '_ {
 /// place; both carry the same digest hence the same config, so whichever wins, the re-read that
 /// follows matches.
 pub fn ensure_config(layout: &Layout, cfg: &RunConfig) -> Result<ConfigStatus, NamespaceError> {
+    ensure_config_on(&HostFs, layout, cfg)
+}
+
+/// [`ensure_config`] on the file system `fs`.
+pub fn ensure_config_on(fs: &dyn Vfs, layout: &Layout, cfg: &RunConfig) -> Result<ConfigStatus, NamespaceError> {
     let path = layout.config_path();
-    let status = match fs::read(&path) {
+    let status = match fs.read(&path) {
         Ok(bytes) => {
             compare_config(&path, &bytes, cfg)?;
             return Ok(ConfigStatus::Matched);
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            write_config(layout.base(), &path, cfg)?;
+            write_config(fs, layout.base(), &path, cfg)?;
             ConfigStatus::Created
         }
         Err(e) => return Err(io_err(&path)(e)),
     };
-    let bytes = fs::read(&path).map_err(io_err(&path))?;
+    let bytes = fs.read(&path).map_err(io_err(&path))?;
     compare_config(&path, &bytes, cfg)?;
     Ok(status)
 }
 
-fn write_config(base: &Path, path: &Path, cfg: &RunConfig) -> Result<(), NamespaceError> {
+fn write_config(fs: &dyn Vfs, base: &Path, path: &Path, cfg: &RunConfig) -> Result<(), NamespaceError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    fs::create_dir_all(base).map_err(io_err(base))?;
+    fs.create_dir_all(base).map_err(io_err(base))?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let tmp =
         base.join(format!(".{CONFIG_FILE}.tmp.{}.{}.{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
-    let written = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(pretty_json(cfg).as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    let written = fs.write_new_synced(&tmp, pretty_json(cfg).as_bytes()).and_then(|()| fs.rename(&tmp, path));
     written.map_err(|e| {
         // Best effort: the temp file may not exist (open failed) or be already renamed.
-        let _ = fs::remove_file(&tmp);
+        let _ = fs.remove_file(&tmp);
         io_err(path)(e)
     })
 }
@@ -525,6 +526,8 @@ fn compare_config(path: &Path, bytes: &[u8], cfg: &RunConfig) -> Result<(), Name
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::io::Write;
     use std::process::{Command, Stdio};
 
     fn llama() -> RunConfig {

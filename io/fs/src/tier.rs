@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvtier_core::{Completions, EventLog, Job, JobId, Medium, OffloadKey, ReqContext, SecondaryTier, TierLookup};
@@ -23,6 +24,7 @@ use crate::direct::DirectMode;
 use crate::namespace::{self, Layout, RunConfig, NATIVE_STORAGE_FORMAT};
 use crate::op::{BlockFormat, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
 use crate::tmpname;
+use crate::vfs::{HostFs, Vfs};
 
 /// How blocks are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -127,6 +129,7 @@ struct FsJob {
 
 /// The file-system tier over an [`Executor`].
 pub struct FsTier {
+    fs: Arc<dyn Vfs>,
     layout: Layout,
     format: StorageFormat,
     namespace: [u8; 12],
@@ -176,20 +179,32 @@ impl FsTier {
         config: &FsTierConfig,
         make_executor: impl FnOnce(bool) -> io::Result<Box<dyn Executor>>,
     ) -> io::Result<FsTier> {
+        FsTier::open_on(config, Arc::new(HostFs), make_executor)
+    }
+
+    /// [`FsTier::open`] with the tier's own file-system calls (config, directories, scan,
+    /// `O_DIRECT` probe, probe-on-miss) made on `fs`, e.g. the in-memory disk its simulated
+    /// executor works on. Block I/O always goes through the executor.
+    pub fn open_on(
+        config: &FsTierConfig,
+        fs: Arc<dyn Vfs>,
+        make_executor: impl FnOnce(bool) -> io::Result<Box<dyn Executor>>,
+    ) -> io::Result<FsTier> {
         let run = config.effective_run_config();
         let layout = Layout::new(&config.root, &run, config.rank);
-        namespace::ensure_config(&layout, &run).map_err(|e| io::Error::other(e.to_string()))?;
+        namespace::ensure_config_on(&*fs, &layout, &run).map_err(|e| io::Error::other(e.to_string()))?;
         let rank_dir = layout.rank_dir().to_path_buf();
-        std::fs::create_dir_all(&rank_dir)?;
-        let o_direct = crate::direct::resolve(config.o_direct, &rank_dir)?;
+        fs.create_dir_all(&rank_dir)?;
+        let o_direct = crate::direct::resolve_with(config.o_direct, &rank_dir, |dir| fs.probe_o_direct(dir))?;
         let started = Instant::now();
         let mut index = HashSet::new();
         let mut startup = StartupReport { o_direct, ..StartupReport::default() };
-        scan(&layout, &rank_dir, &mut index, &mut startup)?;
+        scan(&*fs, &layout, &rank_dir, &mut index, &mut startup)?;
         startup.blocks_indexed = index.len();
         startup.scan_time = started.elapsed();
         let exec = make_executor(o_direct)?;
         Ok(FsTier {
+            fs,
             namespace: layout.namespace_bytes(),
             layout,
             format: config.format,
@@ -355,6 +370,7 @@ impl FsTier {
 /// fewer than 3 bytes): indexes block files, removes temp files of processes that are gone
 /// (never one a live process may still be writing), counts everything else as foreign.
 fn scan(
+    fs: &dyn Vfs,
     layout: &Layout,
     rank_dir: &Path,
     index: &mut HashSet<OffloadKey>,
@@ -362,11 +378,9 @@ fn scan(
 ) -> io::Result<()> {
     let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
     while let Some((dir, depth)) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
+        for entry in fs.read_dir(&dir)? {
+            let path = dir.join(&entry.name);
+            if entry.is_dir {
                 if depth < 2 {
                     dirs.push((path, depth + 1));
                 } else {
@@ -374,15 +388,15 @@ fn scan(
                 }
                 continue;
             }
-            if let Some(pid) = tmpname::parse_temp(&entry.file_name()) {
-                if !tmpname::is_process_alive(pid) && std::fs::remove_file(&path).is_ok() {
+            if let Some(pid) = tmpname::parse_temp(&entry.name) {
+                if !fs.is_process_alive(pid) && fs.remove_file(&path).is_ok() {
                     report.stale_temps_removed += 1;
                 }
                 continue;
             }
             let rel = path.strip_prefix(rank_dir).unwrap_or(&path);
             match layout.parse_block_path(rel) {
-                Some(key) if kind.is_file() => {
+                Some(key) if entry.is_file => {
                     index.insert(key);
                 }
                 _ => report.foreign_files += 1,
@@ -397,7 +411,7 @@ impl SecondaryTier for FsTier {
         if self.index.contains(key) {
             return TierLookup::Hit;
         }
-        if self.probe_on_miss && !self.closed && self.layout.block_path(key).is_file() {
+        if self.probe_on_miss && !self.closed && self.fs.is_file(&self.layout.block_path(key)) {
             self.index.insert(*key);
             return TierLookup::Hit;
         }

@@ -28,9 +28,14 @@ pub fn next_seq() -> u64 {
 /// The temp path of one store operation onto `final_path`: `{final_path}.{pid}.{seq:x}.tmp`, in
 /// the same directory (so the publishing `rename` never crosses file systems).
 pub fn temp_path(final_path: &Path, seq: u64) -> PathBuf {
+    temp_path_for(final_path, std::process::id(), seq)
+}
+
+/// [`temp_path`] for process `pid` (a simulated process, say) instead of this one.
+pub fn temp_path_for(final_path: &Path, pid: u32, seq: u64) -> PathBuf {
     let mut name = OsString::with_capacity(final_path.as_os_str().len() + 32);
     name.push(final_path.as_os_str());
-    name.push(format!(".{}.{seq:x}{TEMP_SUFFIX}", std::process::id()));
+    name.push(format!(".{pid}.{seq:x}{TEMP_SUFFIX}"));
     PathBuf::from(name)
 }
 

@@ -1,0 +1,134 @@
+//! The file-system operations the FS tier does itself, outside its [`crate::Executor`]: the
+//! run config (`config.json`), the rank directory, the start-up scan (with stale temp-file
+//! removal), the `O_DIRECT` probe and probe-on-miss. Block I/O never goes through here.
+//!
+//! [`HostFs`] is the real file system (what [`crate::FsTier::open`] uses). A simulated disk
+//! (the `kvtier-io-sim` crate) implements [`Vfs`] over its in-memory namespace, so the tier,
+//! opened with [`crate::FsTier::open_on`], sees exactly the files its sim executor wrote; the
+//! executor conformance suite reads and damages files through the same trait.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// One entry of [`Vfs::read_dir`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's file name.
+    pub name: OsString,
+    /// A directory.
+    pub is_dir: bool,
+    /// A regular file.
+    pub is_file: bool,
+}
+
+/// A file system as the FS tier and the conformance suite see it. Paths are absolute (or
+/// relative to the process's working directory, for [`HostFs`]).
+pub trait Vfs: Send + Sync + std::fmt::Debug {
+    /// The whole content of the file at `path`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Creates `path` (it must not exist: `AlreadyExists`), writes `bytes` and syncs them.
+    fn write_new_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Creates or truncates `path` and writes `bytes`, in place (no sync).
+    fn write(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Sets the length of the existing file at `path` (truncating or zero-extending it).
+    fn set_len(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// The length of the file at `path`.
+    fn len(&self, path: &Path) -> io::Result<u64>;
+    /// Renames `from` onto `to` (replacing a file at `to`).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes `link` a second name of the file at `original`.
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
+    /// Removes the file at `path`.
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Creates the directory `path` (its parent must exist).
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+    /// Creates `path` and every missing ancestor.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// The entries of directory `path`, in an unspecified order.
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>>;
+    /// Something (file or directory) exists at `path`.
+    fn exists(&self, path: &Path) -> bool;
+    /// A regular file exists at `path`.
+    fn is_file(&self, path: &Path) -> bool;
+    /// Whether files in directory `dir` can be written with `O_DIRECT` (see
+    /// [`crate::direct::probe_o_direct`]).
+    fn probe_o_direct(&self, dir: &Path) -> io::Result<bool>;
+    /// Whether the process with id `pid` (from a temp file's name) is alive.
+    fn is_process_alive(&self, pid: u32) -> bool;
+}
+
+/// The host's file system, through `std::fs`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostFs;
+
+impl Vfs for HostFs {
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn write_new_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        fs::write(path, bytes)
+    }
+
+    fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
+        fs::OpenOptions::new().write(true).open(path)?.set_len(len)
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()> {
+        fs::hard_link(original, link)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir(path)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            out.push(DirEntry { name: entry.file_name(), is_dir: kind.is_dir(), is_file: kind.is_file() });
+        }
+        Ok(out)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+
+    fn is_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
+
+    fn probe_o_direct(&self, dir: &Path) -> io::Result<bool> {
+        crate::direct::probe_o_direct(dir)
+    }
+
+    fn is_process_alive(&self, pid: u32) -> bool {
+        crate::tmpname::is_process_alive(pid)
+    }
+}
