@@ -186,6 +186,10 @@ pub struct FsConfig {
     /// Check the disk on an index miss (directories shared with other processes).
     #[serde(default)]
     pub probe_on_miss: bool,
+    /// Most blocks kept on disk; a store beyond it evicts the least recently used block
+    /// (reusing its file in the native format). Absent: no bound.
+    #[serde(default)]
+    pub max_blocks: Option<usize>,
     /// Read-priority worker threads (threaded executor).
     #[serde(default)]
     pub read_workers: Option<usize>,
@@ -225,6 +229,7 @@ impl FsConfig {
         cfg.fsync = self.fsync;
         cfg.probe_on_miss = self.probe_on_miss;
         cfg.events = self.events;
+        cfg.max_blocks = self.max_blocks;
         cfg
     }
 }

@@ -302,3 +302,88 @@ fn enospc_fails_cleanly_and_recovers() {
         assert!(promote_and_check(&mut c, i));
     }
 }
+
+/// Block files (`*.bin`) and temp files under `root`.
+fn count_files(root: &Path) -> (usize, usize) {
+    let (mut blocks, mut temps) = (0, 0);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                stack.push(path);
+            } else if kvtier_fs::tmpname::parse_temp(std::ffi::OsStr::new(&name)).is_some() {
+                temps += 1;
+            } else if name.ends_with(".bin") {
+                blocks += 1;
+            }
+        }
+    }
+    (blocks, temps)
+}
+
+fn bounded_cache(root: &Path, executor: ExecutorKind, max_blocks: usize) -> TieredCache {
+    let mut fs = fs_config(root, FormatName::Native);
+    fs.executor = executor;
+    fs.max_blocks = Some(max_blocks);
+    fs.events = true;
+    let config = CacheConfig {
+        num_blocks: 4,
+        block_bytes: BLOCK,
+        policy: Default::default(),
+        promotion_deadline_steps: 0,
+        shared_memory: None,
+        tiers: vec![TierConfig::Fs(Box::new(fs))],
+    };
+    TieredCache::new(&config).unwrap()
+}
+
+/// A tier bounded to 8 blocks keeps the 8 most recently used (stored or loaded), evicting the
+/// others with a "removed" event; the files it keeps hold exactly their blocks (evicted files
+/// are reused in place for new ones), no temp file is left, and a restart with a smaller bound
+/// removes what is beyond it.
+#[test]
+fn a_bounded_tier_keeps_the_most_recently_used_blocks() {
+    let mut executors = vec![ExecutorKind::Threaded];
+    match kvtier_io_uring::probe(false) {
+        Ok(()) => executors.push(ExecutorKind::Uring),
+        Err(e) => eprintln!("uring skipped: {e}"),
+    }
+    for executor in executors {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut c = bounded_cache(dir.path(), executor, 8);
+            for i in 0..8 {
+                store(&mut c, i..i + 1); // one at a time: published (so used) in this order
+            }
+            assert!(promote_and_check(&mut c, 0), "{executor:?}: block 0 from disk"); // used: now the most recent
+            let mut events = kvtier::core::EventLog::new();
+            c.engine().take_events(&mut events);
+            store(&mut c, 8..12); // evicts 1, 2, 3, 4 from the disk
+            let tier = fs_tier(&mut c);
+            assert_eq!((tier.len(), tier.stats().evicted, tier.stats().refused), (8, 4, 0), "{executor:?}");
+            assert_eq!(count_files(dir.path()), (8, 0), "{executor:?}: block and temp files on disk");
+            events.clear();
+            c.engine().take_events(&mut events);
+            // The victims leave in recency order; compare them as a set.
+            let mut removed: Vec<OffloadKey> = events
+                .iter()
+                .filter(|e| e.removed && e.medium == kvtier::core::Medium::Storage)
+                .flat_map(|e| e.keys.to_vec())
+                .collect();
+            removed.sort_by_key(|k| k.hash()[..8].to_vec());
+            assert_eq!(removed, (1..5).map(key).collect::<Vec<_>>(), "{executor:?}: removal events");
+            for i in [0, 5, 6, 7, 8, 9, 10, 11] {
+                assert!(promote_and_check(&mut c, i), "{executor:?}: block {i} kept");
+            }
+            for i in 1..5 {
+                assert!(!promote_and_check(&mut c, i), "{executor:?}: block {i} evicted");
+            }
+        }
+        let mut c = bounded_cache(dir.path(), executor, 5);
+        let startup = fs_tier(&mut c).startup().clone();
+        assert_eq!((startup.blocks_indexed, startup.evicted), (5, 3), "{executor:?}");
+        assert_eq!(count_files(dir.path()), (5, 0), "{executor:?}");
+    }
+}

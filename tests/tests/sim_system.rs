@@ -84,9 +84,12 @@ struct World {
     figures: Figures,
 }
 
-fn fs_config(fsync: bool) -> FsTierConfig {
+/// A third of the seeds bound the FS tier below the key space, so stores evict (and reuse)
+/// disk blocks as well.
+fn fs_config(seed: u64, fsync: bool) -> FsTierConfig {
     let run = RunConfig { model_name: "sim/model".into(), ..RunConfig::default() };
-    FsTierConfig { fsync, o_direct: DirectMode::Auto, ..FsTierConfig::new(ROOT, run) }
+    let max_blocks = if seed % 3 == 1 { Some(KEYS as usize / 3) } else { None };
+    FsTierConfig { fsync, o_direct: DirectMode::Auto, max_blocks, ..FsTierConfig::new(ROOT, run) }
 }
 
 fn faults_for(seed: u64) -> Faults {
@@ -109,7 +112,7 @@ fn boot(seed: u64, boots: u64, fsync: bool, disk: &SimDisk) -> (Arc<PrimaryRegio
         faults: faults_for(seed),
         ..SimConfig::default()
     };
-    let fs = FsTier::open_on(&fs_config(fsync), Arc::new(disk.clone()), move |o_direct| {
+    let fs = FsTier::open_on(&fs_config(seed, fsync), Arc::new(disk.clone()), move |o_direct| {
         Ok(Box::new(SimExecutor::new(exec_region, exec_disk, SimConfig { o_direct, ..sim })))
     })
     .expect("open the FS tier on the sim disk");

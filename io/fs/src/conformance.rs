@@ -93,6 +93,7 @@ macro_rules! executor_conformance {
             shutdown_reports_every_op,
             drop_with_work_in_flight_is_sound,
             lease_conflicts_fail_the_op,
+            stores_evict_their_victims,
         );
     };
     (@disk_cases $disk:expr; $make:expr; $($case:ident),* $(,)?) => {
@@ -121,6 +122,7 @@ macro_rules! executor_conformance {
             shutdown_reports_every_op,
             drop_with_work_in_flight_is_sound,
             lease_conflicts_fail_the_op,
+            stores_evict_their_victims,
         );
         #[test]
         fn transient_errors_keep_the_file() {
@@ -163,6 +165,7 @@ pub fn run_all_on<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(disk: &dyn
     shutdown_reports_every_op(disk, &make);
     drop_with_work_in_flight_is_sound(disk, &make);
     lease_conflicts_fail_the_op(disk, &make);
+    stores_evict_their_victims(disk, &make);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -236,7 +239,7 @@ pub fn block(region: &Arc<PrimaryRegion>, slot: u32) -> Vec<u8> {
 
 /// An op.
 pub fn op(token: u64, kind: OpKind, slot: u32, path: &Path, format: BlockFormat) -> FileOp {
-    FileOp { token, kind, slot: SlotId(slot), path: path.to_path_buf(), format, sync: token % 4 == 0 }
+    FileOp { token, kind, slot: SlotId(slot), path: path.to_path_buf(), format, sync: token % 4 == 0, evict: None }
 }
 
 /// Every temp file (by [`tmpname::parse_temp`]) under `root`.
@@ -573,6 +576,45 @@ pub fn store_replaces_a_published_file_atomically<E: Executor>(
     assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &path, BlockFormat::Vllm)), "store over a published file");
     assert!(disk.read(&path).unwrap() == pattern(2, row_bytes), "the new block is published");
     assert!(disk.read(&link).unwrap() == old, "the published file was modified in place");
+    assert_no_temp_files(disk, dir.path());
+}
+
+/// A store that evicts a block ([`crate::Evict`]) takes the victim's file out of the
+/// namespace, reusing it or unlinking it, and publishes its own block byte-exact, whether the
+/// new block's directory exists yet or not; a victim that is already gone is no error. No temp
+/// file is left.
+pub fn stores_evict_their_victims<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let row_bytes = 8192;
+    let dir = scratch_dir();
+    let region = region(2, row_bytes);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let mut i = 10;
+    for reuse in [true, false] {
+        for native_format in [false, true] {
+            let format = |i| if native_format { native(i) } else { BlockFormat::Vllm };
+            for case in ["new directory", "same directory", "victim gone"] {
+                let what = format!("reuse {reuse}, native {native_format}, {case}");
+                let victim = store_block(&mut exec, &region, dir.path(), i, 0, format(i));
+                let path = match case {
+                    "same directory" => victim.with_file_name(format!("next-{i}.bin")),
+                    _ => block_path(dir.path(), i + 1),
+                };
+                if case == "victim gone" {
+                    disk.remove_file(&victim).unwrap();
+                }
+                fill(&region, 0, i + 1, true);
+                let mut store = op(i + 1, OpKind::Store, 0, &path, format(i + 1));
+                store.evict = Some(Box::new(crate::Evict { path: victim.clone(), reuse }));
+                assert_ok(&run_one(&mut exec, store), &what);
+                assert!(!disk.exists(&victim), "{what}: the victim left the namespace");
+                fill(&region, 1, 0, false);
+                assert_ok(&run_one(&mut exec, op(i + 2, OpKind::Load, 1, &path, format(i + 1))), &what);
+                assert!(block(&region, 1) == pattern(i + 1, row_bytes), "{what}: bytes differ");
+                assert_eq!(disk.len(&path).unwrap(), expected_len(&format(i + 1), row_bytes), "{what}");
+                i += 3;
+            }
+        }
+    }
     assert_no_temp_files(disk, dir.path());
 }
 

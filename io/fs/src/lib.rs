@@ -10,6 +10,7 @@
 pub mod conformance;
 pub mod direct;
 pub mod format;
+pub mod index;
 pub mod namespace;
 pub mod op;
 pub mod region;
@@ -17,5 +18,5 @@ pub mod tier;
 pub mod tmpname;
 pub mod vfs;
 
-pub use op::{BlockFormat, Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
+pub use op::{BlockFormat, Evict, Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
 pub use tier::{FsStats, FsTier, FsTierConfig, StartupReport, StorageFormat};

@@ -11,6 +11,12 @@
 //!   executor already removed a corrupt file); a transient failure keeps both.
 //! - Every job is reported exactly once, a job with no block included; an op the executor
 //!   cannot take fails its key rather than vanish.
+//! - With a capacity bound ([`FsTierConfig::max_blocks`]), a store that needs room evicts the
+//!   least recently used block (stored or loaded) that no load in flight is reading: it leaves
+//!   the index at once (a "removed" STORAGE event with events on), and the store's op takes its
+//!   file out of the namespace, reusing it in the native format (see [`crate::op::Evict`]). A
+//!   store that finds no block to evict fails its key; so does a store of a block whose own
+//!   eviction is still in flight.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -21,8 +27,9 @@ use std::time::{Duration, Instant};
 use kvtier_core::{Completions, EventLog, Job, JobId, Medium, OffloadKey, ReqContext, SecondaryTier, TierLookup};
 
 use crate::direct::DirectMode;
+use crate::index::BlockIndex;
 use crate::namespace::{self, Layout, RunConfig, NATIVE_STORAGE_FORMAT};
-use crate::op::{BlockFormat, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
+use crate::op::{BlockFormat, Evict, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
 use crate::tmpname;
 use crate::vfs::{HostFs, Vfs};
 
@@ -53,8 +60,10 @@ pub struct FsTierConfig {
     pub fsync: bool,
     /// On an index miss, check the disk (for directories shared with other processes).
     pub probe_on_miss: bool,
-    /// Raise a STORAGE event for each store job that stored blocks.
+    /// Raise a STORAGE event for each store job that stored blocks, and for evictions.
     pub events: bool,
+    /// Most blocks kept on disk (`None`: no bound). Start-up removes what is beyond it.
+    pub max_blocks: Option<usize>,
 }
 
 impl FsTierConfig {
@@ -69,6 +78,7 @@ impl FsTierConfig {
             fsync: false,
             probe_on_miss: false,
             events: false,
+            max_blocks: None,
         }
     }
 
@@ -93,6 +103,8 @@ pub struct StartupReport {
     pub stale_temps_removed: usize,
     /// Files in the namespace that are neither blocks nor temp files (left alone).
     pub foreign_files: usize,
+    /// Blocks beyond [`FsTierConfig::max_blocks`] removed.
+    pub evicted: usize,
     /// How long the scan took.
     pub scan_time: Duration,
     /// Whether O_DIRECT is used.
@@ -116,6 +128,11 @@ pub struct FsStats {
     pub transient: u64,
     /// Other failed ops.
     pub failed: u64,
+    /// Blocks evicted to make room for stores.
+    pub evicted: u64,
+    /// Stores refused for want of room (every block busy) or while the block's own eviction
+    /// was in flight.
+    pub refused: u64,
 }
 
 #[derive(Debug)]
@@ -136,7 +153,15 @@ pub struct FsTier {
     fsync: bool,
     probe_on_miss: bool,
     events_enabled: bool,
-    index: HashSet<OffloadKey>,
+    index: BlockIndex,
+    max_blocks: Option<usize>,
+    /// Stores in flight (each will add a block to the index if it succeeds).
+    storing: usize,
+    /// Loads in flight, per block: such a block is never evicted.
+    reading: HashMap<OffloadKey, u32>,
+    /// Evictions in flight: the store op (token) that takes the victim's file, and the victims.
+    evicting: HashMap<u64, OffloadKey>,
+    evicting_keys: HashSet<OffloadKey>,
     exec: Box<dyn Executor>,
     jobs: HashMap<u64, FsJob>,
     finished: Completions,
@@ -197,9 +222,17 @@ impl FsTier {
         fs.create_dir_all(&rank_dir)?;
         let o_direct = crate::direct::resolve_with(config.o_direct, &rank_dir, |dir| fs.probe_o_direct(dir))?;
         let started = Instant::now();
-        let mut index = HashSet::new();
+        let mut index = BlockIndex::new();
         let mut startup = StartupReport { o_direct, ..StartupReport::default() };
         scan(&*fs, &layout, &rank_dir, &mut index, &mut startup)?;
+        if let Some(max) = config.max_blocks {
+            while index.len() > max {
+                let Some(victim) = index.pop_victim(|_| false) else { break };
+                if fs.remove_file(&layout.block_path(&victim)).is_ok() {
+                    startup.evicted += 1;
+                }
+            }
+        }
         startup.blocks_indexed = index.len();
         startup.scan_time = started.elapsed();
         let exec = make_executor(o_direct)?;
@@ -212,6 +245,11 @@ impl FsTier {
             probe_on_miss: config.probe_on_miss,
             events_enabled: config.events,
             index,
+            max_blocks: config.max_blocks,
+            storing: 0,
+            reading: HashMap::new(),
+            evicting: HashMap::new(),
+            evicting_keys: HashSet::new(),
             exec,
             jobs: HashMap::new(),
             finished: Completions::new(),
@@ -283,6 +321,16 @@ impl FsTier {
                 OpKind::Load if !on_disk => continue,
                 _ => {}
             }
+            let victim = match kind {
+                OpKind::Store => match self.make_room(key) {
+                    Ok(victim) => victim,
+                    Err(()) => {
+                        self.stats.refused += 1;
+                        continue;
+                    }
+                },
+                OpKind::Load => None,
+            };
             let op = FileOp {
                 token: token(job.id, i),
                 kind,
@@ -290,10 +338,35 @@ impl FsTier {
                 path: self.layout.block_path(key),
                 format: self.block_format(key),
                 sync: self.fsync,
+                evict: victim.map(|v| {
+                    Box::new(Evict { path: self.layout.block_path(&v), reuse: self.format == StorageFormat::Native })
+                }),
             };
             match self.exec.submit(op) {
-                Ok(()) => rec.remaining += 1,
-                Err(_full) => self.stats.failed += 1,
+                Ok(()) => {
+                    rec.remaining += 1;
+                    match kind {
+                        OpKind::Store => self.storing += 1,
+                        OpKind::Load => {
+                            self.index.touch(key);
+                            *self.reading.entry(*key).or_insert(0) += 1;
+                        }
+                    }
+                    if let Some(victim) = victim {
+                        self.evicting.insert(token(job.id, i), victim);
+                        self.evicting_keys.insert(victim);
+                        self.stats.evicted += 1;
+                        if self.events_enabled {
+                            self.events.push(Medium::Storage, true, [&victim]);
+                        }
+                    }
+                }
+                Err(_full) => {
+                    if let Some(victim) = victim {
+                        self.index.insert(victim);
+                    }
+                    self.stats.failed += 1;
+                }
             }
         }
         if rec.remaining == 0 {
@@ -301,6 +374,21 @@ impl FsTier {
         } else {
             self.jobs.insert(job.id.0, rec);
         }
+    }
+
+    /// Room for one more block: `Ok(None)` if there is some, `Ok(Some(victim))` after taking the
+    /// least recently used block no load is reading out of the index, `Err` if a store of
+    /// `key` cannot proceed (no victim, or `key`'s own eviction is in flight).
+    fn make_room(&mut self, key: &OffloadKey) -> Result<Option<OffloadKey>, ()> {
+        if self.evicting_keys.contains(key) {
+            return Err(());
+        }
+        let Some(max) = self.max_blocks else { return Ok(None) };
+        if self.index.len() + self.storing < max {
+            return Ok(None);
+        }
+        let reading = &self.reading;
+        self.index.pop_victim(|k| reading.contains_key(k)).map(Some).ok_or(())
     }
 
     fn report(&mut self, rec: FsJob) {
@@ -318,6 +406,23 @@ impl FsTier {
         }
     }
 
+    /// Brings the index back within its bound after a block another process stored was found
+    /// (probe-on-miss, which already makes syscalls on this thread): the least recently used
+    /// blocks but `keep` that no load is reading are removed from the disk at once.
+    fn trim(&mut self, keep: &OffloadKey) {
+        let Some(max) = self.max_blocks else { return };
+        while self.index.len() + self.storing > max {
+            let reading = &self.reading;
+            let Some(victim) = self.index.pop_victim(|k| k == keep || reading.contains_key(k)) else { return };
+            // A file already gone is evicted all the same.
+            let _ = self.fs.remove_file(&self.layout.block_path(&victim));
+            self.stats.evicted += 1;
+            if self.events_enabled {
+                self.events.push(Medium::Storage, true, [&victim]);
+            }
+        }
+    }
+
     /// Folds the ops the executor finished into their jobs.
     fn collect(&mut self, wait: Wait) {
         let mut done = std::mem::take(&mut self.done);
@@ -331,6 +436,18 @@ impl FsTier {
     }
 
     fn fold(&mut self, done: FileOpDone) {
+        if let Some(victim) = self.evicting.remove(&done.token) {
+            self.evicting_keys.remove(&victim);
+            if matches!(done.outcome, Outcome::Cancelled) {
+                // The op never ran, so neither did its eviction: the victim is still on disk,
+                // and indexed (and announced) again.
+                self.index.insert(victim);
+                self.stats.evicted -= 1;
+                if self.events_enabled {
+                    self.events.push(Medium::Storage, false, [&victim]);
+                }
+            }
+        }
         let (job, i) = untoken(done.token);
         let Some(rec) = self.jobs.get_mut(&job) else {
             return;
@@ -338,6 +455,17 @@ impl FsTier {
         let Some(key) = rec.keys.get(i).copied() else {
             return;
         };
+        match done.kind {
+            OpKind::Store => self.storing = self.storing.saturating_sub(1),
+            OpKind::Load => {
+                if let Some(n) = self.reading.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.reading.remove(&key);
+                    }
+                }
+            }
+        }
         let ok = done.outcome.is_ok();
         match (&done.outcome, done.kind) {
             (Outcome::Ok, OpKind::Store) => {
@@ -373,7 +501,7 @@ fn scan(
     fs: &dyn Vfs,
     layout: &Layout,
     rank_dir: &Path,
-    index: &mut HashSet<OffloadKey>,
+    index: &mut BlockIndex,
     report: &mut StartupReport,
 ) -> io::Result<()> {
     let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
@@ -413,6 +541,7 @@ impl SecondaryTier for FsTier {
         }
         if self.probe_on_miss && !self.closed && self.fs.is_file(&self.layout.block_path(key)) {
             self.index.insert(*key);
+            self.trim(key);
             return TierLookup::Hit;
         }
         TierLookup::Miss

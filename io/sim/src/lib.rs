@@ -265,6 +265,11 @@ impl SimExecutor {
         };
         let faults = self.config.faults;
         let (len, covered, aligned) = geometry(&p.op.format, self.region.row_bytes());
+        if let Some(evict) = &p.op.evict {
+            // The victim leaves the namespace first, whatever becomes of the store. Reusing its
+            // file or unlinking it look the same from outside: the sim models both as unlink.
+            self.disk.discard(self.generation, &evict.path);
+        }
         p.failed = if !self.disk.alive(self.generation) {
             Some(Outcome::Cancelled)
         } else if self.rng.chance(faults.emfile) {

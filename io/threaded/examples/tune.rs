@@ -93,6 +93,7 @@ fn measure(root: &Path, region: &Arc<PrimaryRegion>, (r, w): (usize, usize), n: 
         path: path(&dir, i),
         format: format(i),
         sync: false,
+        evict: None,
     };
     let stores = (0..n).map(|i| op(i, OpKind::Store, i, i)).collect();
     let (store_t, store_c) = run(&mut exec, stores);

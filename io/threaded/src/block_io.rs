@@ -4,6 +4,9 @@
 //! [`kvtier_fs::tmpname`]), the whole block written, optionally `fdatasync`ed, closed and
 //! renamed onto the final path; on any failure the temp file is removed and nothing is
 //! published. A published file is never written: replacing one is a rename of a new inode.
+//! A store that evicts a block ([`kvtier_fs::Evict`]) first renames the victim's file to its
+//! temp name and overwrites it there (no inode allocation), or unlinks it; either way the
+//! victim has left the namespace before a byte is written.
 //!
 //! Load: the final file opened, its size checked against the expected length, read whole into
 //! the slot, and (native format) its header verified. A file that is the wrong length, short
@@ -20,7 +23,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use kvtier_fs::format::{self, HEADER_LEN};
 use kvtier_fs::region::Lease;
-use kvtier_fs::{BlockFormat, FileOp, OpKind, Outcome};
+use kvtier_fs::{BlockFormat, Evict, FileOp, OpKind, Outcome};
 
 use crate::sys::{self, AlignedBuf, FileStat};
 
@@ -104,6 +107,7 @@ pub struct BlockIo {
     tail: AlignedBuf,
     path: Vec<u8>,
     temp: Vec<u8>,
+    victim: Vec<u8>,
 }
 
 impl BlockIo {
@@ -115,6 +119,7 @@ impl BlockIo {
             tail: AlignedBuf::new(DIRECT_ALIGN, DIRECT_ALIGN)?,
             path: Vec::with_capacity(256),
             temp: Vec::with_capacity(256),
+            victim: Vec::with_capacity(256),
         })
     }
 
@@ -157,15 +162,26 @@ impl BlockIo {
                 }
             }
         };
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | direct_flag(self.o_direct, aligned);
+        let direct = direct_flag(self.o_direct, aligned);
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | direct;
         let final_path = match c_path(&mut self.path, op.path.as_os_str()) {
             Ok(p) => p,
             Err(e) => return Outcome::Failed(e),
+        };
+        let mut reused = match &op.evict {
+            Some(evict) => match evict_victim(&mut self.victim, &mut self.temp, evict, &op.path, direct) {
+                Ok(fd) => fd,
+                Err(e) => return Outcome::Failed(e),
+            },
+            None => None,
         };
 
         let mut made_dirs = false;
         let mut attempts = 0;
         let fd = loop {
+            if let Some(fd) = reused.take() {
+                break fd;
+            }
             let temp_name = kvtier_fs::tmpname::temp_path(&op.path, kvtier_fs::tmpname::next_seq());
             let temp = match c_path(&mut self.temp, temp_name.as_os_str()) {
                 Ok(p) => p,
@@ -259,6 +275,45 @@ impl BlockIo {
         }
         Outcome::Ok
     }
+}
+
+/// Takes `evict`'s victim out of the namespace before a store to `final_path`: with `reuse`,
+/// renames it to a fresh temp name (left in `temp`, creating the new block's directory if
+/// need be) and opens it for overwriting; otherwise, or if that fails (the victim is gone),
+/// unlinks it. Returns the reused file, or `None` when the store must create a fresh one.
+/// `Err` only for a path that cannot be a C string.
+fn evict_victim(
+    victim_buf: &mut Vec<u8>,
+    temp_buf: &mut Vec<u8>,
+    evict: &Evict,
+    final_path: &std::path::Path,
+    direct: libc::c_int,
+) -> io::Result<Option<OwnedFd>> {
+    let victim = c_path(victim_buf, evict.path.as_os_str())?;
+    if evict.reuse {
+        let temp_name = kvtier_fs::tmpname::temp_path(final_path, kvtier_fs::tmpname::next_seq());
+        let temp = c_path(temp_buf, temp_name.as_os_str())?;
+        let mut renamed = sys::rename(victim, temp);
+        if renamed.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)) {
+            // Most often the new block's directory does not exist yet (vLLM's layout gives
+            // nearly every block a directory of its own): make it, and try once more.
+            if final_path.parent().is_some_and(|dir| std::fs::create_dir_all(dir).is_ok()) {
+                renamed = sys::rename(victim, temp);
+            }
+        }
+        if renamed.is_ok() {
+            match sys::open(temp, libc::O_WRONLY | direct, 0) {
+                Ok(fd) => return Ok(Some(fd)),
+                Err(_) => {
+                    let _ = sys::unlink(temp);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    // Gone already, or not reusable: it leaves the namespace all the same.
+    let _ = sys::unlink(victim);
+    Ok(None)
 }
 
 /// Writes `bufs` to the temp file `fd`, syncs it if asked, closes it and renames it onto

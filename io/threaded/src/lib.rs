@@ -302,6 +302,7 @@ mod tests {
                 path: dir.path().join("missing"),
                 format: kvtier_fs::BlockFormat::Vllm,
                 sync: false,
+                evict: None,
             };
             if let Err(Full(op)) = exec.submit(op) {
                 full = Some(op);

@@ -152,6 +152,7 @@ fn measure(
         path: path(root, round, i),
         format: format(i),
         sync: false,
+        evict: None,
     };
     let (store_t, store_c) = run(exec.as_mut(), (0..n).map(|i| op(i, OpKind::Store, i, i)).collect());
     let (load_t, load_c) = run(exec.as_mut(), (0..n).map(|i| op(n + i, OpKind::Load, n + i, i)).collect());
@@ -329,6 +330,7 @@ fn idle(root: &Path) {
         path: fifo.clone(),
         format: BlockFormat::Vllm,
         sync: false,
+        evict: None,
     };
     exec.submit(op).unwrap();
     let mut out = Vec::new();

@@ -4,10 +4,14 @@
 //!
 //! **Store** (one chain, soft-linked: a failure or a short write cancels every later step, so
 //! nothing is published): `openat(temp, O_WRONLY|O_CREAT|O_EXCL[|O_DIRECT], 0644)` into the
-//! record's direct descriptor -> `write_fixed` of the native header from scratch page 0 ->
-//! `write_fixed` of the row -> `write_fixed` of the zero-padded last page from scratch page 1
-//! (a native row whose tail past `row_bytes` is not zero: stale memory never reaches the disk)
-//! -> `fsync(DATASYNC)` if the op asks -> `close` -> `renameat(temp, final)`. Then:
+//! record's direct descriptor -> one write (`write_fixed` of a vLLM-format row, or `writev` of
+//! the native header from scratch page 0, the row, and the zero-padded last page from scratch
+//! page 1 when the row's tail past `row_bytes` is not zero: stale memory never reaches the
+//! disk) -> `close` -> `renameat(temp, final)`. With `fsync`, the first chain ends with
+//! `fsync(DATASYNC)` and a second one does `close` -> `renameat`: a failed `fsync` (like a
+//! failed `renameat`) sets no failure flag in the kernel (Linux 6.18), so it neither breaks a
+//! soft link nor posts a skipped CQE; only the last step of a chain is sure to be heard from
+//! (checked by `ring::link_semantics`). Then:
 //! - `ENOENT` from the temp `openat`: the parent directories are created, one `mkdirat` per
 //!   chain, walking up until one exists and back down (once per op), and the chain is
 //!   resubmitted under a fresh temp name;
@@ -16,6 +20,14 @@
 //! - any other failure: a cleanup chain, `close` of the descriptor if it was left open
 //!   (hard-linked so the next step runs anyway) and `unlinkat` of the temp file, then the
 //!   failure is reported. Errors map as in the threaded executor ([`crate::outcome`]).
+//!
+//! A store that evicts a block ([`kvtier_fs::Evict`]) runs one step first. Reusing the
+//! victim's file: `renameat(victim, temp)` alone (see above), then the store chain opening the
+//! temp file `O_WRONLY[|O_DIRECT]` to overwrite it in place. A rename that finds no new
+//! block's directory creates it (as a store does) and is tried once more; if it still fails
+//! (the victim is gone), `unlinkat(victim)`, and if the open fails, `unlinkat(temp)`, then a
+//! fresh store. Not reusing it: `unlinkat(victim)`, then a
+//! fresh store.
 //!
 //! **Load**: `openat(final, O_RDONLY[|O_DIRECT])` -> `read_fixed` of the native header into
 //! scratch page 0 -> `read_fixed` of the payload (padded, for the native format) into the row
@@ -51,6 +63,7 @@ const MAX_NEW_DIRS: usize = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Open,
+    Reclaim,
     Header,
     Row,
     Probe,
@@ -122,6 +135,8 @@ struct Layout {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    Evict,
+    EvictUnlink,
     Store,
     Mkdir,
     Cleanup,
@@ -146,6 +161,12 @@ pub struct Flow {
     chain: Chain,
     layout: Layout,
     made_dirs: bool,
+    /// The store's temp file is a reclaimed victim.
+    reclaimed: bool,
+    /// Directories are being made for a victim's reclaim, to be tried again.
+    reclaiming: bool,
+    /// The store chain ended with its `fsync`: `close` and `renameat` come next.
+    publish_next: bool,
     attempts: u32,
     /// Directories still to create, the next one last.
     dirs: Vec<PathBuf>,
@@ -195,13 +216,24 @@ impl Flow {
             chain: Chain::new(),
             layout,
             made_dirs: false,
+            reclaimed: false,
+            reclaiming: false,
+            publish_next: false,
             attempts: 0,
             dirs: Vec::new(),
             failure: None,
             reason: "",
         };
-        if store {
-            flow.store_chain(rec)?;
+        if let (true, Some(evict)) = (store, &rec.op.evict) {
+            let (victim, reuse) = (evict.path.as_os_str().as_bytes(), evict.reuse);
+            rec.set_path(PathSel::Victim, &[victim]).map_err(Outcome::Failed)?;
+            if reuse {
+                flow.reclaim_chain(rec)?;
+            } else {
+                flow.evict_unlink(PathSel::Victim);
+            }
+        } else if store {
+            flow.store_chain(rec, false)?;
         } else {
             flow.load_chain(false);
         }
@@ -221,6 +253,8 @@ impl Flow {
     /// `rec`'s chain finished: its outcome, or the next chain.
     pub fn advance(&mut self, rec: &mut Idle<'_>) -> Next {
         match self.phase {
+            Phase::Evict => self.reclaim_done(rec),
+            Phase::EvictUnlink => self.restart_store(rec),
             Phase::Store => self.store_done(rec),
             Phase::Mkdir => self.mkdir_done(rec),
             Phase::Cleanup => Next::Done(self.failure.take().unwrap_or_else(|| invalid("store failed"))),
@@ -241,11 +275,60 @@ impl Flow {
     // Store
     // -----------------------------------------------------------------------------------------
 
-    fn store_chain(&mut self, rec: &mut Idle<'_>) -> Result<(), Outcome> {
+    /// Renames the victim to a fresh temp name. A chain of its own: a failed `renameat` does
+    /// not break a soft link (see the module docs).
+    fn reclaim_chain(&mut self, rec: &mut Idle<'_>) -> Result<(), Outcome> {
         rec.set_temp_path(tmpname::next_seq()).map_err(Outcome::Failed)?;
+        let mut c = Chain::new();
+        c.add(Step::Reclaim, Sqe::Rename { from: PathSel::Victim, to: PathSel::Temp }, Link::End, 0);
+        self.chain = c;
+        self.phase = Phase::Evict;
+        Ok(())
+    }
+
+    /// The victim is under the temp name: overwrite it. Otherwise (gone, or the new block's
+    /// directory does not exist yet) it is unlinked and the store creates a fresh file.
+    fn reclaim_done(&mut self, rec: &mut Idle<'_>) -> Next {
+        match rec.results[0] {
+            0 => match self.store_chain(rec, true) {
+                Ok(()) => Next::Chain,
+                Err(o) => Next::Done(o),
+            },
+            // Most often the new block's directory does not exist yet (vLLM's layout gives
+            // nearly every block a directory of its own): make it, then try once more.
+            res if res == -libc::ENOENT && !self.made_dirs => {
+                self.reclaiming = true;
+                self.start_mkdirs(rec)
+            }
+            _ => {
+                self.evict_unlink(PathSel::Victim);
+                Next::Chain
+            }
+        }
+    }
+
+    /// Unlinks the victim (named `path`), then the store creates a fresh file.
+    fn evict_unlink(&mut self, path: PathSel) {
+        let mut c = Chain::new();
+        c.add(Step::Unlink, Sqe::Unlink { path }, Link::End, 0);
+        self.chain = c;
+        self.phase = Phase::EvictUnlink;
+    }
+
+    /// The store chain up to its write and, with `fsync`, the sync (a failed `fsync` does not
+    /// break a soft link, so it ends the chain and [`Flow::publish_chain`] follows); otherwise
+    /// through `close` and `renameat`. `reclaimed`: the temp file is a reclaimed victim, opened
+    /// for overwriting instead of created.
+    fn store_chain(&mut self, rec: &mut Idle<'_>, reclaimed: bool) -> Result<(), Outcome> {
         let l = self.layout;
         let mut c = Chain::new();
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | l.direct;
+        self.reclaimed = reclaimed;
+        let flags = if reclaimed {
+            libc::O_WRONLY | l.direct
+        } else {
+            rec.set_temp_path(tmpname::next_seq()).map_err(Outcome::Failed)?;
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | l.direct
+        };
         c.add(Step::Open, Sqe::Open { path: PathSel::Temp, flags, mode: 0o644 }, Link::Soft, 0);
         if l.native {
             // One vectored write: header, row, padded last page. `write_fixed` would need one
@@ -266,19 +349,32 @@ impl Flow {
             c.add(Step::Row, Sqe::Write { buf: Buf::Row { len: l.row_len }, offset: 0 }, Link::Soft, l.row_len);
         }
         if rec.op.sync {
-            c.add(Step::Sync, Sqe::DataSync, Link::Soft, 0);
+            c.add(Step::Sync, Sqe::DataSync, Link::End, 0);
+            self.publish_next = true;
+        } else {
+            c.add(Step::Close, Sqe::Close, Link::Soft, 0);
+            c.add(Step::Rename, Sqe::Rename { from: PathSel::Temp, to: PathSel::Final }, Link::End, 0);
         }
-        c.add(Step::Close, Sqe::Close, Link::Soft, 0);
-        c.add(Step::Rename, Sqe::Rename, Link::End, 0);
-        // Soft links all along: one CQE tells how the whole store went.
+        // Soft links all along: one CQE tells how the whole chain went.
         c.one_cqe = true;
         self.chain = c;
         self.phase = Phase::Store;
         Ok(())
     }
 
+    /// After a successful `fsync`: `close` -> `renameat`.
+    fn publish_chain(&mut self) -> Next {
+        self.publish_next = false;
+        let mut c = Chain::new();
+        c.add(Step::Close, Sqe::Close, Link::Soft, 0);
+        c.add(Step::Rename, Sqe::Rename { from: PathSel::Temp, to: PathSel::Final }, Link::End, 0);
+        c.one_cqe = true;
+        self.chain = c;
+        Next::Chain
+    }
+
     fn restart_store(&mut self, rec: &mut Idle<'_>) -> Next {
-        match self.store_chain(rec) {
+        match self.store_chain(rec, false) {
             Ok(()) => Next::Chain,
             Err(o) => Next::Done(o),
         }
@@ -286,8 +382,17 @@ impl Flow {
 
     fn store_done(&mut self, rec: &mut Idle<'_>) -> Next {
         let (c, r) = (self.chain, *rec.results);
-        let Some(k) = (0..c.len).find(|&k| !c.ok(&r, k)) else { return Next::Done(Outcome::Ok) };
+        let Some(k) = (0..c.len).find(|&k| !c.ok(&r, k)) else {
+            return if self.publish_next { self.publish_chain() } else { Next::Done(Outcome::Ok) };
+        };
+        self.publish_next = false;
         let err = if r[k] < 0 { os_error(r[k]) } else { short("write", r[k], c.want[k]) };
+        if c.steps[k] == Step::Open && self.reclaimed {
+            // The reclaimed victim could not be opened: it goes, and a fresh file is created.
+            self.reclaimed = false;
+            self.evict_unlink(PathSel::Temp);
+            return Next::Chain;
+        }
         if c.steps[k] == Step::Open {
             return match err.raw_os_error() {
                 // Parent directories are created on first need only, so a store into an
@@ -348,7 +453,16 @@ impl Flow {
         let res = rec.results[0];
         if res == 0 || res == -libc::EEXIST {
             self.dirs.pop();
-            return if self.dirs.is_empty() { self.restart_store(rec) } else { self.mkdir_next(rec) };
+            if !self.dirs.is_empty() {
+                return self.mkdir_next(rec);
+            }
+            if std::mem::take(&mut self.reclaiming) {
+                return match self.reclaim_chain(rec) {
+                    Ok(()) => Next::Chain,
+                    Err(o) => Next::Done(o),
+                };
+            }
+            return self.restart_store(rec);
         }
         if res == -libc::ENOENT && self.dirs.len() < MAX_NEW_DIRS {
             let up = self.dirs.last().and_then(|d| d.parent()).filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from);
@@ -356,6 +470,10 @@ impl Flow {
                 self.dirs.push(up);
                 return self.mkdir_next(rec);
             }
+        }
+        if std::mem::take(&mut self.reclaiming) {
+            // The victim leaves the namespace all the same.
+            return self.cleanup(store_failure(os_error(res)), false, PathSel::Victim);
         }
         Next::Done(store_failure(os_error(res)))
     }

@@ -19,9 +19,11 @@
 //!   region in memory (and counts against `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`).
 //! - **A store is one chain** `openat(temp)` -> one write (`write_fixed` of a vLLM-format row;
 //!   `writev` of header, row and padded last page for a native block: one I/O that extends the
-//!   new file once, where `write_fixed` would need one per buffer) -> `fsync` (if asked) ->
-//!   `close` -> `renameat`, soft-linked with `IOSQE_CQE_SKIP_SUCCESS` so that the whole store
-//!   posts one CQE; **a load** is `openat` -> `read_fixed` of the header -> `read_fixed` of the
+//!   new file once, where `write_fixed` would need one per buffer) -> `close` -> `renameat`,
+//!   soft-linked with `IOSQE_CQE_SKIP_SUCCESS` so that the whole store posts one CQE (with
+//!   `fsync`, two chains: the kernel does not break a link on a failed `fsync`); a store that
+//!   evicts a block first renames the victim's file to its temp name and overwrites it in
+//!   place (no inode allocation); **a load** is `openat` -> `read_fixed` of the header -> `read_fixed` of the
 //!   payload -> an end-of-file probe -> `close`, verified in userspace when its last CQE is
 //!   reaped. Direct descriptors: no file descriptor is installed in the process's table, so
 //!   `EMFILE` never stops this executor. The chains and their failure paths (temp-file

@@ -83,6 +83,8 @@ pub enum PathSel {
     Temp,
     /// A directory being created.
     Dir,
+    /// The block file a store evicts.
+    Victim,
 }
 
 /// One step of a chain, naming the record's buffers. Files are the record's direct descriptor.
@@ -127,8 +129,13 @@ pub enum Sqe {
     DataSync,
     /// `close` of the direct descriptor (frees its slot).
     Close,
-    /// `renameat` of the temp path onto the final path.
-    Rename,
+    /// `renameat` of path `from` onto path `to`.
+    Rename {
+        /// The path renamed.
+        from: PathSel,
+        /// Its new name.
+        to: PathSel,
+    },
     /// `unlinkat` of a path.
     Unlink {
         /// Which path.
@@ -236,7 +243,7 @@ struct Slot {
     results: [i32; MAX_STEPS],
     active: Option<Active>,
     /// NUL-terminated paths, indexed by [`PathSel`]; empty when unset.
-    paths: [Vec<u8>; 3],
+    paths: [Vec<u8>; 4],
     /// The record's scratch pages in the arena (see [`SCRATCH_PAGES`]), leased for the ring's
     /// life.
     scratch: Lease,
@@ -247,6 +254,7 @@ fn path_index(sel: PathSel) -> usize {
         PathSel::Final => 0,
         PathSel::Temp => 1,
         PathSel::Dir => 2,
+        PathSel::Victim => 3,
     }
 }
 
@@ -264,7 +272,7 @@ pub struct Idle<'a> {
     pub scratch: &'a mut [u8],
     /// The results (CQE `res`) of the last chain's steps, in order.
     pub results: &'a [i32; MAX_STEPS],
-    paths: &'a mut [Vec<u8>; 3],
+    paths: &'a mut [Vec<u8>; 4],
 }
 
 impl Idle<'_> {
@@ -461,7 +469,7 @@ impl Ring {
                 want: [0; MAX_STEPS],
                 results: [0; MAX_STEPS],
                 active: None,
-                paths: [Vec::with_capacity(256), Vec::with_capacity(256), Vec::new()],
+                paths: [Vec::with_capacity(256), Vec::with_capacity(256), Vec::new(), Vec::new()],
                 scratch,
             });
         }
@@ -603,9 +611,8 @@ impl Ring {
             }
             Sqe::DataSync => opcode::Fsync::new(file).flags(FsyncFlags::DATASYNC).build(),
             Sqe::Close => opcode::Close::new(file).build(),
-            Sqe::Rename => {
-                opcode::RenameAt::new(cwd, Self::path(slot, PathSel::Temp)?, cwd, Self::path(slot, PathSel::Final)?)
-                    .build()
+            Sqe::Rename { from, to } => {
+                opcode::RenameAt::new(cwd, Self::path(slot, from)?, cwd, Self::path(slot, to)?).build()
             }
             Sqe::Unlink { path } => opcode::UnlinkAt::new(cwd, Self::path(slot, path)?).build(),
             Sqe::Mkdir { path } => opcode::MkDirAt::new(cwd, Self::path(slot, path)?).mode(0o777).build(),
@@ -867,6 +874,7 @@ mod tests {
             path: std::path::PathBuf::from("/x/y.bin"),
             format: kvtier_fs::BlockFormat::Vllm,
             sync: false,
+            evict: None,
         };
         let lease = region.lease(SlotId(0), Access::Read).unwrap();
         let id = ring.start(op.clone(), lease);
@@ -918,7 +926,7 @@ mod tests {
             ),
             (Sqe::Write { buf: Buf::Row { len: 4096 }, offset: 0 }, Link::Soft),
             (Sqe::Close, Link::Soft),
-            (Sqe::Rename, Link::End),
+            (Sqe::Rename { from: PathSel::Temp, to: PathSel::Final }, Link::End),
         ];
         let mut run = |fin: &std::path::Path| {
             let op = FileOp {
@@ -928,6 +936,7 @@ mod tests {
                 path: fin.to_path_buf(),
                 format: kvtier_fs::BlockFormat::Vllm,
                 sync: false,
+                evict: None,
             };
             let id = ring.start(op, region.lease(SlotId(0), Access::Read).unwrap());
             let mut rec = ring.idle(id).unwrap();
@@ -966,5 +975,70 @@ mod tests {
         assert_eq!(std::mem::offset_of!(libc::statx, stx_ino), STATX_INO);
         assert_eq!(std::mem::offset_of!(libc::statx, stx_dev_major), STATX_DEV_MAJOR);
         assert_eq!(std::mem::offset_of!(libc::statx, stx_dev_minor), STATX_DEV_MINOR);
+    }
+}
+#[cfg(test)]
+mod link_semantics {
+    //! What the store chains rely on, checked on the running kernel: a failed open or write
+    //! breaks a soft link and posts its CQE even when asked to skip successes; a failed
+    //! `fsync` or `renameat` does neither (Linux 6.18 sets no failure flag for them), so
+    //! those steps end their chain.
+    use super::*;
+
+    fn run(chain: &[(Sqe, Link)], path: &std::path::Path) -> [i32; MAX_STEPS] {
+        let region = Arc::new(PrimaryRegion::anonymous(1, 4096).unwrap());
+        let setup = RingSetup { sq_entries: 8, cq_entries: 0, records: 1, iowq_workers: 0, force_unavailable: false };
+        let mut ring = Ring::new(Arc::clone(&region), &setup).unwrap();
+        let op = FileOp {
+            token: 1,
+            kind: kvtier_fs::OpKind::Store,
+            slot: SlotId(0),
+            path: path.to_path_buf(),
+            format: kvtier_fs::BlockFormat::Vllm,
+            sync: false,
+            evict: None,
+        };
+        let id = ring.start(op, region.lease(SlotId(0), Access::Read).unwrap());
+        let mut rec = ring.idle(id).unwrap();
+        rec.set_path(PathSel::Final, &[path.as_os_str().as_bytes()]).unwrap();
+        rec.set_path(PathSel::Temp, &[path.as_os_str().as_bytes(), b".renamed"]).unwrap();
+        ring.push(id, chain, true).unwrap();
+        let mut ready = Vec::new();
+        while ready.is_empty() {
+            ring.wait(None).unwrap();
+            ring.reap(&mut ready);
+        }
+        *ring.idle(id).unwrap().results
+    }
+
+    #[test]
+    fn failed_writes_break_the_chain_and_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let r = run(
+            &[
+                (Sqe::Open { path: PathSel::Final, flags: libc::O_RDONLY, mode: 0 }, Link::Soft),
+                (Sqe::Write { buf: Buf::Row { len: 4096 }, offset: 0 }, Link::Soft),
+                (Sqe::Close, Link::End),
+            ],
+            &file,
+        );
+        assert_eq!(&r[..3], &[SKIPPED, -libc::EBADF, -libc::ECANCELED]);
+    }
+
+    #[test]
+    fn a_failed_fsync_must_end_its_chain() {
+        // fsync of a FIFO fails with EINVAL.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let open = (Sqe::Open { path: PathSel::Final, flags: libc::O_RDWR | libc::O_NONBLOCK, mode: 0 }, Link::Soft);
+        let r = run(&[open, (Sqe::DataSync, Link::End)], &fifo);
+        assert_eq!(&r[..2], &[SKIPPED, -libc::EINVAL], "the last step's CQE is always posted");
+        let r = run(&[open, (Sqe::DataSync, Link::Soft), (Sqe::Close, Link::End)], &fifo);
+        if r[1] != SKIPPED {
+            eprintln!("this kernel breaks the link on a failed fsync: {:?}", &r[..3]);
+        }
     }
 }

@@ -217,6 +217,7 @@ fn soak(seed: u64, row_bytes: usize, config: UringConfig, ops: usize) {
             path: block_path(&root, b),
             format: format_of(b),
             sync: rng.below(16) == 0,
+            evict: None,
         };
         pending.insert(token, Pending { kind, block: b, slot, version, refused });
         let mut op = op;

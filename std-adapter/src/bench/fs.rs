@@ -23,7 +23,12 @@
 //! tier (or the peer) stores a full set of other blocks, empty files are created next to them
 //! up to `--churn-files` files in all, and every one of them is deleted, so new inodes are
 //! allocated in the slow state PERFORMANCE.md describes (ext4 skips recently deleted inodes
-//! one by one). The churn pass starts by deleting everything the quiet pass left.
+//! one by one). The churn pass starts by deleting everything the quiet pass left. `full`: the
+//! tier is bounded to `--blocks` blocks ([`FsTierConfig::max_blocks`]) and already holds that
+//! many other blocks, stored through it right after the pass deleted everything the earlier
+//! ones left: every timed store evicts the least recently used block and reuses its file
+//! (rename to its temp name, overwrite in place, rename to its final name), the steady state
+//! of a bounded cache. vLLM's FS tier has no bound, so the peer runs its churn state there.
 //!
 //! **CPU cost** is user + sys CPU-seconds of the whole process (`getrusage(RUSAGE_SELF)`, so
 //! the executor's worker threads are included) around each timed phase, per GB of block bytes
@@ -110,7 +115,7 @@ pub struct FsArgs {
     #[arg(long, default_value_t = 32)]
     pub job_blocks: usize,
     /// File-system states to measure, comma separated, in this order.
-    #[arg(long, value_delimiter = ',', value_enum, default_value = "quiet,churn")]
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "quiet,churn,full")]
     pub state: Vec<State>,
     /// Files created and deleted right before a churn-state store.
     #[arg(long, default_value_t = DEFAULT_CHURN_FILES)]
@@ -158,6 +163,8 @@ pub enum State {
     Quiet,
     /// Right after many files were created and deleted in the tier's directories.
     Churn,
+    /// A bounded tier at capacity: every store evicts a block and reuses its file.
+    Full,
 }
 
 impl State {
@@ -165,6 +172,7 @@ impl State {
         match self {
             State::Quiet => "quiet",
             State::Churn => "churn",
+            State::Full => "full",
         }
     }
 }
@@ -916,6 +924,7 @@ fn measure_kvtier(
     let mut config = FsTierConfig::new(&root, run);
     config.format = StorageFormat::Native;
     config.o_direct = DirectMode::Auto;
+    config.max_blocks = (state == State::Full).then_some(rows as usize);
     let queue_capacity = (n as usize).max(ThreadedConfig::DEFAULT_QUEUE_CAPACITY);
     let exec_region = Arc::clone(&region);
     let mut tier =
@@ -923,12 +932,20 @@ fn measure_kvtier(
     ctx.tier_o_direct = Some(tier.startup().o_direct);
     let mut done = Completions::new();
 
-    if state == State::Churn {
-        let churn_salt = salt ^ (0xc4u64 << 48);
-        let churn_keys = (0..n).map(|i| key(churn_salt, i)).collect::<Result<Vec<_>, _>>()?;
-        churn(ctx, &mut tier, &churn_keys, &slots, &mut done)?;
-    } else {
-        ctx.sync();
+    match state {
+        State::Quiet => ctx.sync(),
+        State::Churn => {
+            let churn_salt = salt ^ (0xc4u64 << 48);
+            let churn_keys = (0..n).map(|i| key(churn_salt, i)).collect::<Result<Vec<_>, _>>()?;
+            churn(ctx, &mut tier, &churn_keys, &slots, &mut done)?;
+        }
+        State::Full => {
+            // Other blocks fill the tier to its bound; each timed store then evicts one.
+            let fill_salt = salt ^ (0xf1u64 << 48);
+            let fill_keys = (0..n).map(|i| key(fill_salt, i)).collect::<Result<Vec<_>, _>>()?;
+            run_jobs(ctx, &mut tier, true, &fill_keys, &slots, &mut done)?;
+            ctx.sync();
+        }
     }
 
     let create_us = create_cost(tier.layout().rank_dir(), CREATE_PROBE_FILES)?;
@@ -963,6 +980,9 @@ fn measure_kvtier(
     drop(tier);
     if stats.blocks_loaded != n {
         return Err(format!("loaded {} of {n} blocks ({stats:?})", stats.blocks_loaded).into());
+    }
+    if state == State::Full && stats.evicted != n {
+        return Err(format!("a full tier evicted {} blocks for {n} stores ({stats:?})", stats.evicted).into());
     }
     Ok(KvFigures {
         store,
@@ -1012,9 +1032,11 @@ fn run_peer(
     state: State,
 ) -> Result<PeerFigures, BoxError> {
     let dir = ctx.scratch.join(format!("peer-{}-{}", state.name(), size_name(bs)));
+    // The peer has no capacity bound (nor has vLLM's FS tier): in the full state it runs its
+    // churn state, the steady state of an unbounded tier whose files something else deletes.
     let churn_files = match state {
         State::Quiet => 0,
-        State::Churn => ctx.churn_files.max(1),
+        State::Churn | State::Full => ctx.churn_files.max(1),
     };
     let mut cmd = Command::new(python);
     cmd.arg(script)
@@ -1101,6 +1123,11 @@ fn print_table(
         out,
         "  churn: right before the store, {} files created then deleted in the tier's directories",
         ctx.churn_files
+    )?;
+    writeln!(
+        out,
+        "  full: the tier bounded to the phase's blocks and holding as many others: every store evicts \
+         one and reuses its file (the peer, unbounded like vLLM's tier, runs its churn state)"
     )?;
     writeln!(
         out,
