@@ -647,16 +647,18 @@ mod tests {
 
     #[test]
     fn progress_concurrent_parts_complete_once() {
-        for _ in 0..20 {
-            let p = Arc::new(JobProgress::new(4 * 1000));
+        // Miri interprets every atomic step: fewer rounds and parts there.
+        let (rounds, per_thread) = if cfg!(miri) { (2, 40) } else { (20, 1000) };
+        for _ in 0..rounds {
+            let p = Arc::new(JobProgress::new(4 * per_thread));
             let threads: Vec<_> = (0..4)
                 .map(|t| {
                     let p = Arc::clone(&p);
                     std::thread::spawn(move || {
                         let mut completions = Vec::new();
-                        for i in 0..1001 {
+                        for i in 0..per_thread + 1 {
                             // Thread 3 fails one part; each thread over-reports at most once.
-                            match p.part_done(!(t == 3 && i == 500)) {
+                            match p.part_done(!(t == 3 && i == per_thread / 2)) {
                                 Ok(Some(success)) => completions.push(success),
                                 Ok(None) | Err(ProgressError::AlreadyComplete) => {}
                                 Err(ProgressError::Vacant) => unreachable!(),
@@ -703,7 +705,9 @@ mod tests {
         let mut next_push = 0u32;
         let mut next_pop = 0u32;
         // Positions go round the two cells thousands of times, at varying fill levels.
-        for round in 0..10_000u32 {
+        // Miri interprets every atomic step: fewer rounds there.
+        let rounds: u32 = if cfg!(miri) { 200 } else { 10_000 };
+        for round in 0..rounds {
             for _ in 0..(round % 3) {
                 match q.push(next_push) {
                     Ok(()) => next_push += 1,
@@ -723,7 +727,7 @@ mod tests {
             next_pop += 1;
         }
         assert_eq!(next_pop, next_push);
-        assert!(next_push > 5_000);
+        assert!(next_push > rounds / 2);
     }
 
     #[test]
@@ -762,12 +766,14 @@ mod tests {
 
     #[test]
     fn queue_concurrent_producers_and_consumers() {
+        // Values are `producer * 10_000 + i`; miri interprets every atomic step: fewer there.
+        const PER_PRODUCER: u32 = if cfg!(miri) { 100 } else { 5000 };
         let q = Arc::new(CompletionQueue::new(8));
         let producers: Vec<_> = (0..4u32)
             .map(|t| {
                 let q = Arc::clone(&q);
                 std::thread::spawn(move || {
-                    for i in 0..5000 {
+                    for i in 0..PER_PRODUCER {
                         let mut v = t * 10_000 + i;
                         while let Err(Full(back)) = q.push(v) {
                             v = back;
@@ -782,7 +788,7 @@ mod tests {
                 let q = Arc::clone(&q);
                 std::thread::spawn(move || {
                     let mut got = Vec::new();
-                    while got.len() < 10_000 {
+                    while got.len() < 2 * PER_PRODUCER as usize {
                         match q.pop() {
                             Some(v) => got.push(v),
                             None => std::thread::yield_now(),
@@ -806,7 +812,7 @@ mod tests {
             all.extend(got);
         }
         all.sort_unstable();
-        let expected: Vec<u32> = (0..4u32).flat_map(|t| (0..5000).map(move |i| t * 10_000 + i)).collect();
+        let expected: Vec<u32> = (0..4u32).flat_map(|t| (0..PER_PRODUCER).map(move |i| t * 10_000 + i)).collect();
         assert_eq!(all, expected);
         assert_eq!(q.pop(), None);
     }
@@ -887,7 +893,8 @@ mod tests {
         // Capacities that are and are not powers of two; many rounds so the queue wraps.
         for capacity in [1, 2, 3, 5, 8] {
             let mut table = JobTable::new(capacity);
-            for round in 0..50u64 {
+            // Miri interprets every atomic step: fewer rounds there (the queue still wraps).
+            for round in 0..if cfg!(miri) { 12 } else { 50u64 } {
                 let handles: Vec<_> =
                     (0..capacity as u64).map(|i| table.start(round * 100 + i, (i % 3) as u32).unwrap()).collect();
                 assert_eq!(table.start(0, 1), Err(TableFull));

@@ -40,7 +40,8 @@ fn proptest_config() -> ProptestConfig {
     }
 }
 
-const MAX_OPS: usize = 200;
+/// Most ops per case (fewer under miri, `.ci/run`'s miri step, which interprets every step).
+const MAX_OPS: usize = if cfg!(miri) { 40 } else { 200 };
 
 /// 4 to 12 keys, hash parts of 1 to 32 bytes over a 3-letter alphabet (short ones collide).
 fn key_table() -> impl Strategy<Value = Vec<OffloadKey>> {
@@ -263,8 +264,10 @@ fn long_random_run() {
 fn decoded_scenarios() {
     let seed = env_u64("KVTIER_SEED").unwrap_or(7);
     let mut rng = XorShift::new(seed);
-    for _ in 0..150 {
-        let mut bytes = vec![0u8; 1200];
+    // Miri (`.ci/run`'s miri step) interprets every step: fewer, shorter scenarios there.
+    let (scenarios, len) = if cfg!(miri) { (3, 240) } else { (150, 1200) };
+    for _ in 0..scenarios {
+        let mut bytes = vec![0u8; len];
         rng.fill(&mut bytes);
         let scenario = Scenario::decode(&bytes).expect("has a header");
         if let Err(m) = scenario.check() {

@@ -331,8 +331,10 @@ mod tests {
     #[test]
     fn seeded_scenarios_agree() {
         let mut x: u64 = 0x6b76_7469_6572;
-        let mut bytes = alloc::vec![0u8; 600];
-        for _ in 0..64 {
+        // Miri interprets every step of the oracle comparison: fewer, shorter scenarios there.
+        let (scenarios, len) = if cfg!(miri) { (3, 240) } else { (64, 600) };
+        let mut bytes = alloc::vec![0u8; len];
+        for _ in 0..scenarios {
             for b in bytes.iter_mut() {
                 x ^= x << 13;
                 x ^= x >> 7;

@@ -36,6 +36,14 @@
 //!
 //! All `unsafe` of the crate is in its private `sys` module (syscall wrappers).
 //!
+//! The queues, parking and shutdown ([`pool`]) are written over a small synchronisation shim
+//! ([`sync`]) so that loom model-checks them as they are (`tests/loom_pool.rs`):
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 \
+//!     cargo test -p kvtier-io-threaded --release --test loom_pool --target-dir target/loom
+//! ```
+//!
 //! ## Default worker counts
 //!
 //! 16 read-priority + 16 write-priority workers ([`ThreadedConfig::default`]), the same as
@@ -63,18 +71,47 @@
 #![warn(missing_docs)]
 
 mod block_io;
-mod pool;
+pub mod pool;
+pub mod sync;
 mod sys;
 
 use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvtier_fs::region::{Access, LeaseError, PrimaryRegion};
+use kvtier_fs::region::{Access, Lease, LeaseError, PrimaryRegion};
 use kvtier_fs::{Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
 
 use block_io::BlockIo;
-use pool::{Refused, Shared};
+use pool::{Pool, Refused};
+
+/// An accepted op and the lease taken for it at submission.
+struct Job {
+    op: FileOp,
+    /// Read lease (store) or write lease (load) on the op's slot.
+    lease: Lease,
+}
+
+type Shared = Pool<Job, FileOpDone>;
+
+/// A worker's life: runs jobs until the pool stops. The lease is dropped inside `io.run`, before
+/// the completion is published. A panic in the I/O code must not lose the op: it is reported as
+/// failed (the lease was dropped by the unwinding).
+fn work(shared: &Shared, load_priority: bool, mut io: BlockIo) {
+    shared.work(load_priority, |Job { op, lease }| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| io.run(&op, lease))).unwrap_or_else(|_| {
+            Outcome::Failed(io::Error::other("kvtier-io-threaded: worker panicked running the op"))
+        });
+        FileOpDone { token: op.token, kind: op.kind, outcome }
+    });
+}
+
+/// The completion of a job still queued at shutdown: its lease dropped, then `Cancelled`.
+fn cancel(Job { op, lease }: Job) -> FileOpDone {
+    drop(lease);
+    FileOpDone { token: op.token, kind: op.kind, outcome: Outcome::Cancelled }
+}
 
 pub use block_io::DIRECT_ALIGN;
 
@@ -155,7 +192,7 @@ impl ThreadedExecutor {
         }
         let mut exec = ThreadedExecutor {
             region,
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(Pool::new()),
             workers: Vec::with_capacity(config.read_workers + config.write_workers),
             in_flight: 0,
             stopped: false,
@@ -168,7 +205,7 @@ impl ThreadedExecutor {
             let io = BlockIo::new(exec.config.o_direct)?;
             let shared = Arc::clone(&exec.shared);
             let name = format!("kvtier-io-{}{i}", if load_priority { 'r' } else { 'w' });
-            let handle = std::thread::Builder::new().name(name).spawn(move || shared.work(load_priority, io))?;
+            let handle = std::thread::Builder::new().name(name).spawn(move || work(&shared, load_priority, io))?;
             exec.workers.push(handle);
         }
         Ok(exec)
@@ -192,9 +229,13 @@ impl Executor for ThreadedExecutor {
             OpKind::Store => (Access::Read, false),
         };
         let region = &self.region;
-        let queued = self
-            .shared
-            .enqueue(op, self.config.queue_capacity, is_load, |op| region.lease(op.slot, access).map_err(lease_error));
+        // A refused lease hands the op back by value with its error: a rare path, not worth a box.
+        #[allow(clippy::result_large_err)]
+        let queued =
+            self.shared.enqueue(op, self.config.queue_capacity, is_load, |op| match region.lease(op.slot, access) {
+                Ok(lease) => Ok(Job { op, lease }),
+                Err(e) => Err((op, lease_error(e))),
+            });
         match queued {
             Ok(Ok(())) => self.in_flight += 1,
             Ok(Err((op, e))) => self.complete_now(op, Outcome::Failed(e)),
@@ -219,7 +260,7 @@ impl Executor for ThreadedExecutor {
 
     fn shutdown(&mut self) {
         self.stopped = true;
-        self.shared.stop();
+        self.shared.stop(cancel);
         for worker in self.workers.drain(..) {
             // A worker never panics out of its loop (ops run under `catch_unwind`); if one did,
             // there is nothing left to recover from it.

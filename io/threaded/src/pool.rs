@@ -7,113 +7,117 @@
 //! Completions go to a second mutex-guarded list with its own condition variable, which
 //! `poll` waits on.
 //!
-//! Unlike vLLM's pool, stopping never forgets work: every queued op is completed `Cancelled`,
-//! and every op a worker took is completed by that worker (even if its I/O code panics).
+//! Unlike vLLM's pool, stopping never forgets work: every queued job is completed by the
+//! `cancel` function given to [`Pool::stop`], and every job a worker took is completed by that
+//! worker.
+//!
+//! The pool is generic over the job `J` and its completion `D` and knows nothing of files: the
+//! executor runs it with (op, lease) jobs and [`kvtier_fs::FileOpDone`] completions, the loom
+//! models (`tests/loom_pool.rs`) with plain numbers. Its synchronisation types come from
+//! [`crate::sync`], so those models check this very code. It is public for them; it is not a
+//! stable API.
 
 use std::collections::VecDeque;
-use std::io;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
-use kvtier_fs::region::Lease;
-use kvtier_fs::{FileOp, FileOpDone, Outcome, Wait};
+use kvtier_fs::Wait;
 
-use crate::block_io::BlockIo;
+use crate::sync::{self, Condvar, Mutex};
 
-/// An accepted op and the lease taken for it at submission.
-pub struct Job {
-    /// The op.
-    pub op: FileOp,
-    /// Read lease (store) or write lease (load) on the op's slot.
-    pub lease: Lease,
-}
-
-#[derive(Default)]
-struct Queues {
-    loads: VecDeque<Job>,
-    stores: VecDeque<Job>,
+struct Queues<J> {
+    loads: VecDeque<J>,
+    stores: VecDeque<J>,
     stop: bool,
 }
 
 /// State shared by the executor handle and its workers.
-#[derive(Default)]
-pub struct Shared {
-    queues: Mutex<Queues>,
+pub struct Pool<J, D> {
+    queues: Mutex<Queues<J>>,
     work: Condvar,
-    done: Mutex<Vec<FileOpDone>>,
+    done: Mutex<Vec<D>>,
     done_cv: Condvar,
 }
 
-/// Recovers a poisoned lock: every critical section here leaves the data consistent (pushes
-/// and pops only), so a panic elsewhere never makes it unusable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+impl<J, D> std::fmt::Debug for Pool<J, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").finish_non_exhaustive()
+    }
 }
 
-/// Why [`Shared::enqueue`] did not queue a job.
-pub enum Refused {
+/// Why [`Pool::enqueue`] did not queue a job; it hands the item back.
+#[derive(Debug)]
+pub enum Refused<T> {
     /// The queues hold `capacity` jobs.
-    Full(FileOp),
+    Full(T),
     /// The pool is stopped.
-    Stopped(FileOp),
+    Stopped(T),
 }
 
-impl Shared {
-    /// Queues the job made by `make` (which takes the lease and may refuse) unless the queues
-    /// already hold `capacity` jobs or the pool stopped. The lease is taken under the queue
-    /// lock, after the capacity check, so a refused op holds no lease.
-    pub fn enqueue(
+impl<J, D> Default for Pool<J, D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<J, D> Pool<J, D> {
+    /// An empty, running pool. Workers are threads that call [`Pool::work`].
+    pub fn new() -> Self {
+        Pool {
+            queues: Mutex::new(Queues { loads: VecDeque::new(), stores: VecDeque::new(), stop: false }),
+            work: Condvar::new(),
+            done: Mutex::new(Vec::new()),
+            done_cv: Condvar::new(),
+        }
+    }
+
+    /// Queues the job `make` builds from `item` (the executor takes the op's lease there, and
+    /// may refuse with `R`), unless the queues already hold `capacity` jobs or the pool stopped.
+    /// `make` runs under the queue lock, after those checks, so a refused item holds no lease.
+    /// Returns `Ok(Ok(()))` when queued, `Ok(Err(r))` when `make` refused.
+    pub fn enqueue<T, R>(
         &self,
-        op: FileOp,
+        item: T,
         capacity: usize,
         is_load: bool,
-        lease: impl FnOnce(&FileOp) -> Result<Lease, io::Error>,
-    ) -> Result<Result<(), (FileOp, io::Error)>, Refused> {
-        let mut q = lock(&self.queues);
+        make: impl FnOnce(T) -> Result<J, R>,
+    ) -> Result<Result<(), R>, Refused<T>> {
+        let mut q = sync::lock(&self.queues);
         if q.stop {
-            return Err(Refused::Stopped(op));
+            return Err(Refused::Stopped(item));
         }
         if q.loads.len() + q.stores.len() >= capacity {
-            return Err(Refused::Full(op));
+            return Err(Refused::Full(item));
         }
-        let lease = match lease(&op) {
-            Ok(lease) => lease,
-            Err(e) => return Ok(Err((op, e))),
+        let job = match make(item) {
+            Ok(job) => job,
+            Err(r) => return Ok(Err(r)),
         };
-        let job = Job { op, lease };
         if is_load {
             q.loads.push_back(job);
         } else {
             q.stores.push_back(job);
         }
         drop(q);
+        // Every worker takes either kind, so waking any one of them is enough.
         self.work.notify_one();
         Ok(Ok(()))
     }
 
-    /// Publishes finished ops (whose leases are already dropped).
-    pub fn complete(&self, done: impl IntoIterator<Item = FileOpDone>) {
-        lock(&self.done).extend(done);
+    /// Publishes finished jobs' completions.
+    pub fn complete(&self, done: impl IntoIterator<Item = D>) {
+        sync::lock(&self.done).extend(done);
+        // One poller at a time (the executor handle polls through `&mut self`).
         self.done_cv.notify_one();
     }
 
     /// Moves every published completion to `out`, first waiting as `wait` allows for one if
     /// there is none. Returns how many were moved.
-    pub fn take_done(&self, out: &mut Vec<FileOpDone>, wait: Wait) -> usize {
-        let mut done = lock(&self.done);
+    pub fn take_done(&self, out: &mut Vec<D>, wait: Wait) -> usize {
+        let mut done = sync::lock(&self.done);
         if done.is_empty() {
             match wait {
                 Wait::No => {}
-                Wait::Forever => {
-                    done = self.done_cv.wait_while(done, |d| d.is_empty()).unwrap_or_else(PoisonError::into_inner);
-                }
-                Wait::Timeout(limit) => {
-                    done = self
-                        .done_cv
-                        .wait_timeout_while(done, limit, |d| d.is_empty())
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
-                }
+                Wait::Forever => done = sync::wait_while(&self.done_cv, done, |d| d.is_empty()),
+                Wait::Timeout(limit) => done = sync::wait_timeout_while(&self.done_cv, done, limit, |d| d.is_empty()),
             }
         }
         let n = done.len();
@@ -121,23 +125,17 @@ impl Shared {
         n
     }
 
-    /// Stops the pool: workers exit once idle, and every queued job is completed `Cancelled`
-    /// (its lease dropped first). Returns how many were cancelled.
-    pub fn stop(&self) -> usize {
+    /// Stops the pool: workers exit once idle, later [`Pool::enqueue`]s are refused, and every
+    /// queued job is completed with `cancel(job)` (loads first, then stores, each in queue
+    /// order). Returns how many were cancelled. Stopping again cancels nothing more.
+    pub fn stop(&self, cancel: impl FnMut(J) -> D) -> usize {
         let (loads, stores) = {
-            let mut q = lock(&self.queues);
+            let mut q = sync::lock(&self.queues);
             q.stop = true;
             (std::mem::take(&mut q.loads), std::mem::take(&mut q.stores))
         };
         self.work.notify_all();
-        let cancelled: Vec<FileOpDone> = loads
-            .into_iter()
-            .chain(stores)
-            .map(|Job { op, lease }| {
-                drop(lease);
-                FileOpDone { token: op.token, kind: op.kind, outcome: Outcome::Cancelled }
-            })
-            .collect();
+        let cancelled: Vec<D> = loads.into_iter().chain(stores).map(cancel).collect();
         let n = cancelled.len();
         if n > 0 {
             self.complete(cancelled);
@@ -146,9 +144,9 @@ impl Shared {
     }
 
     /// The next job for a worker of the given priority, sleeping while both queues are empty;
-    /// `None` once the pool is stopped.
-    fn next(&self, load_priority: bool) -> Option<Job> {
-        let mut q = lock(&self.queues);
+    /// `None` once the pool is stopped (and, then, its queues are empty).
+    pub fn next(&self, load_priority: bool) -> Option<J> {
+        let mut q = sync::lock(&self.queues);
         loop {
             let job = if load_priority {
                 q.loads.pop_front().or_else(|| q.stores.pop_front())
@@ -161,19 +159,17 @@ impl Shared {
             if q.stop {
                 return None;
             }
-            q = self.work.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q = sync::wait(&self.work, q);
         }
     }
 
-    /// A worker's life: take a job, run it (the lease is dropped inside), publish its outcome.
-    pub fn work(&self, load_priority: bool, mut io: BlockIo) {
-        while let Some(Job { op, lease }) = self.next(load_priority) {
-            // A panic in the I/O code must not lose the op: it is reported as failed (the lease
-            // was dropped by the unwinding).
-            let outcome = catch_unwind(AssertUnwindSafe(|| io.run(&op, lease))).unwrap_or_else(|_| {
-                Outcome::Failed(io::Error::other("kvtier-io-threaded: worker panicked running the op"))
-            });
-            self.complete([FileOpDone { token: op.token, kind: op.kind, outcome }]);
+    /// A worker's life: take a job, `run` it, publish its completion; return once the pool is
+    /// stopped. `run` must not panic (the executor's catches the I/O code's panics and reports
+    /// them as the op's failure), or the job it was running is lost with the worker.
+    pub fn work(&self, load_priority: bool, mut run: impl FnMut(J) -> D) {
+        while let Some(job) = self.next(load_priority) {
+            let done = run(job);
+            self.complete([done]);
         }
     }
 }
