@@ -56,7 +56,7 @@ fn default_deadline() -> u32 {
 }
 
 /// `lru` or `arc`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyName {
     /// Least recently used.
@@ -91,7 +91,7 @@ pub enum TierConfig {
 pub struct MemoryConfig {}
 
 /// Which executor runs an FS tier's file operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorKind {
     /// Worker threads with blocking O_DIRECT syscalls.
@@ -199,6 +199,34 @@ pub struct FsConfig {
 }
 
 impl FsConfig {
+    /// A tier under `root_dir` with every other setting at its default (as an `fs` table with
+    /// only `root_dir` would have them).
+    pub fn new(root_dir: impl Into<PathBuf>) -> Self {
+        FsConfig {
+            root_dir: root_dir.into(),
+            executor: ExecutorKind::default(),
+            format: FormatName::default(),
+            model_name: None,
+            dtype: None,
+            tokens_per_hash: None,
+            blocks_per_file: None,
+            tp_size: None,
+            pp_size: None,
+            pcp_size: None,
+            dcp_size: None,
+            kv_cache_groups: None,
+            parallel_agnostic: None,
+            rank: 0,
+            events: false,
+            o_direct: DirectName::default(),
+            fsync: false,
+            probe_on_miss: false,
+            max_blocks: None,
+            read_workers: None,
+            write_workers: None,
+        }
+    }
+
     /// The FS tier's settings.
     pub fn tier_config(&self) -> FsTierConfig {
         let d = RunConfig::default();
@@ -232,6 +260,28 @@ impl FsConfig {
         cfg.max_blocks = self.max_blocks;
         cfg
     }
+}
+
+/// Parses a size: a number with an optional binary unit (`K`, `M`, `G`, `T`; `KiB`, `MB`... all
+/// mean powers of 1024), e.g. `1G`, `512M`, `2MiB`, `4096`, `1.5G`. Zero is refused.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        u => return Err(format!("size {t:?}: unknown unit {u:?} (use K, M, G or T)")),
+    };
+    let value: f64 = num.parse().map_err(|_| format!("size {t:?}: not a number"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("size {t:?} is out of range"));
+    }
+    Ok(bytes.round() as u64)
 }
 
 /// A configuration file could not be used.
@@ -270,6 +320,23 @@ impl CacheConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        for (text, bytes) in [
+            ("1G", 1 << 30),
+            ("512M", 512 << 20),
+            ("2MiB", 2 << 20),
+            ("4096", 4096),
+            ("1.5k", 1536),
+            ("256kb", 256 << 10),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["12X", "", "K", "0K", "64Q", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn toml_round_trip_and_unknown_keys() {

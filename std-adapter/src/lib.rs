@@ -2,7 +2,7 @@
 //!
 //! The crate an inference engine links: [`TieredCache`] (the deterministic [`kvtier_core`]
 //! engine, its tiers and the primary memory region behind one handle), its typed
-//! [`config`], and the `kvtier` command-line tool's subcommands (`replay`, `bench`, `inspect`).
+//! [`config`], and the `kvtier` command-line tool's subcommands (`simulate`, `replay`, `bench`, `inspect`).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod inspect;
 pub mod replay;
+pub mod simulate;
 
 pub use cache::{CacheError, TieredCache};
 pub use config::CacheConfig;

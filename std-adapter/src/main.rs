@@ -19,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a simulated multi-turn chat workload through kvtier (GPU -> CPU -> disk and back)
+    /// and report whether offloading pays, against the same workload without it.
+    Simulate(kvtier::simulate::SimulateArgs),
     /// Run a JSON-lines trace through the engine (stdin if no file); one JSON line out per line in.
     Replay {
         /// Trace file (JSON lines); standard input when absent.
@@ -44,6 +47,7 @@ enum BenchCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Simulate(args) => kvtier::simulate::run(&args),
         Command::Replay { file } => kvtier::replay::run_cli(file.as_deref()),
         Command::Inspect(args) => kvtier::inspect::run(&args),
         Command::Bench { which: BenchCommand::Core(args) } => kvtier::bench::core::run(&args),

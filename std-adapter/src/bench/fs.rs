@@ -63,6 +63,8 @@ use kvtier_io_uring::{UringConfig, UringExecutor};
 use memmap2::MmapMut;
 use serde::Serialize;
 
+use crate::config::parse_size;
+
 type BoxError = Box<dyn Error>;
 
 /// The block sizes measured by default.
@@ -126,33 +128,6 @@ pub struct FsArgs {
     /// The peer script. Default: `bench/vllm_fs_peer.py` of this source tree.
     #[arg(long)]
     pub peer_script: Option<PathBuf>,
-}
-
-/// Parses one size: a number with an optional binary suffix `K`, `M`, `G` (optionally followed
-/// by `iB` or `B`, any case): `64K` = 65536.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let lower = t.to_ascii_lowercase();
-    let digits = lower.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = &lower[digits.len()..];
-    let shift = match unit {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(format!("size {t:?}: unknown unit {unit:?} (use K, M or G)")),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("size {t:?}: expected a number with an optional K, M or G"))?;
-    match n.checked_mul(1 << shift) {
-        Some(0) => Err(format!("size {t:?} is zero")),
-        Some(v) => Ok(v),
-        None => Err(format!("size {t:?} is too large")),
-    }
-}
-
-/// Parses a comma-separated list of sizes (`64K,1M`).
-pub fn parse_sizes(s: &str) -> Result<Vec<u64>, String> {
-    s.split(',').map(parse_size).collect()
 }
 
 /// The file-system state a row was measured in.
@@ -1215,16 +1190,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         fs: FsArgs,
-    }
-
-    #[test]
-    fn parses_size_lists() {
-        assert_eq!(parse_sizes("64K,1M"), Ok(vec![65536, 1 << 20]));
-        assert_eq!(parse_sizes("4096,2m,1GiB,256kb"), Ok(vec![4096, 2 << 20, 1 << 30, 256 << 10]));
-        assert!(parse_sizes("64Q").is_err());
-        assert!(parse_sizes("0K").is_err());
-        assert!(parse_sizes("K").is_err());
-        assert!(parse_sizes("").is_err());
     }
 
     #[test]
