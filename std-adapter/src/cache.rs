@@ -163,7 +163,7 @@ mod tests {
     use super::*;
 
     fn fs_config() -> FsConfig {
-        serde_json::from_value(serde_json::json!({"root_dir": "/nonexistent"})).unwrap()
+        FsConfig::new("/nonexistent")
     }
 
     #[test]
@@ -190,7 +190,7 @@ mod tests {
     fn a_sim_tier_lives_on_its_in_memory_disk() {
         let root = tempfile::tempdir().unwrap();
         let region = Arc::new(PrimaryRegion::anonymous(4, 4096).unwrap());
-        let mut fs: FsConfig = serde_json::from_value(serde_json::json!({"root_dir": root.path()})).unwrap();
+        let mut fs = FsConfig::new(root.path());
         fs.executor = ExecutorKind::Sim;
         let tier = open_tier(&TierConfig::Fs(Box::new(fs)), &region).unwrap();
         drop(tier);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use kvtier::config::{CacheConfig, ExecutorKind, FormatName, FsConfig, TierConfig};
 use kvtier::core::{LookupResult, OffloadKey, ReqContext, StorePlan};
 use kvtier::{PrimaryRegion, TieredCache};
+use kvtier_fs::conformance::LoopMount;
 use kvtier_fs::namespace::Layout;
 use kvtier_fs::region::Access;
 use kvtier_fs::FsTier;
@@ -29,7 +30,7 @@ fn pattern(i: u64, len: usize) -> Vec<u8> {
 }
 
 fn fs_config(root: &Path, format: FormatName) -> FsConfig {
-    let mut fs: FsConfig = serde_json::from_value(serde_json::json!({"root_dir": root})).unwrap();
+    let mut fs = FsConfig::new(root);
     fs.executor = ExecutorKind::Threaded;
     fs.format = format;
     fs.model_name = Some("meta-llama/Llama-3.1-8B".into());
@@ -39,6 +40,10 @@ fn fs_config(root: &Path, format: FormatName) -> FsConfig {
 fn cache(root: &Path, slots: u32, format: FormatName, probe: bool) -> TieredCache {
     let mut fs = fs_config(root, format);
     fs.probe_on_miss = probe;
+    cache_with(slots, fs)
+}
+
+fn cache_with(slots: u32, fs: FsConfig) -> TieredCache {
     let config = CacheConfig {
         num_blocks: slots,
         block_bytes: BLOCK,
@@ -208,40 +213,6 @@ fn two_processes_share_a_directory() {
     }
 }
 
-/// Mounts a small ext4 image on a loop device; `None` (with the reason printed) where that is
-/// not possible here.
-struct LoopMount {
-    image: PathBuf,
-    mount: PathBuf,
-}
-
-impl LoopMount {
-    fn new(dir: &Path, mib: u32) -> Option<LoopMount> {
-        let image = dir.join("fs.img");
-        let mount = dir.join("mnt");
-        std::fs::create_dir_all(&mount).ok()?;
-        let run = |cmd: &str, args: &[&str]| {
-            Command::new(cmd).args(args).output().map(|o| o.status.success().then_some(()).ok_or(o)).ok()?.ok()
-        };
-        let img = image.to_str()?;
-        if run("truncate", &["-s", &format!("{mib}M"), img]).is_none()
-            || run("mkfs.ext4", &["-q", "-F", "-O", "^has_journal", img]).is_none()
-            || run("mount", &["-o", "loop", img, mount.to_str()?]).is_none()
-        {
-            eprintln!("skipped: cannot mount a loop device here (needs root, mkfs.ext4 and loop devices)");
-            return None;
-        }
-        Some(LoopMount { image, mount })
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
 fn temp_files(dir: &Path) -> usize {
     let mut n = 0;
     let mut dirs = vec![dir.to_path_buf()];
@@ -328,15 +299,7 @@ fn bounded_cache(root: &Path, executor: ExecutorKind, max_blocks: usize) -> Tier
     fs.executor = executor;
     fs.max_blocks = Some(max_blocks);
     fs.events = true;
-    let config = CacheConfig {
-        num_blocks: 4,
-        block_bytes: BLOCK,
-        policy: Default::default(),
-        promotion_deadline_steps: 0,
-        shared_memory: None,
-        tiers: vec![TierConfig::Fs(Box::new(fs))],
-    };
-    TieredCache::new(&config).unwrap()
+    cache_with(4, fs)
 }
 
 /// A tier bounded to 8 blocks keeps the 8 most recently used (stored or loaded), evicting the

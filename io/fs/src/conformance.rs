@@ -242,6 +242,47 @@ pub fn op(token: u64, kind: OpKind, slot: u32, path: &Path, format: BlockFormat)
     FileOp { token, kind, slot: SlotId(slot), path: path.to_path_buf(), format, sync: token % 4 == 0, evict: None }
 }
 
+/// A small ext4 image mounted on a loop device, unmounted on drop.
+pub struct LoopMount {
+    image: PathBuf,
+    /// Where the file system is mounted.
+    pub mount: PathBuf,
+}
+
+impl LoopMount {
+    /// Makes a `mib` MiB ext4 image (no journal) in `dir` and mounts it at `dir/mnt`; `None`
+    /// (with a "skipped" line) where that cannot be done (needs root, `mkfs.ext4`, loop devices).
+    pub fn new(dir: &Path, mib: u32) -> Option<LoopMount> {
+        let image = dir.join("fs.img");
+        let mount = dir.join("mnt");
+        std::fs::create_dir_all(&mount).ok()?;
+        let run = |cmd: &str, args: &[&str]| {
+            std::process::Command::new(cmd)
+                .args(args)
+                .output()
+                .map(|o| o.status.success().then_some(()).ok_or(o))
+                .ok()?
+                .ok()
+        };
+        let img = image.to_str()?;
+        if run("truncate", &["-s", &format!("{mib}M"), img]).is_none()
+            || run("mkfs.ext4", &["-q", "-F", "-O", "^has_journal", img]).is_none()
+            || run("mount", &["-o", "loop", img, mount.to_str()?]).is_none()
+        {
+            eprintln!("skipped: cannot mount a loop device here (needs root, mkfs.ext4 and loop devices)");
+            return None;
+        }
+        Some(LoopMount { image, mount })
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mount).status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
 /// Every temp file (by [`tmpname::parse_temp`]) under `root`.
 pub fn temp_files(root: &Path) -> Vec<PathBuf> {
     temp_files_on(&HostFs, root)

@@ -4,46 +4,11 @@
 //! needs root, `mkfs.ext4` and loop devices).
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
-use kvtier_fs::conformance::{self, block, block_path, fill, native, op, pattern, temp_files};
+use kvtier_fs::conformance::{self, block, block_path, fill, native, op, pattern, temp_files, LoopMount};
 use kvtier_fs::{Executor, FileOp, OpKind, Outcome};
 use kvtier_io_uring::{UringConfig, UringExecutor};
-
-/// A small ext4 image mounted on a loop device, unmounted on drop.
-struct LoopMount {
-    image: PathBuf,
-    mount: PathBuf,
-}
-
-impl LoopMount {
-    fn new(dir: &Path, mib: u32) -> Option<LoopMount> {
-        let image = dir.join("fs.img");
-        let mount = dir.join("mnt");
-        fs::create_dir_all(&mount).ok()?;
-        let run = |cmd: &str, args: &[&str]| {
-            Command::new(cmd).args(args).output().map(|o| o.status.success().then_some(()).ok_or(o)).ok()?.ok()
-        };
-        let img = image.to_str()?;
-        if run("truncate", &["-s", &format!("{mib}M"), img]).is_none()
-            || run("mkfs.ext4", &["-q", "-F", "-O", "^has_journal", img]).is_none()
-            || run("mount", &["-o", "loop", img, mount.to_str()?]).is_none()
-        {
-            eprintln!("skipped: cannot mount a loop device here (needs root, mkfs.ext4 and loop devices)");
-            return None;
-        }
-        Some(LoopMount { image, mount })
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = fs::remove_file(&self.image);
-    }
-}
 
 #[test]
 fn enospc_fails_cleanly_and_recovers() {
