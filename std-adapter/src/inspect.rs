@@ -12,7 +12,6 @@ use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-use kvtier_fs::format::{decode_header, HEADER_LEN};
 use kvtier_fs::namespace::{digest12, parse_block_path, Layout, RunConfig, CONFIG_FILE, NATIVE_STORAGE_FORMAT};
 use kvtier_fs::tmpname;
 use serde::Serialize;
@@ -69,6 +68,8 @@ pub struct RankReport {
     pub temp_files: u64,
     /// Files that are neither blocks nor temp files.
     pub foreign_files: u64,
+    /// Open markers: tiers open on this rank now, or runs that did not shut down cleanly.
+    pub open_markers: u64,
     /// With `--verify`: blocks that check out.
     pub intact: Option<u64>,
     /// With `--verify`: blocks that do not.
@@ -171,6 +172,8 @@ fn inspect_rank(
                 }
             } else if tmpname::parse_temp(&entry.file_name()).is_some() {
                 report.temp_files += 1;
+            } else if depth == 0 && tmpname::parse_marker(&entry.file_name()).is_some() {
+                report.open_markers += 1;
             } else if let Some(key) =
                 path.strip_prefix(rank_dir).ok().and_then(parse_block_path).filter(|_| kind.is_file())
             {
@@ -208,12 +211,8 @@ fn inspect_rank(
 fn verify_native(path: &Path, key: &kvtier_core::OffloadKey, ns: Option<[u8; 12]>) -> io::Result<bool> {
     let mut bytes = Vec::new();
     fs::File::open(path)?.read_to_end(&mut bytes)?;
-    let Ok(header) = decode_header(&bytes) else { return Ok(false) };
     let Some(ns) = ns else { return Ok(false) };
-    let payload_len = header.payload_len as usize;
-    let Some(payload) = bytes.get(HEADER_LEN..HEADER_LEN.saturating_add(payload_len)) else { return Ok(false) };
-    Ok(bytes.len() as u64 == kvtier_fs::format::native_file_len(header.payload_len)
-        && header.check(&ns, key, payload).is_ok())
+    Ok(kvtier_fs::format::verify_file(&bytes, &ns, key).is_ok())
 }
 
 fn print_human(report: &RootReport, verify: bool) {
@@ -231,12 +230,13 @@ fn print_human(report: &RootReport, verify: bool) {
         }
         for r in &ns.ranks {
             print!(
-                "  rank {}: {} blocks, {:.1} MiB, {} temp files, {} foreign files",
+                "  rank {}: {} blocks, {:.1} MiB, {} temp files, {} foreign files, {} open markers",
                 r.rank,
                 r.blocks,
                 r.bytes as f64 / (1 << 20) as f64,
                 r.temp_files,
-                r.foreign_files
+                r.foreign_files,
+                r.open_markers
             );
             if verify {
                 print!(", {} intact, {} corrupt", r.intact.unwrap_or(0), r.corrupt.unwrap_or(0));

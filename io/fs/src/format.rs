@@ -233,6 +233,19 @@ pub fn encode_header(namespace: &[u8; NAMESPACE_LEN], key: &OffloadKey, payload:
     Header::for_payload(namespace, key, payload).encode(out);
 }
 
+/// Checks a whole native block file's bytes: a header that decodes, names `namespace` and
+/// `key`, and a length and payload that match it (the padding is not read).
+pub fn verify_file(bytes: &[u8], namespace: &[u8; NAMESPACE_LEN], key: &OffloadKey) -> Result<(), FormatError> {
+    let header = decode_header(bytes)?;
+    let actual = bytes.len() as u64;
+    if actual != native_file_len(header.payload_len) {
+        let payload = actual.saturating_sub(HEADER_LEN as u64);
+        return Err(FormatError::LengthMismatch { header: header.payload_len, actual: payload });
+    }
+    let end = HEADER_LEN.saturating_add(usize::try_from(header.payload_len).unwrap_or(usize::MAX));
+    header.check(namespace, key, bytes.get(HEADER_LEN..end).unwrap_or(&[]))
+}
+
 fn array<const N: usize>(h: &[u8; HEADER_LEN], at: usize) -> [u8; N] {
     let mut a = [0u8; N];
     a.copy_from_slice(&h[at..at + N]);

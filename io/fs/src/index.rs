@@ -68,6 +68,11 @@ impl BlockIndex {
         }
     }
 
+    /// Every indexed block, least recently used first.
+    pub fn keys_by_recency(&self) -> impl Iterator<Item = OffloadKey> + '_ {
+        self.order.values().copied()
+    }
+
     /// The least recently used block that `busy` does not hold, removed from the index.
     pub fn pop_victim(&mut self, busy: impl Fn(&OffloadKey) -> bool) -> Option<OffloadKey> {
         let (&at, &key) = self.order.iter().find(|(_, key)| !busy(key))?;

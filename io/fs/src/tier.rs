@@ -11,6 +11,14 @@
 //!   executor already removed a corrupt file); a transient failure keeps both.
 //! - Every job is reported exactly once, a job with no block included; an op the executor
 //!   cannot take fails its key rather than vanish.
+//! - **Crashes.** An open tier keeps a marker file in its rank directory
+//!   (`.kvtier-open.{pid}.{n}`: the boot it was written in, and whether blocks are synced);
+//!   a clean shutdown removes it. A marker left by a dead process means that process crashed:
+//!   if the machine rebooted since (another boot id) and blocks were not `fsync`ed, files it
+//!   published may have lost their data, so start-up reads and verifies every native block and
+//!   removes those that fail before indexing them. A process crash alone loses nothing (the
+//!   page cache survives it): only its stale temp files are swept. vLLM-format blocks carry no
+//!   checksum and cannot be verified; a load still catches a wrong length.
 //! - With a capacity bound ([`FsTierConfig::max_blocks`]), a store that needs room evicts the
 //!   least recently used block (stored or loaded) that no load in flight is reading: it leaves
 //!   the index at once (a "removed" STORAGE event with events on), and the store's op takes its
@@ -27,6 +35,7 @@ use std::time::{Duration, Instant};
 use kvtier_core::{Completions, EventLog, Job, JobId, Medium, OffloadKey, ReqContext, SecondaryTier, TierLookup};
 
 use crate::direct::DirectMode;
+use crate::format;
 use crate::index::BlockIndex;
 use crate::namespace::{self, Layout, RunConfig, NATIVE_STORAGE_FORMAT};
 use crate::op::{BlockFormat, Evict, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
@@ -105,6 +114,13 @@ pub struct StartupReport {
     pub foreign_files: usize,
     /// Blocks beyond [`FsTierConfig::max_blocks`] removed.
     pub evicted: usize,
+    /// Markers of runs that did not shut down cleanly (their processes are gone).
+    pub crashed_runs: usize,
+    /// Whether every native block was read and verified (after a crashed run in an earlier
+    /// boot that did not sync its blocks).
+    pub verified: bool,
+    /// Blocks that failed that verification (removed, never indexed).
+    pub torn_removed: usize,
     /// How long the scan took.
     pub scan_time: Duration,
     /// Whether O_DIRECT is used.
@@ -170,6 +186,8 @@ pub struct FsTier {
     startup: StartupReport,
     stats: FsStats,
     closed: bool,
+    /// This run's open marker (removed at shutdown).
+    marker: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for FsTier {
@@ -224,7 +242,22 @@ impl FsTier {
         let started = Instant::now();
         let mut index = BlockIndex::new();
         let mut startup = StartupReport { o_direct, ..StartupReport::default() };
-        scan(&*fs, &layout, &rank_dir, &mut index, &mut startup)?;
+        let boot = fs.boot_id();
+        let verify = scan(&*fs, &layout, &rank_dir, &mut index, &mut startup, boot.as_deref())?;
+        if verify && config.format == StorageFormat::Native {
+            startup.verified = true;
+            let namespace = layout.namespace_bytes();
+            let keys: Vec<OffloadKey> = index.keys_by_recency().collect();
+            for key in keys {
+                let path = layout.block_path(&key);
+                let intact = fs.read(&path).is_ok_and(|bytes| format::verify_file(&bytes, &namespace, &key).is_ok());
+                if !intact {
+                    let _ = fs.remove_file(&path);
+                    index.remove(&key);
+                    startup.torn_removed += 1;
+                }
+            }
+        }
         if let Some(max) = config.max_blocks {
             while index.len() > max {
                 let Some(victim) = index.pop_victim(|_| false) else { break };
@@ -236,6 +269,11 @@ impl FsTier {
         startup.blocks_indexed = index.len();
         startup.scan_time = started.elapsed();
         let exec = make_executor(o_direct)?;
+        // Written last, synced: a crash from here on leaves it behind.
+        let marker = rank_dir.join(tmpname::marker_name(fs.process_id(), tmpname::next_seq()));
+        let synced = if config.fsync { "synced" } else { "unsynced" };
+        let content = format!("{}\n{synced}\n", boot.as_deref().unwrap_or("unknown"));
+        fs.write_new_synced(&marker, content.as_bytes())?;
         Ok(FsTier {
             fs,
             namespace: layout.namespace_bytes(),
@@ -258,6 +296,7 @@ impl FsTier {
             startup,
             stats: FsStats::default(),
             closed: false,
+            marker: Some(marker),
         })
     }
 
@@ -494,20 +533,44 @@ impl FsTier {
     }
 }
 
+/// An open marker of process `pid` found at start-up: removed if that process is gone. True
+/// when its run may have lost block data: it was in another boot (or either boot is unknown)
+/// and did not sync its blocks.
+fn stale_marker(fs: &dyn Vfs, path: &Path, pid: u32, boot: Option<&str>, report: &mut StartupReport) -> bool {
+    if fs.is_process_alive(pid) {
+        return false;
+    }
+    let content = fs.read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&content);
+    let mut lines = text.lines();
+    let (marker_boot, synced) = (lines.next(), lines.next() == Some("synced"));
+    let _ = fs.remove_file(path);
+    report.crashed_runs += 1;
+    let same_boot = matches!((marker_boot, boot), (Some(a), Some(b)) if a == b && a != "unknown");
+    !same_boot && !synced
+}
+
 /// Walks the rank directory (`{h[0:3]}/{h[3:5]}_g{group}/{h}.bin`, shallower for hashes of
-/// fewer than 3 bytes): indexes block files, removes temp files of processes that are gone
-/// (never one a live process may still be writing), counts everything else as foreign.
+/// fewer than 3 bytes): indexes block files, removes temp files and open markers of processes
+/// that are gone (never one a live process may still be writing), counts everything else as
+/// foreign. True when a crashed run calls for verifying the blocks (see [`stale_marker`]).
 fn scan(
     fs: &dyn Vfs,
     layout: &Layout,
     rank_dir: &Path,
     index: &mut BlockIndex,
     report: &mut StartupReport,
-) -> io::Result<()> {
+    boot: Option<&str>,
+) -> io::Result<bool> {
+    let mut verify = false;
     let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
     while let Some((dir, depth)) = dirs.pop() {
         for entry in fs.read_dir(&dir)? {
             let path = dir.join(&entry.name);
+            if let Some(pid) = tmpname::parse_marker(&entry.name).filter(|_| depth == 0 && entry.is_file) {
+                verify |= stale_marker(fs, &path, pid, boot, report);
+                continue;
+            }
             if entry.is_dir {
                 if depth < 2 {
                     dirs.push((path, depth + 1));
@@ -531,7 +594,7 @@ fn scan(
             }
         }
     }
-    Ok(())
+    Ok(verify)
 }
 
 impl SecondaryTier for FsTier {
@@ -591,7 +654,19 @@ impl SecondaryTier for FsTier {
                     self.report(rec);
                 }
             }
+            // A clean shutdown: the next start-up has nothing to verify.
+            if let Some(marker) = self.marker.take() {
+                let _ = self.fs.remove_file(&marker);
+            }
         }
         out.append(&mut self.finished);
+    }
+}
+
+impl Drop for FsTier {
+    /// Dropping the tier shuts it down (its jobs' results are discarded).
+    fn drop(&mut self) {
+        let mut discarded = Completions::new();
+        self.shutdown(&mut discarded);
     }
 }

@@ -57,6 +57,25 @@ pub fn parse_temp(name: &OsStr) -> Option<u32> {
     (pid <= i32::MAX as u32).then_some(pid)
 }
 
+/// What an open FS tier's marker file in its rank directory is called, before
+/// `{pid}.{n}` (see [`crate::tier`]).
+pub const MARKER_PREFIX: &str = ".kvtier-open.";
+
+/// The marker file `{MARKER_PREFIX}{pid}.{n}` for this process's `n`-th open tier.
+pub fn marker_name(pid: u32, n: u64) -> String {
+    format!("{MARKER_PREFIX}{pid}.{n:x}")
+}
+
+/// The pid of the process that wrote open marker `name` (a file name), if `name` is one:
+/// [`MARKER_PREFIX`], a decimal pid, `.`, a hexadecimal counter.
+pub fn parse_marker(name: &OsStr) -> Option<u32> {
+    let rest = std::str::from_utf8(name.as_bytes()).ok()?.strip_prefix(MARKER_PREFIX)?;
+    let (pid, n) = rest.split_once('.')?;
+    let n_ok = (1..=16).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_hexdigit());
+    let pid_ok = !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    (n_ok && pid_ok).then(|| pid.parse().ok()).flatten()
+}
+
 /// Whether a process with id `pid` exists (`kill(pid, 0)` succeeds or fails with `EPERM`).
 ///
 /// A pid may have been reused by an unrelated process since the temp file was written; such a

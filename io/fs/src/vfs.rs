@@ -57,6 +57,16 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     fn probe_o_direct(&self, dir: &Path) -> io::Result<bool>;
     /// Whether the process with id `pid` (from a temp file's name) is alive.
     fn is_process_alive(&self, pid: u32) -> bool;
+    /// This process's id, as temp-file names and open markers carry it.
+    fn process_id(&self) -> u32 {
+        std::process::id()
+    }
+    /// Identifies the current boot of the machine (a crash or reboot changes it), if known:
+    /// data not synced before a process died is still there (the page cache) unless the boot
+    /// changed since.
+    fn boot_id(&self) -> Option<String> {
+        fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
+    }
 }
 
 /// The host's file system, through `std::fs`.

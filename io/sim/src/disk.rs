@@ -551,6 +551,15 @@ impl Vfs for SimDisk {
     fn is_process_alive(&self, pid: u32) -> bool {
         pid == FIRST_PID + self.lock().generation
     }
+
+    fn process_id(&self) -> u32 {
+        self.pid()
+    }
+
+    /// Every [`SimDisk::crash`] is a power cut: a new boot.
+    fn boot_id(&self) -> Option<String> {
+        Some(format!("sim-boot-{}", self.generation()))
+    }
 }
 
 #[cfg(test)]
