@@ -118,6 +118,11 @@ pub fn is_well_formed_answer(line: &str) -> bool {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator started from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
     /// A generator from `KVTIER_TEST_SEED`, or from `default`; prints the seed.
     pub fn from_env(default: u64) -> Self {
         let seed = std::env::var("KVTIER_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);

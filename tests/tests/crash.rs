@@ -117,23 +117,6 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Child side of `sigkill_during_stores` (does nothing when run on its own): stores blocks
 /// `first..` in jobs of `BATCH`, `JOBS` jobs in flight, and logs each block durably once its
 /// store is reported done. Never returns: it is killed.
@@ -277,7 +260,7 @@ fn sigkill_during_stores() {
     });
     let trials: u64 = env("KVTIER_CRASH_TRIALS").and_then(|s| s.parse().ok()).unwrap_or(40).max(20);
     eprintln!("seed = {seed} (replay with KVTIER_SEED={seed}), {trials} kills");
-    let mut rng = Rng(seed);
+    let mut rng = kvtier_tests::Rng::new(seed);
     let execs = if uring_available() { vec![ExecKind::Threaded, ExecKind::Uring] } else { vec![ExecKind::Threaded] };
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     // One directory per executor and format, reused by every trial: each reopen also finds the
@@ -294,7 +277,7 @@ fn sigkill_during_stores() {
         let fsync = rng.below(2) == 0;
         // Mostly a kill some time into the stores; sometimes one during start-up (the scan).
         let early = rng.below(6) == 0;
-        let delay = Duration::from_millis(rng.below(200));
+        let delay = Duration::from_millis(rng.below(200) as u64);
         let root = root(exec, format);
         let first = trial * TRIAL_SPAN;
         let log = dir.path().join(format!("trial-{trial}.log"));
