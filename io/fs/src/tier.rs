@@ -22,7 +22,8 @@
 //! - With a capacity bound ([`FsTierConfig::max_blocks`]), a store that needs room evicts the
 //!   least recently used block (stored or loaded) that no load in flight is reading: it leaves
 //!   the index at once (a "removed" STORAGE event with events on), and the store's op takes its
-//!   file out of the namespace, reusing it in the native format (see [`crate::op::Evict`]). A
+//!   file out of the namespace, reusing it in the native format unless probe-on-miss says
+//!   other processes share the directory (see [`crate::op::Evict`]). A
 //!   store that finds no block to evict fails its key; so does a store of a block whose own
 //!   eviction is still in flight.
 
@@ -243,8 +244,10 @@ impl FsTier {
         let mut index = BlockIndex::new();
         let mut startup = StartupReport { o_direct, ..StartupReport::default() };
         let boot = fs.boot_id();
-        let verify = scan(&*fs, &layout, &rank_dir, &mut index, &mut startup, boot.as_deref())?;
-        if verify && config.format == StorageFormat::Native {
+        let mut stale = Stale::default();
+        scan(&*fs, &layout, &rank_dir, &mut index, &mut startup, boot.as_deref(), &mut stale)?;
+        startup.crashed_runs = stale.markers.len();
+        if stale.verify && config.format == StorageFormat::Native {
             startup.verified = true;
             let namespace = layout.namespace_bytes();
             let keys: Vec<OffloadKey> = index.keys_by_recency().collect();
@@ -266,14 +269,27 @@ impl FsTier {
                 }
             }
         }
+        if stale.sync {
+            fs.sync_fs(&rank_dir)?;
+        }
         startup.blocks_indexed = index.len();
         startup.scan_time = started.elapsed();
         let exec = make_executor(o_direct)?;
-        // Written last, synced: a crash from here on leaves it behind.
-        let marker = rank_dir.join(tmpname::marker_name(fs.process_id(), tmpname::next_seq()));
+        // Synced, and before the stale markers go: a crash from here on leaves it behind.
         let synced = if config.fsync { "synced" } else { "unsynced" };
         let content = format!("{}\n{synced}\n", boot.as_deref().unwrap_or("unknown"));
-        fs.write_new_synced(&marker, content.as_bytes())?;
+        let mut attempt = 0;
+        let marker = loop {
+            let marker = rank_dir.join(tmpname::marker_name(fs.process_id(), tmpname::next_seq()));
+            match fs.write_new_synced(&marker, content.as_bytes()) {
+                Ok(()) => break marker,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
+                Err(e) => return Err(e),
+            }
+        };
+        for path in &stale.markers {
+            let _ = fs.remove_file(path);
+        }
         Ok(FsTier {
             fs,
             namespace: layout.namespace_bytes(),
@@ -378,7 +394,10 @@ impl FsTier {
                 format: self.block_format(key),
                 sync: self.fsync,
                 evict: victim.map(|v| {
-                    Box::new(Evict { path: self.layout.block_path(&v), reuse: self.format == StorageFormat::Native })
+                    // Another process may be reading the victim in a shared directory: its file is
+                    // only reused where this tier is alone.
+                    let reuse = self.format == StorageFormat::Native && !self.probe_on_miss;
+                    Box::new(Evict { path: self.layout.block_path(&v), reuse })
                 }),
             };
             match self.exec.submit(op) {
@@ -477,6 +496,11 @@ impl FsTier {
     fn fold(&mut self, done: FileOpDone) {
         if let Some(victim) = self.evicting.remove(&done.token) {
             self.evicting_keys.remove(&victim);
+            if !matches!(done.outcome, Outcome::Ok | Outcome::Cancelled) {
+                // The store failed, maybe before its eviction ran: the victim's file goes all
+                // the same (no store of that key could publish while its eviction was in flight).
+                let _ = self.fs.remove_file(&self.layout.block_path(&victim));
+            }
             if matches!(done.outcome, Outcome::Cancelled) {
                 // The op never ran, so neither did its eviction: the victim is still on disk,
                 // and indexed (and announced) again.
@@ -507,6 +531,9 @@ impl FsTier {
         }
         let ok = done.outcome.is_ok();
         match (&done.outcome, done.kind) {
+            // A block chosen as a victim while this (duplicate) store ran is not indexed: its
+            // eviction may take the file.
+            (Outcome::Ok, OpKind::Store) if self.evicting_keys.contains(&key) => self.stats.blocks_stored += 1,
             (Outcome::Ok, OpKind::Store) => {
                 self.index.insert(key);
                 self.stats.blocks_stored += 1;
@@ -533,27 +560,46 @@ impl FsTier {
     }
 }
 
-/// An open marker of process `pid` found at start-up: removed if that process is gone. True
-/// when its run may have lost block data: it was in another boot (or either boot is unknown)
-/// and did not sync its blocks.
-fn stale_marker(fs: &dyn Vfs, path: &Path, pid: u32, boot: Option<&str>, report: &mut StartupReport) -> bool {
-    if fs.is_process_alive(pid) {
-        return false;
-    }
+/// What start-up learned from the open markers of runs that did not shut down cleanly.
+#[derive(Debug, Default)]
+struct Stale {
+    /// Their markers, removed only once start-up has dealt with them (so a crash during the
+    /// verification leaves them for the next start-up).
+    markers: Vec<PathBuf>,
+    /// A run of another boot (or an unknown one) did not sync its blocks: verify them.
+    verify: bool,
+    /// A run of this boot did not sync its blocks: their data is in the page cache, not on
+    /// disk yet. Sync the file system before the markers go.
+    sync: bool,
+}
+
+/// An open marker of process `pid` found at start-up. Stale unless that process is alive (a
+/// process of another boot never is, and neither is this process, whose marker comes later;
+/// a pid reused by another process after a crash must not keep a marker alive).
+fn stale_marker(fs: &dyn Vfs, path: &Path, pid: u32, boot: Option<&str>, stale: &mut Stale) {
     let content = fs.read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&content);
     let mut lines = text.lines();
     let (marker_boot, synced) = (lines.next(), lines.next() == Some("synced"));
-    let _ = fs.remove_file(path);
-    report.crashed_runs += 1;
     let same_boot = matches!((marker_boot, boot), (Some(a), Some(b)) if a == b && a != "unknown");
-    !same_boot && !synced
+    if same_boot && pid != fs.process_id() && fs.is_process_alive(pid) {
+        return;
+    }
+    stale.markers.push(path.to_path_buf());
+    if !synced {
+        if same_boot {
+            stale.sync = true;
+        } else {
+            stale.verify = true;
+        }
+    }
 }
 
 /// Walks the rank directory (`{h[0:3]}/{h[3:5]}_g{group}/{h}.bin`, shallower for hashes of
 /// fewer than 3 bytes): indexes block files, removes temp files and open markers of processes
 /// that are gone (never one a live process may still be writing), counts everything else as
-/// foreign. True when a crashed run calls for verifying the blocks (see [`stale_marker`]).
+/// foreign. Collects the open markers of runs that did not shut down cleanly (see
+/// [`stale_marker`]).
 fn scan(
     fs: &dyn Vfs,
     layout: &Layout,
@@ -561,14 +607,14 @@ fn scan(
     index: &mut BlockIndex,
     report: &mut StartupReport,
     boot: Option<&str>,
-) -> io::Result<bool> {
-    let mut verify = false;
+    stale: &mut Stale,
+) -> io::Result<()> {
     let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
     while let Some((dir, depth)) = dirs.pop() {
         for entry in fs.read_dir(&dir)? {
             let path = dir.join(&entry.name);
             if let Some(pid) = tmpname::parse_marker(&entry.name).filter(|_| depth == 0 && entry.is_file) {
-                verify |= stale_marker(fs, &path, pid, boot, report);
+                stale_marker(fs, &path, pid, boot, stale);
                 continue;
             }
             if entry.is_dir {
@@ -594,7 +640,7 @@ fn scan(
             }
         }
     }
-    Ok(verify)
+    Ok(())
 }
 
 impl SecondaryTier for FsTier {
@@ -602,7 +648,11 @@ impl SecondaryTier for FsTier {
         if self.index.contains(key) {
             return TierLookup::Hit;
         }
-        if self.probe_on_miss && !self.closed && self.fs.is_file(&self.layout.block_path(key)) {
+        if self.probe_on_miss
+            && !self.closed
+            && !self.evicting_keys.contains(key)
+            && self.fs.is_file(&self.layout.block_path(key))
+        {
             self.index.insert(*key);
             self.trim(key);
             return TierLookup::Hit;
@@ -654,9 +704,12 @@ impl SecondaryTier for FsTier {
                     self.report(rec);
                 }
             }
-            // A clean shutdown: the next start-up has nothing to verify.
+            // A clean shutdown: the next start-up has nothing to verify, once unsynced blocks
+            // have reached the disk (if that fails, the marker stays and says so).
             if let Some(marker) = self.marker.take() {
-                let _ = self.fs.remove_file(&marker);
+                if self.fsync || self.fs.sync_fs(self.layout.rank_dir()).is_ok() {
+                    let _ = self.fs.remove_file(&marker);
+                }
             }
         }
         out.append(&mut self.finished);

@@ -57,6 +57,8 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     fn probe_o_direct(&self, dir: &Path) -> io::Result<bool>;
     /// Whether the process with id `pid` (from a temp file's name) is alive.
     fn is_process_alive(&self, pid: u32) -> bool;
+    /// Makes every file written on the file system holding `dir` durable (`syncfs`).
+    fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     /// This process's id, as temp-file names and open markers carry it.
     fn process_id(&self) -> u32 {
         std::process::id()
@@ -140,5 +142,16 @@ impl Vfs for HostFs {
 
     fn is_process_alive(&self, pid: u32) -> bool {
         crate::tmpname::is_process_alive(pid)
+    }
+
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = fs::File::open(dir)?;
+        // SAFETY: `syncfs` only reads the descriptor, which `dir` keeps open for the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }
