@@ -78,52 +78,10 @@ const CHILD_MARKER: &str = "child-passed";
 #[macro_export]
 macro_rules! executor_conformance {
     (disk = $disk:expr; $make:expr) => {
-        $crate::executor_conformance!(@disk_cases $disk; $make;
-            round_trip_many_blocks,
-            files_have_the_format_layout,
-            load_of_a_missing_file_is_not_found,
-            wrong_length_is_corrupt_and_removed,
-            flipped_bytes_are_corrupt_and_removed,
-            foreign_native_files_are_corrupt,
-            store_creates_missing_directories,
-            store_replaces_a_published_file_atomically,
-            failed_store_leaves_nothing,
-            many_ops_in_flight,
-            poll_waits_as_asked,
-            shutdown_reports_every_op,
-            drop_with_work_in_flight_is_sound,
-            lease_conflicts_fail_the_op,
-            stores_evict_their_victims,
-        );
-    };
-    (@disk_cases $disk:expr; $make:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                let disk = $disk;
-                let make = ($make)(&disk);
-                $crate::conformance::$case(&disk, make);
-            }
-        )*
+        $crate::executor_conformance!(@cases ($disk); $make);
     };
     ($make:expr) => {
-        $crate::executor_conformance!(@cases $make;
-            round_trip_many_blocks,
-            files_have_the_format_layout,
-            load_of_a_missing_file_is_not_found,
-            wrong_length_is_corrupt_and_removed,
-            flipped_bytes_are_corrupt_and_removed,
-            foreign_native_files_are_corrupt,
-            store_creates_missing_directories,
-            store_replaces_a_published_file_atomically,
-            failed_store_leaves_nothing,
-            many_ops_in_flight,
-            poll_waits_as_asked,
-            shutdown_reports_every_op,
-            drop_with_work_in_flight_is_sound,
-            lease_conflicts_fail_the_op,
-            stores_evict_their_victims,
-        );
+        $crate::executor_conformance!(@cases ($crate::vfs::HostFs); |_: &$crate::vfs::HostFs| $make);
         #[test]
         fn transient_errors_keep_the_file() {
             $crate::conformance::transient_errors_keep_the_file(
@@ -132,11 +90,33 @@ macro_rules! executor_conformance {
             );
         }
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    // The cases that run on any disk: the one list.
+    (@cases ($disk:expr); $make:expr) => {
+        $crate::executor_conformance!(@each ($disk); $make;
+            round_trip_many_blocks,
+            files_have_the_format_layout,
+            load_of_a_missing_file_is_not_found,
+            wrong_length_is_corrupt_and_removed,
+            flipped_bytes_are_corrupt_and_removed,
+            foreign_native_files_are_corrupt,
+            store_creates_missing_directories,
+            store_replaces_a_published_file_atomically,
+            failed_store_leaves_nothing,
+            many_ops_in_flight,
+            poll_waits_as_asked,
+            shutdown_reports_every_op,
+            drop_with_work_in_flight_is_sound,
+            lease_conflicts_fail_the_op,
+            stores_evict_their_victims,
+        );
+    };
+    (@each ($disk:expr); $make:expr; $($case:ident),* $(,)?) => {
         $(
             #[test]
             fn $case() {
-                $crate::conformance::$case(&$crate::vfs::HostFs, $make);
+                let disk = $disk;
+                let make = ($make)(&disk);
+                $crate::conformance::$case(&disk, make);
             }
         )*
     };
