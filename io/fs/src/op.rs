@@ -21,6 +21,16 @@ pub enum OpKind {
     Load,
 }
 
+impl OpKind {
+    /// The lease an executor holds on the op's row: a load writes it, a store reads it.
+    pub fn lease_access(self) -> crate::region::Access {
+        match self {
+            OpKind::Load => crate::region::Access::Write,
+            OpKind::Store => crate::region::Access::Read,
+        }
+    }
+}
+
 /// How a block is laid out in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockFormat {

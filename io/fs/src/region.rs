@@ -53,6 +53,17 @@ impl std::fmt::Display for LeaseError {
 
 impl std::error::Error for LeaseError {}
 
+/// A refused lease as an op's error: `ResourceBusy` or `InvalidInput`.
+impl From<LeaseError> for std::io::Error {
+    fn from(e: LeaseError) -> Self {
+        let kind = match e {
+            LeaseError::Busy => std::io::ErrorKind::ResourceBusy,
+            LeaseError::OutOfRange => std::io::ErrorKind::InvalidInput,
+        };
+        std::io::Error::new(kind, e)
+    }
+}
+
 /// The rows of the primary tier.
 pub struct PrimaryRegion {
     map: Option<MmapRaw>,

@@ -55,7 +55,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvtier_fs::format::{self, HEADER_LEN};
-use kvtier_fs::region::{Access, Lease, LeaseError, PrimaryRegion};
+use kvtier_fs::region::{Lease, PrimaryRegion};
 use kvtier_fs::{BlockFormat, Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
 
 pub use disk::{CrashStats, Fnv, SimDisk};
@@ -175,14 +175,6 @@ pub struct SimExecutor {
 
 fn os(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
-}
-
-fn lease_error(e: LeaseError) -> io::Error {
-    let kind = match e {
-        LeaseError::Busy => io::ErrorKind::ResourceBusy,
-        LeaseError::OutOfRange => io::ErrorKind::InvalidInput,
-    };
-    io::Error::new(kind, e)
 }
 
 /// The file length and the bytes of the row it covers, for `row_bytes` in `format`.
@@ -419,14 +411,10 @@ impl Executor for SimExecutor {
         if self.in_flight >= self.config.queue_capacity.max(1) {
             return Err(Full(op));
         }
-        let access = match op.kind {
-            OpKind::Load => Access::Write,
-            OpKind::Store => Access::Read,
-        };
-        let lease = match self.region.lease(op.slot, access) {
+        let lease = match self.region.lease(op.slot, op.kind.lease_access()) {
             Ok(lease) => lease,
             Err(e) => {
-                self.complete_now(&op, Outcome::Failed(lease_error(e)));
+                self.complete_now(&op, Outcome::Failed(e.into()));
                 return Ok(());
             }
         };

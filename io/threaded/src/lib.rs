@@ -80,7 +80,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvtier_fs::region::{Access, Lease, LeaseError, PrimaryRegion};
+use kvtier_fs::region::{Lease, PrimaryRegion};
 use kvtier_fs::{Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
 
 use block_io::BlockIo;
@@ -172,14 +172,6 @@ impl std::fmt::Debug for ThreadedExecutor {
     }
 }
 
-fn lease_error(e: LeaseError) -> io::Error {
-    let kind = match e {
-        LeaseError::Busy => io::ErrorKind::ResourceBusy,
-        LeaseError::OutOfRange => io::ErrorKind::InvalidInput,
-    };
-    io::Error::new(kind, e)
-}
-
 impl ThreadedExecutor {
     /// Starts `config.read_workers + config.write_workers` workers doing I/O on `region`'s rows.
     /// Fails if there would be no worker, the queue capacity is 0, or a thread cannot start.
@@ -224,17 +216,14 @@ impl ThreadedExecutor {
 
 impl Executor for ThreadedExecutor {
     fn submit(&mut self, op: FileOp) -> Result<(), Full> {
-        let (access, is_load) = match op.kind {
-            OpKind::Load => (Access::Write, true),
-            OpKind::Store => (Access::Read, false),
-        };
+        let (access, is_load) = (op.kind.lease_access(), op.kind == OpKind::Load);
         let region = &self.region;
         // A refused lease hands the op back by value with its error: a rare path, not worth a box.
         #[allow(clippy::result_large_err)]
         let queued =
             self.shared.enqueue(op, self.config.queue_capacity, is_load, |op| match region.lease(op.slot, access) {
                 Ok(lease) => Ok(Job { op, lease }),
-                Err(e) => Err((op, lease_error(e))),
+                Err(e) => Err((op, e.into())),
             });
         match queued {
             Ok(Ok(())) => self.in_flight += 1,
@@ -357,7 +346,7 @@ mod tests {
             exec.poll(&mut out, Wait::Forever).unwrap();
         }
         for slot in 0..4 {
-            assert!(region.lease(kvtier_core::SlotId(slot), Access::Write).is_ok());
+            assert!(region.lease(kvtier_core::SlotId(slot), kvtier_fs::region::Access::Write).is_ok());
         }
     }
 }

@@ -93,8 +93,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kvtier_fs::region::{Access, Lease, PrimaryRegion};
-use kvtier_fs::{Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
+use kvtier_fs::region::{Lease, PrimaryRegion};
+use kvtier_fs::{Executor, FileOp, FileOpDone, Full, Outcome, Wait};
 
 use chain::{Flow, Next};
 use ring::{PushError, RecId, Ring, RingSetup};
@@ -329,14 +329,10 @@ impl Executor for UringExecutor {
         if !self.ring.has_free() && self.queue.len() >= self.config.queue_capacity {
             return Err(Full(op));
         }
-        let access = match op.kind {
-            OpKind::Load => Access::Write,
-            OpKind::Store => Access::Read,
-        };
-        let lease = match self.region.lease(op.slot, access) {
+        let lease = match self.region.lease(op.slot, op.kind.lease_access()) {
             Ok(lease) => lease,
             Err(e) => {
-                self.complete_now(op, Outcome::Failed(outcome::lease_error(e)));
+                self.complete_now(op, Outcome::Failed(e.into()));
                 return Ok(());
             }
         };

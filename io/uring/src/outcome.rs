@@ -6,7 +6,6 @@
 
 use std::io;
 
-use kvtier_fs::region::LeaseError;
 use kvtier_fs::Outcome;
 
 /// The error of a failed CQE `res` (negative: `-errno`).
@@ -53,15 +52,6 @@ pub fn load_read_failure(e: io::Error) -> Outcome {
     } else {
         Outcome::Transient(e)
     }
-}
-
-/// A refused lease, as the op's error.
-pub fn lease_error(e: LeaseError) -> io::Error {
-    let kind = match e {
-        LeaseError::Busy => io::ErrorKind::ResourceBusy,
-        LeaseError::OutOfRange => io::ErrorKind::InvalidInput,
-    };
-    io::Error::new(kind, e)
 }
 
 #[cfg(test)]
