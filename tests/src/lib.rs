@@ -112,31 +112,27 @@ pub fn is_well_formed_answer(line: &str) -> bool {
     obj.get("ok").is_some_and(Value::is_boolean)
 }
 
-/// A small deterministic generator (SplitMix64) for randomized tests; every test prints its
+/// A small deterministic generator (the simulator's SplitMix64) for randomized tests; every test prints its
 /// seed and takes it from `KVTIER_TEST_SEED` when set.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(kvtier_io_sim::SimRng);
 
 impl Rng {
     /// A generator started from `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(kvtier_io_sim::SimRng::new(seed))
     }
 
     /// A generator from `KVTIER_TEST_SEED`, or from `default`; prints the seed.
     pub fn from_env(default: u64) -> Self {
         let seed = std::env::var("KVTIER_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
         println!("seed {seed} (replay with KVTIER_TEST_SEED={seed})");
-        Rng(seed)
+        Rng::new(seed)
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// Uniform in `0..n` (`n > 0`).
