@@ -62,8 +62,6 @@ pub mod memory_tier;
 pub mod policy;
 pub mod pool;
 pub mod sync;
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 pub mod tier;
 
 pub use arc::ArcPolicy;

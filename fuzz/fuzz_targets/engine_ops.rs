@@ -2,7 +2,7 @@
 //! oracle: any difference in outputs, state, events or invariants is a crash.
 #![no_main]
 
-use kvtier_core::testing::Scenario;
+use kvtier_core_model::Scenario;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

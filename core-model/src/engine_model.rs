@@ -6,10 +6,10 @@
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
-use super::pool_model::{ModelEvent, ModelPlan, PoolModel};
-use super::scripted_tier::SubmittedJob;
-use crate::error::{LoadError, ProtocolError, ShutDown, StoreError, UnpinError};
-use crate::{EngineStats, JobId, JobKind, LookupResult, OffloadKey, PolicyKind, ReqContext, SlotId};
+use crate::pool_model::{ModelEvent, ModelPlan, PoolModel};
+use crate::scripted_tier::SubmittedJob;
+use kvtier_core::error::{LoadError, ProtocolError, ShutDown, StoreError, UnpinError};
+use kvtier_core::{EngineStats, JobId, JobKind, LookupResult, OffloadKey, PolicyKind, ReqContext, SlotId};
 
 /// A finished job as a tier reports it: one outcome per key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,7 @@ struct Report {
 }
 
 /// The oracle's secondary tier: a memory tier (presence only, jobs done at submission and
-/// reported at the next poll) plus the scripted behaviours of [`super::ScriptedTier`].
+/// reported at the next poll) plus the scripted behaviours of [`crate::ScriptedTier`].
 #[derive(Debug, Clone, Default)]
 pub struct TierModel {
     /// Keys the tier holds.

@@ -1,5 +1,5 @@
 //! Model-based tests: random op sequences applied to the real pool / engine and to the naive
-//! oracle of `kvtier_core::testing`, compared after every op (outputs, full state, events,
+//! oracle of `kvtier_core_model`, compared after every op (outputs, full state, events,
 //! submitted jobs, invariants).
 //!
 //! - `pool_lru`, `pool_arc`: a `PrimaryPool` alone against the oracle's pool.
@@ -15,14 +15,11 @@
 //!   to replay it (and `KVTIER_LONG_OPS` to change the length).
 //!
 //! Failures replay from proptest-regressions; set PROPTEST_CASES to run more. (Failing cases
-//! are persisted to `core/proptest-regressions/model.txt` and replayed first on every run;
-//! proptest prints the minimal op sequence it shrank to.)
-//!
-//! The file needs the `testing` feature: `cargo test -p kvtier-core --features testing`.
-#![cfg(feature = "testing")]
+//! are persisted to `core-model/proptest-regressions/model.txt` and replayed first on every
+//! run; proptest prints the minimal op sequence it shrank to.)
 
-use kvtier_core::testing::{check, check_pool, default_keys, Config, Coverage, Harness, Op, Scenario};
 use kvtier_core::{JobKind, OffloadKey, PolicyKind};
+use kvtier_core_model::{check, check_pool, default_keys, Config, Coverage, Harness, Op, Scenario};
 use proptest::prelude::*;
 use proptest::strategy::Union;
 use proptest::test_runner::FileFailurePersistence;

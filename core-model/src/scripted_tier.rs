@@ -3,10 +3,10 @@
 
 use alloc::vec::Vec;
 
-use crate::event::EventLog;
-use crate::memory_tier::{JobKind, MemoryTier};
-use crate::tier::{Completions, Job, SecondaryTier, TierLookup};
-use crate::{JobId, OffloadKey, ReqContext, SlotId};
+use kvtier_core::event::EventLog;
+use kvtier_core::memory_tier::{JobKind, MemoryTier};
+use kvtier_core::tier::{Completions, Job, SecondaryTier, TierLookup};
+use kvtier_core::{JobId, OffloadKey, ReqContext, SlotId};
 
 /// One job as the engine submitted it.
 #[derive(Debug, Clone, PartialEq, Eq)]

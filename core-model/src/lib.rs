@@ -1,23 +1,34 @@
-//! Model-based testing support (compiled for this crate's own tests and under the `testing`
-//! feature): the [`Op`] enum that names every engine call, a byte decoder for fuzz targets, a
-//! naive **oracle** written straight from `SEMANTICS.md`, and drivers that apply each op to the
-//! real engine (or pool) and to the oracle and compare everything after every step.
+//! # kvtier-core-model
+//!
+//! Model-based testing support for `kvtier-core` (an unpublished crate): the [`Op`] enum that
+//! names every engine call, a byte decoder for fuzz targets, a naive **oracle** written straight
+//! from `SEMANTICS.md`, and drivers that apply each op to the real engine (or pool) and to the
+//! oracle and compare everything after every step. The proptest model tests (`tests/model.rs`)
+//! and the fuzz target `engine_ops` use it.
 //!
 //! The oracle ([`PoolModel`], [`EngineModel`]) is deliberately plain: slots in a `Vec`, recency
 //! lists as `Vec`s of keys scanned linearly, ARC's target as an `f64`, tiers as sets of keys
 //! with failure counters and report queues, its own job-id counter and step/deadline logic. It
-//! shares no code with the implementation except the public value types (keys, results,
-//! errors, stats), so agreement between the two is evidence, not tautology.
+//! lives in its own crate so that the compiler enforces what makes agreement between the two
+//! evidence rather than tautology: it sees only `kvtier-core`'s public API, and shares no code
+//! with the implementation except the public value types (keys, results, errors, stats).
 //!
-//! The secondary tiers under test are [`ScriptedTier`]s: a [`crate::MemoryTier`] (presence
+//! The secondary tiers under test are [`ScriptedTier`]s: a [`kvtier_core::MemoryTier`] (presence
 //! only) behind a thin wrapper that logs every submitted job, so the driver can compare job
 //! ids, requests, keys and slots, and that can be scripted by the op stream to hold its reports
 //! back (late completions, promotion deadlines), answer lookups "busy", fail some keys of a
 //! load (partial success), report jobs the engine never issued (protocol errors) or forget
 //! reports at shutdown. Without those ops it behaves exactly like a bare memory tier.
 //!
-//! Entry points: [`check`] (engine), [`check_pool`] (a [`crate::PrimaryPool`] alone),
+//! Entry points: [`check`] (engine), [`check_pool`] (a [`kvtier_core::PrimaryPool`] alone),
 //! [`Harness`] for op-by-op driving, [`Scenario::decode`] for fuzz targets.
+//!
+//! Like the core it is `#![no_std]` (with `alloc`) and contains no `unsafe`.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+
+extern crate alloc;
 
 mod driver;
 mod engine_model;
@@ -31,7 +42,7 @@ pub use engine_model::{EngineModel, TierModel};
 pub use pool_model::{ArcModel, ModelEvent, ModelPlan, OrderModel, PoolModel};
 pub use scripted_tier::{ScriptedTier, SubmittedJob};
 
-use crate::{JobKind, OffloadKey, PolicyKind};
+use kvtier_core::{JobKind, OffloadKey, PolicyKind};
 
 /// One engine call (or one scripted tier action). Keys are indices into the scenario's key
 /// table (taken modulo its length), so repeats and collisions are frequent; tiers are taken
@@ -326,8 +337,8 @@ mod tests {
         assert!(all.contains(&Op::Shutdown));
     }
 
-    /// A quick seeded run of the fuzz entry point, so that a plain `cargo test` (without the
-    /// `testing` feature, which `tests/model.rs` needs) still compares engine and oracle.
+    /// A quick seeded run of the fuzz entry point, so that the unit tests alone (without the
+    /// proptest runs of `tests/model.rs`) already compare engine and oracle.
     #[test]
     fn seeded_scenarios_agree() {
         let mut x: u64 = 0x6b76_7469_6572;

@@ -8,11 +8,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use super::engine_model::EngineModel;
-use super::pool_model::{ModelEvent, OrderModel, PoolModel};
-use super::scripted_tier::ScriptedTier;
-use super::{default_keys, Config, Op};
-use crate::{
+use crate::engine_model::EngineModel;
+use crate::pool_model::{ModelEvent, OrderModel, PoolModel};
+use crate::scripted_tier::ScriptedTier;
+use crate::{default_keys, Config, Op};
+use kvtier_core::{
     AnyPolicy, EngineConfig, EventLog, JobId, LookupResult, Medium, OffloadKey, PolicyKind, PrimaryPool, ReqContext,
     SecondaryTier, SlotId, StorePlan, TieringEngine,
 };
@@ -171,7 +171,7 @@ impl EventView {
         Ok(())
     }
 
-    fn check<P: crate::EvictionPolicy>(&self, names: &Names<'_>, pool: &PrimaryPool<P>) -> Result<(), String> {
+    fn check<P: kvtier_core::EvictionPolicy>(&self, names: &Names<'_>, pool: &PrimaryPool<P>) -> Result<(), String> {
         let ready: BTreeSet<OffloadKey> = pool.blocks().filter(|b| b.2 >= 0).map(|b| *b.1).collect();
         if ready != self.ready {
             return Err(format!(
@@ -574,7 +574,7 @@ impl Harness {
             (Err(g), Err(w)) if g == w => {
                 // `StorePlan` says each call clears it; the engine's shut-down refusal returns
                 // before the pool clears it (reported; tolerated so it does not mask the rest).
-                let stale_ok = *g == crate::StoreError::ShutDown;
+                let stale_ok = *g == kvtier_core::StoreError::ShutDown;
                 let dirty = !self.plan.keys.is_empty() || !self.plan.slots.is_empty() || !self.plan.evicted.is_empty();
                 if dirty && !stale_ok {
                     return Err(format!("refused prepare_store ({g:?}) left a plan behind"));
@@ -668,7 +668,7 @@ impl Harness {
             let got_jobs = core::mem::take(&mut tier.submitted);
             let want_jobs = core::mem::take(&mut self.model.submitted[t]);
             if got_jobs != want_jobs {
-                let show = |jobs: &[super::SubmittedJob]| {
+                let show = |jobs: &[crate::SubmittedJob]| {
                     let v: Vec<String> = jobs
                         .iter()
                         .map(|j| {

@@ -4,8 +4,8 @@
 
 use alloc::vec::Vec;
 
-use crate::error::{LoadError, StoreError, UnpinError};
-use crate::{OffloadKey, PolicyKind, PoolLookup};
+use kvtier_core::error::{LoadError, StoreError, UnpinError};
+use kvtier_core::{OffloadKey, PolicyKind, PoolLookup};
 
 /// ARC's lists, each least-recent first, and its target size `p`.
 #[derive(Debug, Clone, PartialEq, Default)]
