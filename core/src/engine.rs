@@ -1,5 +1,5 @@
-//! The tiering engine: the primary pool plus secondary tiers, lookup across tiers, the
-//! promotion state machine, cascades, and the per-step polling guard.
+//! The tiering engine: the primary pool plus secondary tiers behind one API, lookup across
+//! tiers, the promotion state machine, cascades, and the per-step polling guard.
 //!
 //! # Call order within a step
 //!
@@ -25,17 +25,21 @@
 //!   engine: the report is ignored, counted in [`EngineStats::protocol_errors`] and kept as
 //!   [`TieringEngine::last_protocol_error`].
 
+// This file holds the engine's API, the polling guard, the dispatch of tier reports and the
+// cascades; the promotion state machine is in `promotion.rs`, the book of jobs in flight (ids,
+// records) in `job_book.rs`.
+
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use hashbrown::HashTable;
-
 use crate::error::{LoadError, ProtocolError, ShutDown, StoreError, UnpinError};
 use crate::event::EventLog;
+use crate::job_book::{JobBook, JobPurpose};
 use crate::policy::{AnyPolicy, EvictionPolicy};
-use crate::pool::{PoolLookup, PrimaryPool, StorePlan, IN_FLIGHT};
+use crate::pool::{PoolLookup, PrimaryPool, StorePlan};
+use crate::promotion::Promotions;
 use crate::tier::{Completions, Job, JobResult, SecondaryTier, TierLookup};
-use crate::{JobId, OffloadKey, ReqContext, SlotId};
+use crate::{OffloadKey, ReqContext, SlotId};
 
 /// The answer of [`TieringEngine::lookup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,102 +93,6 @@ pub struct EngineStats {
     pub protocol_errors: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum JobKind {
-    Cascade,
-    Promotion,
-}
-
-#[derive(Debug)]
-struct JobRecord {
-    id: JobId,
-    tier: usize,
-    kind: JobKind,
-    req: ReqContext,
-    keys: Vec<OffloadKey>,
-    slots: Vec<SlotId>,
-}
-
-/// In-flight jobs by id. Records (and their key buffers) are recycled, so a steady flow of jobs
-/// allocates nothing once the largest in-flight set has been seen.
-#[derive(Debug, Default)]
-struct JobBook {
-    records: Vec<JobRecord>,
-    free: Vec<u32>,
-    index: HashTable<u32>,
-}
-
-fn job_hash(id: JobId) -> u64 {
-    id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
-impl JobBook {
-    fn open(&mut self, id: JobId, tier: usize, kind: JobKind, req: ReqContext) -> u32 {
-        let r = match self.free.pop() {
-            Some(r) => {
-                let rec = &mut self.records[r as usize];
-                rec.id = id;
-                rec.tier = tier;
-                rec.kind = kind;
-                rec.req = req;
-                rec.keys.clear();
-                rec.slots.clear();
-                r
-            }
-            None => {
-                self.records.push(JobRecord { id, tier, kind, req, keys: Vec::new(), slots: Vec::new() });
-                (self.records.len() - 1) as u32
-            }
-        };
-        let records = &self.records;
-        let live = self.index.len() + 1;
-        // Keep the table at most half full so tombstone clean-ups rehash in place.
-        if self.index.capacity() < 2 * live {
-            self.index.reserve(live, |&x| job_hash(records[x as usize].id));
-        }
-        self.index.insert_unique(job_hash(id), r, |&x| job_hash(records[x as usize].id));
-        r
-    }
-
-    fn find(&self, id: JobId) -> Option<u32> {
-        self.index.find(job_hash(id), |&x| self.records[x as usize].id == id).copied()
-    }
-
-    fn close(&mut self, r: u32) {
-        let id = self.records[r as usize].id;
-        if let Ok(e) = self.index.find_entry(job_hash(id), |&x| x == r) {
-            e.remove();
-        }
-        self.free.push(r);
-    }
-
-    fn len(&self) -> usize {
-        self.index.len()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Promo {
-    None,
-    /// Reserved by a lookup this step; submitted at `end_step`.
-    Reserved,
-    /// Load job `job` in flight; overdue once `step >= due`.
-    Submitted {
-        job: JobId,
-        due: u64,
-    },
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    tier: usize,
-    req: ReqContext,
-    key: OffloadKey,
-    slot: SlotId,
-    group: u32,
-    seq: u32,
-}
-
 /// The primary pool and the secondary tiers behind one deterministic state machine.
 pub struct TieringEngine<P = AnyPolicy> {
     pool: PrimaryPool<P>,
@@ -192,17 +100,11 @@ pub struct TieringEngine<P = AnyPolicy> {
     config: EngineConfig,
     polled: bool,
     step: u64,
-    next_job: u64,
     jobs: JobBook,
-    promo: Vec<Promo>,
+    promotions: Promotions,
     /// Per slot: pins held by cascades in flight (never the caller's to release).
     cascade_pins: Vec<i32>,
-    pending: Vec<Pending>,
-    groups: Vec<(usize, ReqContext)>,
-    tier_rank: Vec<u32>,
-    plan: StorePlan,
     readied: Vec<SlotId>,
-    failed: Vec<SlotId>,
     completions: Completions,
     outcome: Vec<bool>,
     stats: EngineStats,
@@ -223,16 +125,10 @@ impl<P: EvictionPolicy> TieringEngine<P> {
             config,
             polled: false,
             step: 0,
-            next_job: 0,
             jobs: JobBook::default(),
-            promo: alloc::vec![Promo::None; n],
+            promotions: Promotions::new(n, t),
             cascade_pins: alloc::vec![0; n],
-            pending: Vec::new(),
-            groups: Vec::new(),
-            tier_rank: alloc::vec![u32::MAX; t],
-            plan: StorePlan::new(),
             readied: Vec::new(),
-            failed: Vec::new(),
             completions: Completions::new(),
             outcome: Vec::new(),
             stats: EngineStats::default(),
@@ -275,7 +171,7 @@ impl<P: EvictionPolicy> TieringEngine<P> {
     /// True while `slot` is reserved by a promotion (its write belongs to the engine, not the
     /// caller; `complete_store` leaves it alone).
     pub fn is_promotion_slot(&self, slot: SlotId) -> bool {
-        self.promo.get(slot.index()).is_some_and(|p| *p != Promo::None)
+        self.promotions.holds(slot)
     }
 
     /// Number of `end_step` calls so far.
@@ -325,14 +221,14 @@ impl<P: EvictionPolicy> TieringEngine<P> {
     fn handle_result(&mut self, tier: usize, result: &JobResult, per_key: Option<&[bool]>) {
         let job = result.job.0;
         let Some(r) = self.jobs.find(result.job) else {
-            self.protocol_error(if job < self.next_job {
+            self.protocol_error(if self.jobs.was_issued(result.job) {
                 ProtocolError::DuplicateCompletion { tier, job }
             } else {
                 ProtocolError::UnknownJob { tier, job }
             });
             return;
         };
-        let rec = &self.jobs.records[r as usize];
+        let rec = self.jobs.record(r);
         if rec.tier != tier {
             self.protocol_error(ProtocolError::WrongTier { tier, job });
             return;
@@ -347,15 +243,17 @@ impl<P: EvictionPolicy> TieringEngine<P> {
             }
             None => self.outcome.resize(n, result.success),
         }
-        match self.jobs.records[r as usize].kind {
-            JobKind::Cascade => self.finish_cascade(r),
-            JobKind::Promotion => self.finish_promotion(r),
+        match self.jobs.record(r).purpose {
+            JobPurpose::Cascade => self.finish_cascade(r),
+            JobPurpose::Promotion => {
+                self.promotions.finish(self.jobs.record(r), &self.outcome, &mut self.pool, &mut self.stats)
+            }
         }
         self.jobs.close(r);
     }
 
     fn finish_cascade(&mut self, r: u32) {
-        let rec = &self.jobs.records[r as usize];
+        let rec = self.jobs.record(r);
         let (tier, job) = (rec.tier, rec.id.0);
         let mut lost = false;
         for (key, &slot) in rec.keys.iter().zip(&rec.slots) {
@@ -370,38 +268,6 @@ impl<P: EvictionPolicy> TieringEngine<P> {
         }
     }
 
-    /// Completes a promotion: the keys that loaded become ready (one "stored" event for the
-    /// job), then the keys that failed are freed, in the job's key order. Only keys still in
-    /// flight in the job's own reserved slot are touched.
-    fn finish_promotion(&mut self, r: u32) {
-        let rec = &self.jobs.records[r as usize];
-        self.readied.clear();
-        self.failed.clear();
-        for (i, (key, &slot)) in rec.keys.iter().zip(&rec.slots).enumerate() {
-            if !matches!(self.promo[slot.index()], Promo::Submitted { job, .. } if job == rec.id) {
-                continue;
-            }
-            self.promo[slot.index()] = Promo::None;
-            if !matches!(self.pool.slot(slot), Some((k, IN_FLIGHT)) if k == key) {
-                continue;
-            }
-            if self.outcome[i] {
-                self.readied.push(slot);
-            } else {
-                self.failed.push(slot);
-            }
-        }
-        for &slot in &self.readied {
-            self.pool.ready_slot(slot);
-        }
-        self.pool.stored_event(&self.readied);
-        for &slot in &self.failed {
-            self.pool.fail_slot(slot);
-        }
-        self.stats.promotions_loaded += self.readied.len() as u64;
-        self.stats.promotions_failed += self.failed.len() as u64;
-    }
-
     /// Is `key` ready, on its way, or nowhere? On a primary miss, the first tier that has the
     /// key wins: a primary slot is reserved for it (this may evict) and the answer is Pending,
     /// or Miss when the primary cannot make room. The load is submitted at `end_step`. A
@@ -414,11 +280,9 @@ impl<P: EvictionPolicy> TieringEngine<P> {
         match self.pool.find(key) {
             Some((_, rc)) if rc >= 0 => return LookupResult::Ready,
             Some((slot, _)) => {
-                if let Promo::Submitted { due, .. } = self.promo[slot.index()] {
-                    if self.config.promotion_deadline_steps > 0 && self.step >= due {
-                        self.stats.promotions_overdue += 1;
-                        return LookupResult::Miss;
-                    }
+                if self.promotions.is_overdue(slot, self.step, self.config.promotion_deadline_steps) {
+                    self.stats.promotions_overdue += 1;
+                    return LookupResult::Miss;
                 }
                 return LookupResult::Pending;
             }
@@ -427,7 +291,13 @@ impl<P: EvictionPolicy> TieringEngine<P> {
         let mut busy = false;
         for t in 0..self.tiers.len() {
             match self.tiers[t].lookup(key, req) {
-                TierLookup::Hit => return self.reserve(t, key, req),
+                TierLookup::Hit => {
+                    return if self.promotions.reserve(&mut self.pool, t, key, req, &mut self.stats) {
+                        LookupResult::Pending
+                    } else {
+                        LookupResult::Miss
+                    };
+                }
                 TierLookup::Busy => busy = true,
                 TierLookup::Miss => {}
             }
@@ -436,23 +306,6 @@ impl<P: EvictionPolicy> TieringEngine<P> {
             LookupResult::Retry
         } else {
             LookupResult::Miss
-        }
-    }
-
-    fn reserve(&mut self, tier: usize, key: &OffloadKey, req: ReqContext) -> LookupResult {
-        let mut plan = core::mem::take(&mut self.plan);
-        let reserved = self.pool.prepare_store(core::slice::from_ref(key), &mut plan);
-        let slot = plan.slots.first().copied();
-        self.plan = plan;
-        match (reserved, slot) {
-            (Ok(()), Some(slot)) => {
-                self.promo[slot.index()] = Promo::Reserved;
-                let seq = self.pending.len() as u32;
-                self.pending.push(Pending { tier, req, key: *key, slot, group: 0, seq });
-                self.stats.promotions_reserved += 1;
-                LookupResult::Pending
-            }
-            _ => LookupResult::Miss,
         }
     }
 
@@ -482,14 +335,13 @@ impl<P: EvictionPolicy> TieringEngine<P> {
         }
         let mut readied = core::mem::take(&mut self.readied);
         readied.clear();
-        let promo = &self.promo;
-        self.pool.complete_store_filtered(keys, success, &mut readied, |s| promo[s.index()] == Promo::None);
+        let promotions = &self.promotions;
+        self.pool.complete_store_filtered(keys, success, &mut readied, |s| !promotions.holds(s));
         let n = readied.len();
         if n > 0 {
             for t in 0..self.tiers.len() {
-                let id = self.take_job_id();
-                let r = self.jobs.open(id, t, JobKind::Cascade, req);
-                let rec = &mut self.jobs.records[r as usize];
+                let r = self.jobs.open(t, JobPurpose::Cascade, req);
+                let rec = self.jobs.record_mut(r);
                 for &slot in &readied {
                     if let Some(key) = self.pool.pin_slot(slot) {
                         self.cascade_pins[slot.index()] += 1;
@@ -503,17 +355,11 @@ impl<P: EvictionPolicy> TieringEngine<P> {
                 }
                 self.stats.cascade_jobs += 1;
                 self.stats.cascade_blocks += rec.keys.len() as u64;
-                self.tiers[t].submit_store(Job { id, req, keys: &rec.keys, slots: &rec.slots });
+                self.tiers[t].submit_store(Job { id: rec.id, req, keys: &rec.keys, slots: &rec.slots });
             }
         }
         self.readied = readied;
         Ok(n)
-    }
-
-    fn take_job_id(&mut self) -> JobId {
-        let id = JobId(self.next_job);
-        self.next_job += 1;
-        id
     }
 
     /// Pins ready `keys` for reading into the GPU, appending their slots to `slots`.
@@ -557,56 +403,11 @@ impl<P: EvictionPolicy> TieringEngine<P> {
         if self.shut_down {
             return;
         }
-        self.flush_promotions();
+        let deadline = self.config.promotion_deadline_steps;
+        self.promotions.flush(self.step, deadline, &mut self.jobs, &mut self.tiers);
         self.step += 1;
         self.stats.steps += 1;
         self.polled = false;
-    }
-
-    /// Submits the step's reservations. Jobs go out grouped by tier, tiers in the order each
-    /// first received a reservation, and within a tier by request in the order each first
-    /// reserved from it; keys keep lookup order.
-    fn flush_promotions(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let mut pending = core::mem::take(&mut self.pending);
-        self.groups.clear();
-        self.tier_rank.iter_mut().for_each(|r| *r = u32::MAX);
-        let mut next_rank = 0;
-        for p in &mut pending {
-            if self.tier_rank[p.tier] == u32::MAX {
-                self.tier_rank[p.tier] = next_rank;
-                next_rank += 1;
-            }
-            p.group = match self.groups.iter().position(|&g| g == (p.tier, p.req)) {
-                Some(g) => g as u32,
-                None => {
-                    self.groups.push((p.tier, p.req));
-                    (self.groups.len() - 1) as u32
-                }
-            };
-        }
-        let rank = &self.tier_rank;
-        pending.sort_unstable_by_key(|p| (rank[p.tier], p.group, p.seq));
-        let due_in = u64::from(self.config.promotion_deadline_steps) + 1;
-        let mut start = 0;
-        while start < pending.len() {
-            let (tier, group, req) = (pending[start].tier, pending[start].group, pending[start].req);
-            let end = start + pending[start..].iter().take_while(|p| p.group == group).count();
-            let id = self.take_job_id();
-            let r = self.jobs.open(id, tier, JobKind::Promotion, req);
-            let rec = &mut self.jobs.records[r as usize];
-            for p in &pending[start..end] {
-                rec.keys.push(p.key);
-                rec.slots.push(p.slot);
-                self.promo[p.slot.index()] = Promo::Submitted { job: id, due: self.step + due_in };
-            }
-            self.tiers[tier].submit_load(Job { id, req, keys: &rec.keys, slots: &rec.slots });
-            start = end;
-        }
-        pending.clear();
-        self.pending = pending;
     }
 
     /// Moves the events raised since the last call to the end of `out`: the primary's first,
@@ -633,17 +434,12 @@ impl<P: EvictionPolicy> TieringEngine<P> {
             return;
         }
         self.poll_tiers();
-        for p in core::mem::take(&mut self.pending) {
-            self.promo[p.slot.index()] = Promo::None;
-            if self.pool.fail_slot(p.slot) {
-                self.stats.promotions_failed += 1;
-            }
-        }
+        self.promotions.fail_unsubmitted(&mut self.pool, &mut self.stats);
         self.drain_tiers(|tier, done| tier.shutdown(done));
         // A tier that forgot a job must not leave it pinned or reserved forever.
         // Oldest first, so the outcome does not depend on the hash table's order.
-        while let Some(r) = self.jobs.index.iter().copied().min_by_key(|&r| self.jobs.records[r as usize].id) {
-            let rec = &self.jobs.records[r as usize];
+        while let Some(r) = self.jobs.oldest() {
+            let rec = self.jobs.record(r);
             let (tier, job) = (rec.tier, rec.id);
             self.protocol_error(ProtocolError::Unreported { tier, job: job.0 });
             let mut failed = Completions::new();
@@ -679,7 +475,7 @@ mod tests {
     use alloc::vec::Vec;
 
     use super::*;
-    use crate::{JobKind as FailKind, MemoryTier, PolicyKind};
+    use crate::{JobId, JobKind as FailKind, MemoryTier, PolicyKind};
 
     fn k(b: u8) -> OffloadKey {
         OffloadKey::new(&[b], 0).unwrap()

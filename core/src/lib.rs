@@ -54,6 +54,7 @@ pub mod arc;
 pub mod engine;
 pub mod error;
 pub mod event;
+mod job_book;
 pub mod jobs;
 mod key;
 mod list;
@@ -61,6 +62,7 @@ pub mod lru;
 pub mod memory_tier;
 pub mod policy;
 pub mod pool;
+mod promotion;
 pub mod sync;
 pub mod tier;
 
