@@ -1,10 +1,14 @@
-//! Shared helpers for the integration tests in `tests/tests/`: running replay traces and
-//! comparing their answers with golden files.
+//! Shared helpers for the integration tests in `tests/tests/` (running replay traces and
+//! comparing their answers with golden files, a seeded generator) and [`sim_world`], the whole
+//! system on the simulated disk that the `sim_system` test and the `engine_fs_sim` fuzz target
+//! both drive.
 
 use std::path::{Path, PathBuf};
 
 use kvtier::replay::Replayer;
 use serde_json::Value;
+
+pub mod sim_world;
 
 /// The error kinds a replay answer may carry (SEMANTICS.md, "Replay traces").
 pub const ERROR_KINDS: [&str; 9] = [
