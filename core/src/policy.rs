@@ -31,8 +31,10 @@ pub trait EvictionPolicy {
     fn on_evict(&mut self, slot: SlotId, key: &OffloadKey);
 }
 
-/// Which policy a pool uses, for configuration.
+/// Which policy a pool uses, for configuration (spelled `lru` and `arc` with the `serde`
+/// feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(rename_all = "lowercase"))]
 pub enum PolicyKind {
     /// Least recently used.
     #[default]

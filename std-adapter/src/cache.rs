@@ -127,7 +127,7 @@ impl TieredCache {
         let region = Arc::new(region);
         let tiers = config.tiers.iter().map(|t| open_tier(t, &region)).collect::<io::Result<Vec<_>>>()?;
         let engine_config = EngineConfig { promotion_deadline_steps: config.promotion_deadline_steps, events: true };
-        let engine = TieringEngine::new(AnyPolicy::new(config.policy.into(), config.num_blocks), tiers, engine_config);
+        let engine = TieringEngine::new(AnyPolicy::new(config.policy, config.num_blocks), tiers, engine_config);
         Ok(TieredCache { engine, region })
     }
 

@@ -35,7 +35,7 @@ pub struct CacheConfig {
     pub block_bytes: usize,
     /// Eviction policy of the primary pool.
     #[serde(default)]
-    pub policy: PolicyName,
+    pub policy: PolicyKind,
     /// Steps after which a promotion in flight answers Miss (0: never).
     #[serde(default = "default_deadline")]
     pub promotion_deadline_steps: u32,
@@ -55,26 +55,6 @@ fn default_deadline() -> u32 {
     64
 }
 
-/// `lru` or `arc`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyName {
-    /// Least recently used.
-    #[default]
-    Lru,
-    /// Adaptive replacement cache.
-    Arc,
-}
-
-impl From<PolicyName> for PolicyKind {
-    fn from(p: PolicyName) -> Self {
-        match p {
-            PolicyName::Lru => PolicyKind::Lru,
-            PolicyName::Arc => PolicyKind::Arc,
-        }
-    }
-}
-
 /// One secondary tier.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -91,7 +71,7 @@ pub enum TierConfig {
 pub struct MemoryConfig {}
 
 /// Which executor runs an FS tier's file operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecutorKind {
     /// Worker threads with blocking O_DIRECT syscalls.
@@ -105,30 +85,6 @@ pub enum ExecutorKind {
     Auto,
 }
 
-/// `native` or `vllm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FormatName {
-    /// Checksummed header + row bytes (default).
-    #[default]
-    Native,
-    /// Raw row bytes, as vLLM writes them.
-    Vllm,
-}
-
-/// `auto`, `on` or `off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DirectName {
-    /// Probe the directory; fall back to buffered I/O with one warning.
-    #[default]
-    Auto,
-    /// Require O_DIRECT.
-    On,
-    /// Never use O_DIRECT.
-    Off,
-}
-
 /// An FS tier: where, how, and the run-config fields that name its namespace.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,7 +96,7 @@ pub struct FsConfig {
     pub executor: ExecutorKind,
     /// Block format.
     #[serde(default)]
-    pub format: FormatName,
+    pub format: StorageFormat,
     /// Run config: model name.
     #[serde(default)]
     pub model_name: Option<String>,
@@ -179,7 +135,7 @@ pub struct FsConfig {
     pub events: bool,
     /// O_DIRECT mode.
     #[serde(default)]
-    pub o_direct: DirectName,
+    pub o_direct: DirectMode,
     /// `fdatasync` every block before publishing it.
     #[serde(default)]
     pub fsync: bool,
@@ -205,7 +161,7 @@ impl FsConfig {
         FsConfig {
             root_dir: root_dir.into(),
             executor: ExecutorKind::default(),
-            format: FormatName::default(),
+            format: StorageFormat::default(),
             model_name: None,
             dtype: None,
             tokens_per_hash: None,
@@ -218,7 +174,7 @@ impl FsConfig {
             parallel_agnostic: None,
             rank: 0,
             events: false,
-            o_direct: DirectName::default(),
+            o_direct: DirectMode::default(),
             fsync: false,
             probe_on_miss: false,
             max_blocks: None,
@@ -245,43 +201,14 @@ impl FsConfig {
         };
         let mut cfg = FsTierConfig::new(&self.root_dir, run);
         cfg.rank = self.rank;
-        cfg.format = match self.format {
-            FormatName::Native => StorageFormat::Native,
-            FormatName::Vllm => StorageFormat::Vllm,
-        };
-        cfg.o_direct = match self.o_direct {
-            DirectName::Auto => DirectMode::Auto,
-            DirectName::On => DirectMode::On,
-            DirectName::Off => DirectMode::Off,
-        };
+        cfg.format = self.format;
+        cfg.o_direct = self.o_direct;
         cfg.fsync = self.fsync;
         cfg.probe_on_miss = self.probe_on_miss;
         cfg.events = self.events;
         cfg.max_blocks = self.max_blocks;
         cfg
     }
-}
-
-/// Parses a size: a number with an optional binary unit (`K`, `M`, `G`, `T`; `KiB`, `MB`... all
-/// mean powers of 1024), e.g. `1G`, `512M`, `2MiB`, `4096`, `1.5G`. Zero is refused.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        u => return Err(format!("size {t:?}: unknown unit {u:?} (use K, M, G or T)")),
-    };
-    let value: f64 = num.parse().map_err(|_| format!("size {t:?}: not a number"))?;
-    let bytes = value * (1u64 << shift) as f64;
-    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
-        return Err(format!("size {t:?} is out of range"));
-    }
-    Ok(bytes.round() as u64)
 }
 
 /// A configuration file could not be used.
@@ -322,23 +249,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes() {
-        for (text, bytes) in [
-            ("1G", 1 << 30),
-            ("512M", 512 << 20),
-            ("2MiB", 2 << 20),
-            ("4096", 4096),
-            ("1.5k", 1536),
-            ("256kb", 256 << 10),
-        ] {
-            assert_eq!(parse_size(text), Ok(bytes), "{text}");
-        }
-        for bad in ["12X", "", "K", "0K", "64Q", "-1"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn toml_round_trip_and_unknown_keys() {
         let cfg = CacheConfig::from_toml(
             r#"
@@ -356,7 +266,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.block_bytes, 4096);
-        assert_eq!(cfg.policy, PolicyName::Arc);
+        assert_eq!(cfg.policy, PolicyKind::Arc);
         assert_eq!(cfg.promotion_deadline_steps, 64);
         let TierConfig::Fs(fs) = &cfg.tiers[1] else { panic!("fs tier expected") };
         let t = fs.tier_config();
@@ -366,5 +276,28 @@ mod tests {
         assert!(CacheConfig::from_toml(bad).unwrap_err().contains("executr"));
         assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"tape\"").is_err());
         assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"memory\"\nsize = 3").is_err());
+    }
+
+    #[test]
+    fn enum_spellings() {
+        let fs = |line: &str| {
+            let text = format!("num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\n{line}");
+            CacheConfig::from_toml(&text).map(|c| match &c.tiers[0] {
+                TierConfig::Fs(fs) => fs.tier_config(),
+                TierConfig::Memory(_) => unreachable!(),
+            })
+        };
+        for (text, mode) in [("auto", DirectMode::Auto), ("on", DirectMode::On), ("off", DirectMode::Off)] {
+            assert_eq!(fs(&format!("o_direct = \"{text}\"")).unwrap().o_direct, mode);
+        }
+        for (text, format) in [("native", StorageFormat::Native), ("vllm", StorageFormat::Vllm)] {
+            assert_eq!(fs(&format!("format = \"{text}\"")).unwrap().format, format);
+        }
+        assert_eq!(fs("").unwrap().format, StorageFormat::Native);
+        for bad in ["format = \"Native\"", "format = \"raw\"", "o_direct = \"yes\"", "executor = \"Uring\""] {
+            assert!(fs(bad).is_err(), "{bad}");
+        }
+        assert_eq!(CacheConfig::from_toml("num_blocks = 1\npolicy = \"lru\"").unwrap().policy, PolicyKind::Lru);
+        assert!(CacheConfig::from_toml("num_blocks = 1\npolicy = \"LRU\"").is_err());
     }
 }

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use kvtier::config::{CacheConfig, ExecutorKind, FormatName, FsConfig, TierConfig};
+use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
 use kvtier::core::{LookupResult, OffloadKey, ReqContext, StorePlan};
 use kvtier::{PrimaryRegion, TieredCache};
 use kvtier_fs::conformance::LoopMount;
 use kvtier_fs::namespace::Layout;
 use kvtier_fs::region::Access;
-use kvtier_fs::FsTier;
+use kvtier_fs::{FsTier, StorageFormat};
 
 const REQ: ReqContext = ReqContext::new(1);
 const BLOCK: usize = 8192;
@@ -29,7 +29,7 @@ fn pattern(i: u64, len: usize) -> Vec<u8> {
     (0..len).map(|j| (i as usize * 131 + j * 7 + j / 251) as u8).collect()
 }
 
-fn fs_config(root: &Path, format: FormatName) -> FsConfig {
+fn fs_config(root: &Path, format: StorageFormat) -> FsConfig {
     let mut fs = FsConfig::new(root);
     fs.executor = ExecutorKind::Threaded;
     fs.format = format;
@@ -37,7 +37,7 @@ fn fs_config(root: &Path, format: FormatName) -> FsConfig {
     fs
 }
 
-fn cache(root: &Path, slots: u32, format: FormatName, probe: bool) -> TieredCache {
+fn cache(root: &Path, slots: u32, format: StorageFormat, probe: bool) -> TieredCache {
     let mut fs = fs_config(root, format);
     fs.probe_on_miss = probe;
     cache_with(slots, fs)
@@ -107,7 +107,7 @@ fn fs_tier(c: &mut TieredCache) -> &mut FsTier {
 #[test]
 fn store_evict_promote_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    for format in [FormatName::Native, FormatName::Vllm] {
+    for format in [StorageFormat::Native, StorageFormat::Vllm] {
         let root = dir.path().join(format!("{format:?}"));
         {
             let mut c = cache(&root, 8, format, false);
@@ -131,7 +131,7 @@ fn store_evict_promote_and_restart() {
 #[test]
 fn corrupt_and_foreign_blocks_are_never_served() {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = cache(dir.path(), 4, FormatName::Native, false);
+    let mut c = cache(dir.path(), 4, StorageFormat::Native, false);
     store(&mut c, 0..4);
     store(&mut c, 4..8);
     let paths: Vec<PathBuf> = (0..3).map(|i| fs_tier(&mut c).layout().block_path(&key(i))).collect();
@@ -154,14 +154,14 @@ fn corrupt_and_foreign_blocks_are_never_served() {
 fn vllm_format_reads_what_vllm_writes() {
     let dir = tempfile::tempdir().unwrap();
     // Raw rows at vLLM's paths, as its FS tier writes them, before the cache starts.
-    let run = fs_config(dir.path(), FormatName::Vllm).tier_config().effective_run_config();
+    let run = fs_config(dir.path(), StorageFormat::Vllm).tier_config().effective_run_config();
     let layout = Layout::new(dir.path(), &run, 0);
     for i in 100..104 {
         let path = layout.block_path(&key(i));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, pattern(i, BLOCK)).unwrap();
     }
-    let mut c = cache(dir.path(), 2, FormatName::Vllm, false);
+    let mut c = cache(dir.path(), 2, StorageFormat::Vllm, false);
     assert_eq!(fs_tier(&mut c).startup().blocks_indexed, 4);
     for i in 100..104 {
         assert!(promote_and_check(&mut c, i));
@@ -175,7 +175,7 @@ fn two_process_child() {
         return;
     };
     let first: u64 = first.parse().unwrap();
-    let mut c = cache(Path::new(&root), 64, FormatName::Native, true);
+    let mut c = cache(Path::new(&root), 64, StorageFormat::Native, true);
     // Overlapping halves: 0..48 and 16..64 are stored by both at once.
     for chunk in (first..first + 48).collect::<Vec<_>>().chunks(8) {
         store(&mut c, chunk.iter().copied());
@@ -187,7 +187,7 @@ fn two_process_child() {
     while !other.exists() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let mut c = cache(Path::new(&root), 64, FormatName::Native, true);
+    let mut c = cache(Path::new(&root), 64, StorageFormat::Native, true);
     for i in 0..64 {
         assert!(promote_and_check(&mut c, i), "process {first}: block {i}");
     }
@@ -233,7 +233,7 @@ fn enospc_fails_cleanly_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let Some(mnt) = LoopMount::new(dir.path(), 8) else { return };
     let root = mnt.mount.join("kv");
-    let mut c = cache(&root, 32, FormatName::Native, false);
+    let mut c = cache(&root, 32, StorageFormat::Native, false);
     // 8 MiB image, 12 KiB per native block file: fill it up.
     let ballast = mnt.mount.join("ballast");
     let mut i = 0;
@@ -264,7 +264,7 @@ fn enospc_fails_cleanly_and_recovers() {
     assert_eq!((rank.blocks as usize, rank.corrupt), (indexed, Some(0)));
     // Free space, and the tier works again.
     std::fs::remove_file(&ballast).ok();
-    let mut c = cache(&root, 32, FormatName::Native, false);
+    let mut c = cache(&root, 32, StorageFormat::Native, false);
     let before = fs_tier(&mut c).stats().failed;
     store(&mut c, 5000..5016);
     assert_eq!(fs_tier(&mut c).stats().failed, before);
@@ -295,7 +295,7 @@ fn count_files(root: &Path) -> (usize, usize) {
 }
 
 fn bounded_cache(root: &Path, executor: ExecutorKind, max_blocks: usize) -> TieredCache {
-    let mut fs = fs_config(root, FormatName::Native);
+    let mut fs = fs_config(root, StorageFormat::Native);
     fs.executor = executor;
     fs.max_blocks = Some(max_blocks);
     fs.events = true;

@@ -23,8 +23,10 @@ pub const DIRECT_ALIGN: usize = 4096;
 /// [`tmpname`] temp name so a start-up sweep removes one a crash left behind.
 pub const PROBE_STEM: &str = ".kvtier-direct-probe";
 
-/// The configured `O_DIRECT` policy of a tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The configured `O_DIRECT` policy of a tier (spelled `auto`, `on` and `off` in configuration
+/// files, as [`FromStr`] reads them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DirectMode {
     /// Use `O_DIRECT` where the directory supports it, buffered I/O (with one warning) where
     /// it does not.

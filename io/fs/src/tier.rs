@@ -43,8 +43,9 @@ use crate::op::{BlockFormat, Evict, Executor, FileOp, FileOpDone, OpKind, Outcom
 use crate::tmpname;
 use crate::vfs::{HostFs, Vfs};
 
-/// How blocks are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How blocks are written (spelled `native` and `vllm` in configuration files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StorageFormat {
     /// Checksummed header + row bytes (see [`crate::format`]).
     #[default]

@@ -63,7 +63,7 @@ use kvtier_io_uring::{UringConfig, UringExecutor};
 use memmap2::MmapMut;
 use serde::Serialize;
 
-use crate::config::parse_size;
+use crate::args::parse_size;
 
 type BoxError = Box<dyn Error>;
 

@@ -52,7 +52,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvtier_fs::FsTier;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-use crate::config::{parse_size, CacheConfig, ExecutorKind, FsConfig, PolicyName, TierConfig};
+use kvtier_core::PolicyKind;
+
+use crate::args::{config_value, parse_size};
+use crate::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
 use crate::TieredCache;
 use cputime::{process_cpu, thread_cpu};
 use driver::{Offload, SchedConfig, Sim};
@@ -82,12 +85,12 @@ pub struct SimulateArgs {
     /// Directory of the disk tier (kept afterwards) [default: a temporary directory, removed]
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Executor of the disk tier: threaded, uring or auto [default: auto]
-    #[arg(long, value_enum)]
+    /// Executor of the disk tier: threaded, uring, sim or auto [default: auto]
+    #[arg(long, value_parser = config_value::<ExecutorKind>)]
     pub executor: Option<ExecutorKind>,
     /// Eviction policy of the CPU tier: lru or arc [default: lru]
-    #[arg(long, value_enum)]
-    pub policy: Option<PolicyName>,
+    #[arg(long, value_parser = config_value::<PolicyKind>)]
+    pub policy: Option<PolicyKind>,
     /// Bytes per KV block (e.g. 2M, 4096) [default: 2 MiB, Llama-3.1-8B's 16-token block]
     #[arg(long, value_parser = parse_size)]
     pub block_bytes: Option<u64>,
@@ -153,7 +156,7 @@ pub fn cache_config(args: &SimulateArgs, root: Option<&Path>) -> Result<CacheCon
         None => CacheConfig {
             num_blocks: 0,
             block_bytes: LLAMA_8B_BLOCK_BYTES as usize,
-            policy: PolicyName::Lru,
+            policy: PolicyKind::Lru,
             promotion_deadline_steps: 64,
             shared_memory: None,
             tiers: vec![TierConfig::Fs(Box::new(default_fs(root.unwrap_or(Path::new(".")))))],
@@ -480,7 +483,7 @@ mod tests {
         let args =
             SimulateArgs::try_parse_from(["simulate", "--cpu-bytes", "64M", "--policy", "arc", "--dir", "/d"]).unwrap();
         let cfg = cache_config(&args, None).unwrap();
-        assert_eq!((cfg.num_blocks, cfg.block_bytes, cfg.policy), (32, 2 << 20, PolicyName::Arc));
+        assert_eq!((cfg.num_blocks, cfg.block_bytes, cfg.policy), (32, 2 << 20, PolicyKind::Arc));
         let TierConfig::Fs(fs) = &cfg.tiers[0] else { panic!("fs tier expected") };
         assert_eq!(fs.root_dir, Path::new("/d"));
         assert_eq!(fs.max_blocks, Some(4096), "8 GiB of 2 MiB blocks");
