@@ -36,7 +36,7 @@ use metrics::{counter, gauge, histogram};
 use super::cputime::thread_cpu;
 use super::gpu::GpuCache;
 use super::workload::{count_mismatches, fill_block, Workload};
-use crate::TieredCache;
+use kvtier::TieredCache;
 
 /// The scheduler's settings.
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,7 @@
 //! promotion lands depends on the disk, and with it which step a request is admitted in.)
 
 use clap::Parser;
-use kvtier::simulate::{simulate, Outcome, SimulateArgs};
+use kvtier_cli::simulate::{simulate, Outcome, SimulateArgs};
 use serde_json::Value;
 
 fn small(dir: &std::path::Path, extra: &[&str]) -> SimulateArgs {
@@ -54,7 +54,7 @@ fn small_run_flows_through_every_tier_and_beats_no_offloading() {
     assert!(r.offload.hit_rate > r.baseline.hit_rate);
     assert_eq!(r.baseline.blocks.cpu + r.baseline.blocks.disk, 0, "the comparison run has no tiers");
     // Both runs serve the same prompts.
-    let total = |s: &kvtier::simulate::report::Sources| s.gpu + s.cpu + s.disk + s.miss;
+    let total = |s: &kvtier_cli::simulate::report::Sources| s.gpu + s.cpu + s.disk + s.miss;
     assert_eq!(total(&r.offload.blocks), total(&r.baseline.blocks));
     assert_eq!(total(&r.offload.blocks), r.setup.prompt_blocks);
 
@@ -103,7 +103,7 @@ fn same_seed_same_outcome() {
     let a = run(&tmp.path().join("a"), &["--policy=arc"]).report;
     let b = run(&tmp.path().join("b"), &["--policy=arc"]).report;
     assert_eq!(a.errors.byte_mismatches + b.errors.byte_mismatches, 0);
-    let counts = |r: &kvtier::simulate::report::Report| {
+    let counts = |r: &kvtier_cli::simulate::report::Report| {
         let (o, z) = (&r.offload, &r.baseline);
         (
             (o.blocks.gpu, o.blocks.cpu, o.blocks.disk, o.blocks.miss, o.steps),

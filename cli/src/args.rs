@@ -3,7 +3,7 @@
 use serde::de::value::{Error as ValueError, StrDeserializer};
 use serde::de::DeserializeOwned;
 
-/// Parses a value of a configuration enum ([`crate::config::ExecutorKind`],
+/// Parses a value of a configuration enum ([`kvtier::config::ExecutorKind`],
 /// [`kvtier_core::PolicyKind`], ...) as the configuration file spells it, so a flag accepts
 /// exactly what the TOML accepts, from the one `serde` definition of the enum.
 pub fn config_value<T: DeserializeOwned>(text: &str) -> Result<T, String> {
@@ -37,7 +37,7 @@ mod tests {
     use kvtier_core::PolicyKind;
 
     use super::*;
-    use crate::config::ExecutorKind;
+    use kvtier::config::ExecutorKind;
 
     #[test]
     fn sizes() {

@@ -99,12 +99,12 @@ static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 ///
 /// ```
 /// #[global_allocator]
-/// static ALLOC: kvtier::bench::core::CountingAlloc = kvtier::bench::core::CountingAlloc;
+/// static ALLOC: kvtier_cli::bench::core::CountingAlloc = kvtier_cli::bench::core::CountingAlloc;
 ///
 /// fn main() {
-///     let before = kvtier::bench::core::allocations();
+///     let before = kvtier_cli::bench::core::allocations();
 ///     let v = std::hint::black_box(vec![1u8; 10]);
-///     assert!(kvtier::bench::core::allocations() > before);
+///     assert!(kvtier_cli::bench::core::allocations() > before);
 ///     drop(v);
 /// }
 /// ```
@@ -884,7 +884,7 @@ pub fn run(args: &CoreArgs) -> Result<(), Box<dyn Error>> {
         );
     }
     if !counting {
-        println!("allocs/op: n/a (kvtier::bench::core::CountingAlloc is not the global allocator)");
+        println!("allocs/op: n/a (kvtier_cli::bench::core::CountingAlloc is not the global allocator)");
     }
     match streams_match {
         Some(true) => println!(

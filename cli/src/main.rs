@@ -1,4 +1,5 @@
-//! The `kvtier` command-line tool.
+//! The `kvtier` command-line tool: argument parsing and dispatch to [`kvtier_cli`]'s
+//! subcommands and [`kvtier::replay`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 /// Counts allocations so `bench core` can report allocations per operation.
 #[global_allocator]
-static ALLOC: kvtier::bench::core::CountingAlloc = kvtier::bench::core::CountingAlloc;
+static ALLOC: kvtier_cli::bench::core::CountingAlloc = kvtier_cli::bench::core::CountingAlloc;
 
 /// kvtier: multi-tier KV-cache offloading engine.
 #[derive(Parser)]
@@ -21,14 +22,14 @@ struct Cli {
 enum Command {
     /// Serve a simulated multi-turn chat workload through kvtier (GPU -> CPU -> disk and back)
     /// and report whether offloading pays, against the same workload without it.
-    Simulate(kvtier::simulate::SimulateArgs),
+    Simulate(kvtier_cli::simulate::SimulateArgs),
     /// Run a JSON-lines trace through the engine (stdin if no file); one JSON line out per line in.
     Replay {
         /// Trace file (JSON lines); standard input when absent.
         file: Option<PathBuf>,
     },
     /// What is in an FS-tier root directory, and is it healthy.
-    Inspect(kvtier::inspect::InspectArgs),
+    Inspect(kvtier_cli::inspect::InspectArgs),
     /// Benchmarks, with ratios against a ceiling or peer measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -39,19 +40,19 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// The core engine alone (no I/O) against a Python model of vLLM's CPU manager.
-    Core(kvtier::bench::core::CoreArgs),
+    Core(kvtier_cli::bench::core::CoreArgs),
     /// The FS tier against the disk's O_DIRECT ceiling and a Python peer of vLLM's FS tier.
-    Fs(kvtier::bench::fs::FsArgs),
+    Fs(kvtier_cli::bench::fs::FsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Simulate(args) => kvtier::simulate::run(&args),
+        Command::Simulate(args) => kvtier_cli::simulate::run(&args),
         Command::Replay { file } => kvtier::replay::run_cli(file.as_deref()),
-        Command::Inspect(args) => kvtier::inspect::run(&args),
-        Command::Bench { which: BenchCommand::Core(args) } => kvtier::bench::core::run(&args),
-        Command::Bench { which: BenchCommand::Fs(args) } => kvtier::bench::fs::run(&args),
+        Command::Inspect(args) => kvtier_cli::inspect::run(&args),
+        Command::Bench { which: BenchCommand::Core(args) } => kvtier_cli::bench::core::run(&args),
+        Command::Bench { which: BenchCommand::Fs(args) } => kvtier_cli::bench::fs::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -55,10 +55,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use kvtier_core::PolicyKind;
 
 use crate::args::{config_value, parse_size};
-use crate::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
-use crate::TieredCache;
 use cputime::{process_cpu, thread_cpu};
 use driver::{Offload, SchedConfig, Sim};
+use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
+use kvtier::TieredCache;
 use report::{quantile, ratio, BytesMoved, CpuFigures, Errors, Promotions, Report, RunFigures, Setup, Throughput};
 use workload::{Workload, WorkloadParams, TOKENS_PER_BLOCK};
 
