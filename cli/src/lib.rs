@@ -12,5 +12,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod cputime;
 pub mod inspect;
+pub mod rng;
 pub mod simulate;

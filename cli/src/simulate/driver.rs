@@ -28,15 +28,15 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
+use kvtier::TieredCache;
 use kvtier_core::{EventLog, LookupResult, Medium, OffloadKey, PoolLookup, ReqContext, SlotId, StorePlan};
 use kvtier_fs::region::Access;
 use kvtier_fs::FsTier;
 use metrics::{counter, gauge, histogram};
 
-use super::cputime::thread_cpu;
 use super::gpu::GpuCache;
 use super::workload::{count_mismatches, fill_block, Workload};
-use kvtier::TieredCache;
+use crate::cputime::thread_cpu;
 
 /// The scheduler's settings.
 #[derive(Debug, Clone, Copy)]

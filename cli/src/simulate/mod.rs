@@ -35,7 +35,6 @@
 //!   instead of a loop that spins through the deadline. `--sync-io` waits for every tier job at
 //!   each step end instead, which makes the hit and miss counts independent of disk timing.
 
-pub mod cputime;
 pub mod driver;
 pub mod gpu;
 pub mod plot;
@@ -49,16 +48,15 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
+use kvtier::TieredCache;
+use kvtier_core::PolicyKind;
 use kvtier_fs::FsTier;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-use kvtier_core::PolicyKind;
-
 use crate::args::{config_value, parse_size};
-use cputime::{process_cpu, thread_cpu};
+use crate::cputime::{process_cpu, thread_cpu};
 use driver::{Offload, SchedConfig, Sim};
-use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
-use kvtier::TieredCache;
 use report::{quantile, ratio, BytesMoved, CpuFigures, Errors, Promotions, Report, RunFigures, Setup, Throughput};
 use workload::{Workload, WorkloadParams, TOKENS_PER_BLOCK};
 
