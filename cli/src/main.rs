@@ -6,10 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Counts allocations so `bench core` can report allocations per operation.
-#[global_allocator]
-static ALLOC: kvtier_cli::bench::core::CountingAlloc = kvtier_cli::bench::core::CountingAlloc;
-
 /// kvtier: multi-tier KV-cache offloading engine.
 #[derive(Parser)]
 #[command(name = "kvtier", version, about)]
@@ -51,7 +47,12 @@ fn main() -> ExitCode {
         Command::Simulate(args) => kvtier_cli::simulate::run(&args),
         Command::Replay { file } => kvtier::replay::run_cli(file.as_deref()),
         Command::Inspect(args) => kvtier_cli::inspect::run(&args),
-        Command::Bench { which: BenchCommand::Core(args) } => kvtier_cli::bench::core::run(&args),
+        Command::Bench { which: BenchCommand::Core(args) } => {
+            // `kvtier bench core ARGS...`: ARGS go to the counting binary as they are (clap
+            // has checked them; no option may precede `bench` or `core`).
+            let forwarded: Vec<_> = std::env::args_os().skip(3).collect();
+            kvtier_cli::bench::core::launch(&args, &forwarded)
+        }
         Command::Bench { which: BenchCommand::Fs(args) } => kvtier_cli::bench::fs::run(&args),
     };
     match result {

@@ -19,6 +19,16 @@
 //! Each row runs a warm-up of a tenth of its operations first, untimed. Heap allocations are
 //! counted over the timed part when [`CountingAlloc`] is the process's global allocator.
 //!
+//! # Where it runs
+//!
+//! Counting every allocation must not tax the other subcommands (a shared counter bumped by
+//! every allocation of `simulate`'s and `bench fs`'s I/O threads), so only the
+//! `kvtier-bench-core` binary installs [`CountingAlloc`]. `kvtier bench core` ([`launch`])
+//! replaces itself with that binary, found next to it, when it was built from the same
+//! sources ([`SOURCE_ID`]); otherwise (missing, or left over from an older build: `cargo run`
+//! builds only the binary it runs) it measures in its own process and says that allocations
+//! were not counted, and why.
+//!
 //! # The peer
 //!
 //! `bench/vllm_cpu_model.py` (our own model of vLLM's `OrderedDict`-based CPU manager) runs the
@@ -37,6 +47,10 @@ mod report;
 mod workload;
 
 use std::error::Error;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Instant;
 
 use counting::counting_installed;
@@ -45,6 +59,12 @@ use engine::{micro, mix};
 use peer::Peer;
 use report::{loadavg, Results};
 use workload::{Counts, Workload, REQUEST_BLOCKS};
+
+/// The binary that carries the counting allocator.
+pub const COUNTING_BINARY: &str = "kvtier-bench-core";
+
+/// The identity of the sources this crate's binaries were built from (see `build.rs`).
+pub const SOURCE_ID: &str = env!("KVTIER_CLI_SOURCE_ID");
 
 /// Options of `kvtier bench core`.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,9 +93,47 @@ pub struct CoreArgs {
     pub python: String,
 }
 
-/// Runs `kvtier bench core`: the kvtier rows, each followed by the same row in the Python model
-/// (unless `--no-peer` or Python is missing), then a table or one JSON object on stdout.
+/// `kvtier bench core`: runs [`COUNTING_BINARY`] with `forwarded` (the command line after
+/// `bench core`) in place of this process, or, when that binary is missing, stale or cannot be
+/// run, [`run`]s here without counting allocations (and says why on standard error and in the
+/// report).
+pub fn launch(args: &CoreArgs, forwarded: &[OsString]) -> Result<(), Box<dyn Error>> {
+    let why = match counting_binary() {
+        // `exec` returns only when it failed.
+        Ok(path) => format!("cannot run {}: {}", path.display(), Command::new(&path).args(forwarded).exec()),
+        Err(why) => why,
+    };
+    eprintln!("kvtier bench core: allocations not counted: {why}");
+    measure(args, &why)
+}
+
+/// [`COUNTING_BINARY`] next to this executable, if it is there and was built from the same
+/// sources; else why not.
+fn counting_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate this executable: {e}"))?;
+    let path = exe.with_file_name(format!("{COUNTING_BINARY}{}", std::env::consts::EXE_SUFFIX));
+    let rebuild = "`cargo build --release -p kvtier-cli` builds both binaries";
+    if !path.is_file() {
+        return Err(format!("{COUNTING_BINARY} is not next to {} ({rebuild})", exe.display()));
+    }
+    let out =
+        Command::new(&path).arg("--source-id").output().map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    if !out.status.success() || String::from_utf8_lossy(&out.stdout).trim() != SOURCE_ID {
+        return Err(format!("{} was built from other sources than {} ({rebuild})", path.display(), exe.display()));
+    }
+    Ok(path)
+}
+
+/// Runs the core benchmark in this process: the kvtier rows, each followed by the same row in
+/// the Python model (unless `--no-peer` or Python is missing), then a table or one JSON object
+/// on stdout. Allocations are counted when [`CountingAlloc`] is the global allocator (as in
+/// [`COUNTING_BINARY`]).
 pub fn run(args: &CoreArgs) -> Result<(), Box<dyn Error>> {
+    measure(args, "CountingAlloc is not this process's global allocator")
+}
+
+/// [`run`], with the reason to print if allocations turn out not to be counted.
+fn measure(args: &CoreArgs, uncounted: &str) -> Result<(), Box<dyn Error>> {
     let slots = args.slots as usize;
     if slots < REQUEST_BLOCKS {
         return Err(format!("--slots must be at least {REQUEST_BLOCKS}").into());
@@ -106,6 +164,7 @@ pub fn run(args: &CoreArgs) -> Result<(), Box<dyn Error>> {
         ours,
         theirs,
         counting,
+        uncounted,
         rows,
         snapshot,
         mix_counters,

@@ -14,8 +14,10 @@ pub(super) struct Results<'a> {
     /// Operation counts of the kvtier side and of the Python model.
     pub(super) ours: Counts,
     pub(super) theirs: Counts,
-    /// Whether allocations were counted (the counting allocator is this process's).
+    /// Whether allocations were counted (the counting allocator is this process's), and why
+    /// not when they were not.
     pub(super) counting: bool,
+    pub(super) uncounted: &'a str,
     pub(super) rows: Vec<Sample>,
     /// The mix's counters at the Python run's last step, and at the end of each mix.
     pub(super) snapshot: Option<MixCheck>,
@@ -36,6 +38,7 @@ pub(super) fn print(results: Results<'_>) {
         ours,
         theirs,
         counting,
+        uncounted,
         rows,
         snapshot,
         mix_counters,
@@ -181,7 +184,7 @@ pub(super) fn print(results: Results<'_>) {
         );
     }
     if !counting {
-        println!("allocs/op: n/a (kvtier_cli::bench::core::CountingAlloc is not the global allocator)");
+        println!("allocs/op: n/a ({uncounted})");
     }
     match streams_match {
         Some(true) => println!(
