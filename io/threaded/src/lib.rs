@@ -48,25 +48,10 @@
 //!
 //! 16 read-priority + 16 write-priority workers ([`ThreadedConfig::default`]), the same as
 //! vLLM's FS tier (so the Python peer and kvtier run at the same concurrency). Idle workers
-//! cost a parked thread each, nothing more. Measured with `examples/tune.rs` (release build,
-//! native format, `O_DIRECT`, a 2-CPU VM, ext4 on virtio under `/work`, directories already
-//! present, stores in the churn state after deletions; GB/s of payload, mean of two runs; the
-//! disk drifts by 2x between runs, so only same-run comparisons mean anything):
-//!
-//! | workers | 1 MiB store | 1 MiB load | 1 MiB mixed | 64 KiB store | 64 KiB load | 64 KiB mixed |
-//! |---|---:|---:|---:|---:|---:|---:|
-//! | 4r+4w   | 0.78 | 2.39 | 1.17 | 0.24 | 0.88 | 0.49 |
-//! | 8r+8w   | 0.82 | 2.21 | 1.23 | 0.21 | 0.92 | 0.47 |
-//! | 16r+16w | 0.82 | 2.55 | 0.89 | 0.22 | 1.44 | 0.43 |
-//! | 32r+32w | 0.87 | 2.70 | 0.91 | 0.22 | 1.11 | 0.49 |
-//!
-//! Loads scale with the number of threads (every worker takes loads when no store waits) up to
-//! about 32 in flight, the disk's useful queue depth (1 MiB loads land in the range of
-//! `PERFORMANCE.md`'s fio table for this kind of disk; that is not a same-run ratio). Stores do not scale with threads: they are bound by file
-//! creation in the churn state (about 0.3 ms of kernel CPU per new file: 4.4 CPU-s/GB at
-//! 64 KiB, 0.3 CPU-s/GB at 1 MiB), which no worker count fixes; reusing evicted files does. An
-//! earlier run on a slower moment of the same disk (1r+1w ... 16r+16w: 64 KiB loads 0.33, 0.50,
-//! 0.58, 0.79, 0.61 GB/s; 1 MiB loads 1.00, 1.53, 0.78, 1.66, 2.20) showed the same shape.
+//! cost a parked thread each, nothing more. Loads scale with the number of threads up to about
+//! 32 in flight, the disk's useful queue depth; stores do not (file creation bounds them). The
+//! measurements behind these counts (`examples/tune.rs`) are in `cli/bench/README.md`,
+//! "Executor defaults".
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

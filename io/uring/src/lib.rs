@@ -56,30 +56,13 @@
 //! All `unsafe` of the crate is in the private `ring` module, each block with a `SAFETY:`
 //! comment naming the invariant it relies on.
 //!
-//! ## Default depth, and what it costs
+//! ## Default depth
 //!
-//! `max_ops` = 64 ([`UringConfig::DEFAULT_MAX_OPS`]), with as many io-wq workers. Measured with
-//! `examples/tune_uring.rs` (release build, 2-CPU VM, a fresh ext4 without journal on a direct-I/O
-//! loop device over the virtio disk, so every store runs in the same quiet state; 512 MiB per
-//! phase, 3 rounds in mirrored order; the disk drifts by 2x between runs, so only same-run
-//! ratios mean anything). GB/s of payload, and CPU-seconds (user + sys of the whole process,
-//! io-wq workers included) per GB:
-//!
-//! | native format | 64 KiB store / load | 256 KiB | 1 MiB | 2 MiB |
-//! |---|---|---|---|---|
-//! | threaded 16r+16w, GB/s | 1.01 / 1.81 | 2.28 / 2.97 | 3.19 / 3.77 | 2.22 / 3.94 |
-//! | uring 32, GB/s | 1.02 / 1.72 | 1.86 / 2.92 | 2.74 / 3.24 | 2.27 / 3.69 |
-//! | uring 64, GB/s | 1.05 / 2.04 | 1.86 / 3.13 | 2.62 / 3.56 | 1.95 / 3.10 |
-//! | uring 128, GB/s | 1.00 / 2.20 | 1.96 / 3.18 | 2.95 / 3.71 | 1.79 / 3.20 |
-//! | threaded, CPU-s/GB | 1.24 / 0.54 | 0.43 / 0.26 | 0.21 / 0.16 | 0.35 / 0.15 |
-//! | uring 64, CPU-s/GB | 1.12 / 0.31 | 0.46 / 0.15 | 0.25 / 0.14 | 0.46 / 0.11 |
-//!
-//! Loads cost 0.55-0.9x the threaded executor's CPU, and most of what is left is the CRC-32C
-//! of the payload (half the samples of a 1 MiB load profile); without it (vLLM format, same
-//! run conditions), uring loads cost 0.13 / 0.042 / 0.016 / 0.013 CPU-s/GB against the threaded
-//! executor's 0.36 / 0.10 / 0.061 / 0.043 (0.3-0.4x). Stores cost the same CPU either way: it
-//! goes to creating, writing and renaming the file inside ext4, the same syscalls on both
-//! sides. Deeper rings help loads a little and stores not at all; 64 is the middle.
+//! `max_ops` = 64 ([`UringConfig::DEFAULT_MAX_OPS`]), with as many io-wq workers: deeper rings
+//! help loads a little and stores not at all, so 64 is the middle. Loads cost less CPU than the
+//! threaded executor's, stores the same (their CPU goes to creating, writing and renaming the
+//! file inside the file system). The measurements behind this (`examples/tune_uring.rs`, the
+//! threaded executor alongside) are in `cli/bench/README.md`, "Executor defaults".
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

@@ -31,14 +31,17 @@
 //!
 //! # The peer
 //!
-//! `bench/vllm_cpu_model.py` (our own model of vLLM's `OrderedDict`-based CPU manager) runs the
-//! same rows. Both sides derive the same operation stream from `--seed` with splitmix64 and the
-//! same key function, and build every key before the clock starts. The Python side times fewer
+//! `cli/bench/vllm_cpu_model.py` (our own model of vLLM's `OrderedDict`-based CPU manager) runs
+//! the same rows. Both sides derive the same operation stream from `--seed` with splitmix64 and
+//! the same key function, and build every key before the clock starts. The Python side times fewer
 //! operations (a prefix of the same stream) because it is slower; rates are compared. To show
 //! that both sides did the same work, the mix reports counters (hits, stored and evicted
 //! blocks, a sum of the slot ids allocated) over the Python run's steps, and the Rust side
 //! compares them with its own counters over the same steps. The Python model has no tiers: the
 //! `step_mix_memtier` row is compared with its tierless mix, which does less work.
+//!
+//! [`TieringEngine`]: kvtier_core::TieringEngine
+//! [`MemoryTier`]: kvtier_core::MemoryTier
 
 mod counting;
 mod engine;

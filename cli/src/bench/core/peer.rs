@@ -1,4 +1,4 @@
-//! The Python peer of `bench core`: `bench/vllm_cpu_model.py`, our model of vLLM's CPU
+//! The Python peer of `bench core`: `cli/bench/vllm_cpu_model.py`, our model of vLLM's CPU
 //! offloading manager, run as a child that measures one row at a time on request.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,7 +12,7 @@ use super::workload::{Counts, BATCH, REQUEST_BLOCKS};
 use super::CoreArgs;
 
 /// Where the peer lives, relative to this crate.
-const PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/vllm_cpu_model.py");
+const PEER_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bench/vllm_cpu_model.py");
 
 /// One row as the Python model measured it.
 #[derive(Debug, Clone)]

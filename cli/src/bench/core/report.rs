@@ -134,7 +134,7 @@ pub(super) fn print(results: Results<'_>) {
     );
     match (&peer.python, &peer.error) {
         (_, Some(e)) => println!("peer: {e}; kvtier figures only"),
-        (Some(v), None) => println!("peer: bench/vllm_cpu_model.py on Python {v}"),
+        (Some(v), None) => println!("peer: cli/bench/vllm_cpu_model.py on Python {v}"),
         (None, None) => println!("peer: not run (--no-peer)"),
     }
     println!(

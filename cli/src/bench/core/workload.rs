@@ -1,5 +1,5 @@
 //! The operation stream and keys of `bench core`, built before any clock starts. Mirrored in
-//! `bench/vllm_cpu_model.py`: both sides derive the same stream from the same seed.
+//! `cli/bench/vllm_cpu_model.py`: both sides derive the same stream from the same seed.
 
 use kvtier_core::OffloadKey;
 
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn generator_and_keys_match_the_python_model() {
-        // Reference values printed by bench/vllm_cpu_model.py.
+        // Reference values printed by cli/bench/vllm_cpu_model.py.
         assert_eq!(SplitMix64::new(0).next_u64(), 0xe220_a839_7b1d_cdaf);
         assert_eq!(make_key(7).to_string(), "14df177b2330ae120700000000000000eb20e884dccf51edf8ffffffffffffff00000000");
         assert_eq!(

@@ -14,7 +14,7 @@
 //!    before the store and zeroed before the load; a sample of rows is compared byte for byte
 //!    after the load. Throughput counts block bytes only (the native format's 4 KiB header is
 //!    extra I/O the tier pays for).
-//! 3. **peer**: `bench/vllm_fs_peer.py` (our re-implementation of vLLM's FS tier I/O path: 16 +
+//! 3. **peer**: `cli/bench/vllm_fs_peer.py` (our re-implementation of vLLM's FS tier I/O path: 16 +
 //!    16 threads, same syscalls, same layout) stores and loads the same number of blocks of
 //!    the same size in its own directory.
 //!
@@ -41,6 +41,10 @@
 //!
 //! Every file the benchmark creates lives in one scratch directory (`kvtier-bench-fs.{pid}`
 //! under `--dir`), removed at the end, also when the run fails.
+//!
+//! [`FsTier`]: kvtier_fs::FsTier
+//! [`PrimaryRegion`]: kvtier_fs::region::PrimaryRegion
+//! [`FsTierConfig::max_blocks`]: kvtier_fs::FsTierConfig::max_blocks
 
 mod ceiling;
 mod dirs;
@@ -121,7 +125,7 @@ pub struct FsArgs {
     /// Python interpreter for the peer.
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// The peer script. Default: `bench/vllm_fs_peer.py` of this source tree.
+    /// The peer script. Default: `cli/bench/vllm_fs_peer.py` of this source tree.
     #[arg(long)]
     pub peer_script: Option<PathBuf>,
 }

@@ -1,4 +1,4 @@
-//! The peer of `bench fs`: `bench/vllm_fs_peer.py`, our re-implementation of vLLM's FS tier
+//! The peer of `bench fs`: `cli/bench/vllm_fs_peer.py`, our re-implementation of vLLM's FS tier
 //! I/O path, run once per block size and state in its own directory.
 
 use std::path::{Path, PathBuf};
@@ -18,10 +18,8 @@ pub(super) struct PeerFigures {
 /// The interpreter and script to run the peer with, or `None` (with a message) when either is
 /// missing.
 pub(super) fn find_peer(args: &FsArgs) -> Option<(String, PathBuf)> {
-    let script = args
-        .peer_script
-        .clone()
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/vllm_fs_peer.py"));
+    let script =
+        args.peer_script.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/vllm_fs_peer.py"));
     if !script.is_file() {
         eprintln!("kvtier bench fs: the peer script {} is missing: skipping the peer", script.display());
         return None;

@@ -97,7 +97,7 @@ pub(super) fn print_table(
         out,
         "  peer: {}",
         if peer {
-            "bench/vllm_fs_peer.py, 16 read + 16 write threads (its own directory, same state)"
+            "cli/bench/vllm_fs_peer.py, 16 read + 16 write threads (its own directory, same state)"
         } else {
             "not run"
         }

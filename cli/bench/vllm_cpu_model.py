@@ -14,7 +14,7 @@ ids first, then freed ids last-freed-first; eviction takes the least-recent bloc
 
 The script runs the same operation stream as the Rust side of the benchmark: both generate it
 from the same seed with the same splitmix64 generator and the same key function (see
-``cli/src/bench/core.rs``). Keys are 36-byte ``bytes`` (32 hash bytes + a 4-byte group
+``cli/src/bench/core/workload.rs``). Keys are 36-byte ``bytes`` (32 hash bytes + a 4-byte group
 index), as vLLM's offload keys are. All keys and key lists are built before the clock starts.
 The step mix reports counters (hits, stored blocks, evictions, a sum of allocated block ids)
 that the Rust side compares with its own run over the same steps, to prove both sides did the
