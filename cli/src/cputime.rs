@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+#[allow(unsafe_code)] // clock_gettime
 fn clock(id: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable `timespec` for the whole call, and `id` is one of the
@@ -26,6 +27,7 @@ pub fn process_cpu() -> Duration {
 
 /// User + system CPU-seconds of every thread of the process, from `getrusage(RUSAGE_SELF)`
 /// (0 if the call fails): the figure the benchmarks' Python peers read about themselves.
+#[allow(unsafe_code)] // getrusage
 pub fn rusage_cpu() -> f64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // SAFETY: `getrusage` writes a whole `rusage` through the pointer, which points to writable

@@ -7,6 +7,9 @@
 //! only parses arguments and dispatches here; the dependencies that only a command-line tool
 //! needs (clap, indicatif, plotters, the metrics exporter, tracing-subscriber, tempfile) stay
 //! in this crate, out of what an engine links.
+// `unsafe` only where a libc call or the allocator needs it, each place marked with
+// `#[allow(unsafe_code)]` (`grep -rn 'allow(unsafe_code)'` lists them for review).
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

@@ -1,5 +1,6 @@
 //! The `kvtier` command-line tool: argument parsing and dispatch to [`kvtier_cli`]'s
 //! subcommands and [`kvtier::replay`].
+#![deny(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,6 +8,7 @@
 //!
 //! The engine's vocabulary (keys, requests, store plans, lookup answers, events, errors) is
 //! re-exported here, so an engine needs no direct dependency on `kvtier-core`.
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 

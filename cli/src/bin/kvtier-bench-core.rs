@@ -2,6 +2,7 @@
 //! allocations, for its allocations-per-operation column. `kvtier bench core` runs this
 //! binary (it sits next to `kvtier`) so that no other subcommand pays for counting; it takes
 //! the same options.
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 

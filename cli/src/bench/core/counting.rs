@@ -28,6 +28,7 @@ pub struct CountingAlloc;
 // SAFETY: every method forwards its arguments unchanged to `System`, so each upholds the
 // `GlobalAlloc` contract exactly as `System` does; counting is a relaxed atomic add that neither
 // allocates nor unwinds.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
@@ -72,6 +73,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(unsafe_code)] // calls the allocator directly
     fn counting_alloc_counts() {
         let layout = Layout::from_size_align(48, 8).unwrap();
         let before = allocations();

@@ -15,6 +15,7 @@ use memmap2::MmapMut;
 use super::pattern::{fill_pattern, shuffled};
 use super::{BoxError, Ctx, ALIGN};
 
+#[allow(unsafe_code)] // fallocate
 fn preallocate(file: &File, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
     // SAFETY: `fallocate` takes no pointer; the descriptor is owned by `file`, open for the
