@@ -127,6 +127,12 @@ pub struct FsConfig {
     /// Run config: whether blocks are parallel-agnostic.
     #[serde(default)]
     pub parallel_agnostic: Option<bool>,
+    /// Run config (vLLM 0.33): one copy of a block shared by all workers.
+    #[serde(default)]
+    pub replicated_layout: Option<bool>,
+    /// Run config (vLLM 0.33): the canonical byte-format identity, when that layout is used.
+    #[serde(default)]
+    pub canonical_format: Option<String>,
     /// This process's rank.
     #[serde(default)]
     pub rank: u32,
@@ -172,6 +178,8 @@ impl FsConfig {
             dcp_size: None,
             kv_cache_groups: None,
             parallel_agnostic: None,
+            replicated_layout: None,
+            canonical_format: None,
             rank: 0,
             events: false,
             o_direct: DirectMode::default(),
@@ -197,6 +205,8 @@ impl FsConfig {
             dcp_size: self.dcp_size.unwrap_or(d.dcp_size),
             kv_cache_groups: self.kv_cache_groups.clone().unwrap_or(d.kv_cache_groups),
             parallel_agnostic: self.parallel_agnostic.unwrap_or(d.parallel_agnostic),
+            replicated_layout: self.replicated_layout.unwrap_or(d.replicated_layout),
+            canonical_format: self.canonical_format.clone().or(d.canonical_format),
             ..d
         };
         let mut cfg = FsTierConfig::new(&self.root_dir, run);

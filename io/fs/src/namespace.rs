@@ -57,7 +57,8 @@ pub struct KvCacheGroup {
 /// The run config that names a namespace (vLLM's `FileMapper` run config).
 ///
 /// Serialized with serde exactly as vLLM writes it: `parallel_agnostic` only when `false`,
-/// `storage_format` only when set. Unknown fields are ignored when deserializing.
+/// `replicated_layout` only when `true`, `canonical_format` and `storage_format` only when set.
+/// Unknown fields are ignored when deserializing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunConfig {
     /// GPU blocks per offloaded block (file).
@@ -87,6 +88,14 @@ pub struct RunConfig {
     /// `Some(`[`NATIVE_STORAGE_FORMAT`]`)` for the native format, `None` for the vllm format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_format: Option<String>,
+    /// vLLM 0.33: every worker's bytes of a block are identical and stored once; serialized (as
+    /// `true`) only when set, so older namespaces keep their digest.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub replicated_layout: bool,
+    /// vLLM 0.33: the identity of the canonical per-layer byte format, when that layout is
+    /// used (it is not interchangeable with the direct layout); serialized only when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canonical_format: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -96,6 +105,11 @@ fn default_true() -> bool {
 // serde's `skip_serializing_if` passes a reference.
 fn is_true(b: &bool) -> bool {
     *b
+}
+
+// serde's `skip_serializing_if` passes a reference.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for RunConfig {
@@ -113,6 +127,8 @@ impl Default for RunConfig {
             tokens_per_hash: 16,
             tp_size: 1,
             storage_format: None,
+            replicated_layout: false,
+            canonical_format: None,
         }
     }
 }
@@ -568,6 +584,8 @@ mod tests {
             (RunConfig { parallel_agnostic: false, tp_size: 4, pp_size: 2, ..llama() }, "2c88ed302836"),
             (RunConfig { storage_format: Some(NATIVE_STORAGE_FORMAT.into()), ..llama() }, "a5d936f11adf"),
             (RunConfig { model_name: String::new(), kv_cache_groups: vec![], ..llama() }, "4c17c68ba794"),
+            (RunConfig { replicated_layout: true, ..llama() }, "5f644ae7accf"),
+            (RunConfig { canonical_format: Some("canonical-v1/NHD".into()), ..llama() }, "a737c009f5f9"),
         ]
     }
 
