@@ -7,6 +7,10 @@
 //! ([`LeaseError::Busy`]) and that op fails instead. A lease also keeps the mapping alive
 //! (it holds an `Arc` of the region), so memory the kernel may still touch is never unmapped.
 //!
+//! The rows live in memory the region maps itself ([`PrimaryRegion::anonymous`],
+//! [`PrimaryRegion::shared`]) or in memory someone else owns and lends it
+//! ([`PrimaryRegion::foreign`]: vLLM's shared CPU rows, seen through a Python buffer).
+//!
 //! All `unsafe` of the primary region is in this module.
 
 use std::fs::OpenOptions;
@@ -64,9 +68,53 @@ impl From<LeaseError> for std::io::Error {
     }
 }
 
+/// Where the rows live.
+enum Backing {
+    /// No rows, or rows of zero bytes: nothing mapped.
+    Empty,
+    /// A mapping the region made and unmaps on drop.
+    Mapped(MmapRaw),
+    /// Memory lent by its owner (see [`PrimaryRegion::foreign`]).
+    Foreign(Foreign),
+}
+
+/// Memory the region does not own: `len` bytes at `base`, kept alive and in place by `owner`.
+struct Foreign {
+    base: NonNull<u8>,
+    len: usize,
+    // Dropped with the region, which releases the memory to its owner; never read.
+    _owner: Box<dyn Send + Sync>,
+}
+
+// SAFETY: `Foreign` is only built by `PrimaryRegion::foreign`, whose caller promised that the
+// memory is valid for reads and writes from any thread while `owner` lives; the pointer is
+// never used to reach anything else, and every access to the bytes goes through the region's
+// leases (or the documented unsafe `row_ptr_unleased`), exactly as for a mapping of our own.
+unsafe impl Send for Foreign {}
+// SAFETY: as above; shared references hand out nothing but the address.
+unsafe impl Sync for Foreign {}
+
+impl Backing {
+    fn base(&self) -> Option<NonNull<u8>> {
+        match self {
+            Backing::Empty => None,
+            Backing::Mapped(map) => NonNull::new(map.as_mut_ptr()),
+            Backing::Foreign(f) => Some(f.base),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Backing::Empty => 0,
+            Backing::Mapped(map) => map.len(),
+            Backing::Foreign(f) => f.len,
+        }
+    }
+}
+
 /// The rows of the primary tier.
 pub struct PrimaryRegion {
-    map: Option<MmapRaw>,
+    backing: Backing,
     rows: usize,
     row_bytes: usize,
     stride: usize,
@@ -81,6 +129,7 @@ impl std::fmt::Debug for PrimaryRegion {
             .field("row_bytes", &self.row_bytes)
             .field("stride", &self.stride)
             .field("shared_path", &self.shared_path)
+            .field("foreign", &matches!(self.backing, Backing::Foreign(_)))
             .finish()
     }
 }
@@ -96,7 +145,11 @@ impl PrimaryRegion {
     /// `rows` rows of `row_bytes` in private anonymous memory (zeroed).
     pub fn anonymous(rows: usize, row_bytes: usize) -> io::Result<Self> {
         let (stride, len) = layout(rows, row_bytes)?;
-        let map = if len == 0 { None } else { Some(MmapRaw::from(MmapOptions::new().len(len).map_anon()?)) };
+        let map = if len == 0 {
+            Backing::Empty
+        } else {
+            Backing::Mapped(MmapRaw::from(MmapOptions::new().len(len).map_anon()?))
+        };
         Ok(Self::with_map(map, rows, row_bytes, stride, None))
     }
 
@@ -107,19 +160,52 @@ impl PrimaryRegion {
         let (stride, len) = layout(rows, row_bytes)?;
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         file.set_len(len as u64)?;
-        let map = if len == 0 { None } else { Some(MmapOptions::new().len(len).map_raw(&file)?) };
+        let map = if len == 0 { Backing::Empty } else { Backing::Mapped(MmapOptions::new().len(len).map_raw(&file)?) };
         Ok(Self::with_map(map, rows, row_bytes, stride, Some(path.to_path_buf())))
     }
 
-    fn with_map(
-        map: Option<MmapRaw>,
+    /// `rows` rows of `stride` bytes each, back to back from `base`, in memory the region does
+    /// not own: an inference engine's own CPU rows (vLLM hands its tiers a memoryview of them).
+    /// A block is the whole row (`row_bytes == stride`): what the engine calls a row is what is
+    /// stored, padding included. Rows need no alignment: executors use `O_DIRECT` only for
+    /// transfers aligned to 4096 bytes and go buffered otherwise. Dropping the region drops
+    /// `owner`, after every lease is gone (a lease keeps the region alive).
+    ///
+    /// Refused (`InvalidInput`): rows of zero bytes, or rows that do not fit in `len`.
+    ///
+    /// # Safety
+    ///
+    /// `base..base + len` must be valid for reads and writes, from any thread, and stay at that
+    /// address for as long as `owner` lives (e.g. `owner` holds a Python buffer export, which
+    /// keeps the exporter from unmapping or resizing it). While the region lives, its owner and
+    /// anyone else must not touch a row that an operation of this region has leased: in the
+    /// engine's protocol, the rows of blocks being stored are only read, and the rows of blocks
+    /// being loaded are not accessed at all, until the job is reported.
+    pub unsafe fn foreign(
+        base: NonNull<u8>,
+        len: usize,
         rows: usize,
-        row_bytes: usize,
         stride: usize,
-        shared_path: Option<PathBuf>,
-    ) -> Self {
+        owner: Box<dyn Send + Sync>,
+    ) -> io::Result<Self> {
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        if stride == 0 {
+            return Err(invalid("foreign rows of zero bytes".into()));
+        }
+        let need = rows.checked_mul(stride).ok_or_else(|| invalid("foreign region size overflows".into()))?;
+        if need > len {
+            return Err(invalid(format!("{rows} rows of {stride} bytes do not fit in a buffer of {len} bytes")));
+        }
+        if u32::try_from(rows).is_err() {
+            return Err(invalid(format!("{rows} rows: slots are 32-bit")));
+        }
+        let backing = Backing::Foreign(Foreign { base, len: need, _owner: owner });
+        Ok(Self::with_map(backing, rows, stride, stride, None))
+    }
+
+    fn with_map(map: Backing, rows: usize, row_bytes: usize, stride: usize, shared_path: Option<PathBuf>) -> Self {
         let leases = (0..rows).map(|_| AtomicU32::new(0)).collect();
-        PrimaryRegion { map, rows, row_bytes, stride, leases, shared_path }
+        PrimaryRegion { backing: map, rows, row_bytes, stride, leases, shared_path }
     }
 
     /// Number of rows.
@@ -142,11 +228,18 @@ impl PrimaryRegion {
         self.shared_path.as_deref()
     }
 
-    /// The base address and length of the mapping, for registering it with the kernel
+    /// The base address and length of the rows' memory, for registering it with the kernel
     /// (io_uring fixed buffers). `None` for an empty region.
     pub fn mapping(&self) -> Option<(NonNull<u8>, usize)> {
-        let map = self.map.as_ref()?;
-        Some((NonNull::new(map.as_mut_ptr())?, map.len()))
+        Some((self.backing.base()?, self.backing.len()))
+    }
+
+    /// True when every row starts on a `ROW_ALIGN` boundary and is a whole number of
+    /// `ROW_ALIGN` bytes: what `O_DIRECT` transfers of whole rows need. Always true for the
+    /// region's own mappings; a foreign region may not be.
+    pub fn rows_direct_aligned(&self) -> bool {
+        let base = self.backing.base().map_or(0, |b| b.as_ptr() as usize);
+        base % ROW_ALIGN == 0 && self.stride % ROW_ALIGN == 0
     }
 
     /// Leases row `slot`. The lease keeps the region alive and is released on drop.
@@ -176,9 +269,9 @@ impl PrimaryRegion {
 
     /// Start of row `slot`; the caller checked `slot < rows` (so the map exists).
     fn row_ptr(&self, slot: u32) -> *mut u8 {
-        let base = self.map.as_ref().map_or(std::ptr::null_mut(), MmapRaw::as_mut_ptr);
-        // `slot < rows` and `rows * stride` is the mapping's length, so the offset stays inside
-        // the mapping; `wrapping_add` keeps this function itself free of unsafe.
+        let base = self.backing.base().map_or(std::ptr::null_mut(), NonNull::as_ptr);
+        // `slot < rows` and `rows * stride` is at most the memory's length, so the offset stays
+        // inside it; `wrapping_add` keeps this function itself free of unsafe.
         base.wrapping_add(slot as usize * self.stride)
     }
 
@@ -233,9 +326,11 @@ impl Lease {
         if len == 0 {
             return &[];
         }
-        // SAFETY: the row lies inside the live mapping (`slot < rows`, checked by `lease`;
-        // `self.region` keeps the mapping alive), and the lease excludes writers other than
-        // this lease's own `&mut` borrow, so no one mutates it while the slice lives.
+        // SAFETY: the row lies inside the live memory (`slot < rows`, checked by `lease`;
+        // `self.region` keeps its mapping, or the owner of foreign memory, alive), and the lease
+        // excludes writers other than this lease's own `&mut` borrow (for foreign memory, the
+        // owner promised as much in `PrimaryRegion::foreign`), so no one mutates it while the
+        // slice lives.
         unsafe { std::slice::from_raw_parts(self.region.row_ptr(self.slot), len) }
     }
 
@@ -406,6 +501,46 @@ mod tests {
         assert_eq!(raw.as_ptr(), region.lease(SlotId(2), Access::Read).unwrap().as_ptr());
         // SAFETY: as above.
         assert!(unsafe { region.row_ptr_unleased(SlotId(3)) }.is_none());
+    }
+
+    /// Memory lent by its owner: rows at the owner's address and stride, the owner dropped with
+    /// the region (after its last lease), and sizes that do not fit refused.
+    #[test]
+    fn foreign_rows_live_in_the_owners_memory() {
+        struct Owner(Vec<u8>, Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Owner {
+            fn drop(&mut self) {
+                self.1.store(true, Ordering::SeqCst);
+            }
+        }
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut owner = Box::new(Owner(vec![0u8; 3 * 100 + 7], dropped.clone()));
+        let base = NonNull::new(owner.0.as_mut_ptr()).unwrap();
+        let len = owner.0.len();
+        // SAFETY: the Vec's heap buffer stays put while `owner` (moved into the region) lives,
+        // and nothing else touches it.
+        let region = Arc::new(unsafe { PrimaryRegion::foreign(base, len, 3, 100, owner) }.unwrap());
+        assert_eq!((region.rows(), region.row_bytes(), region.stride()), (3, 100, 100));
+        assert_eq!(region.mapping(), Some((base, 300)));
+        assert!(!region.rows_direct_aligned());
+        let rows = RegionRows(region.clone());
+        rows.write_row(SlotId(2), &[9u8; 100]);
+        let lease = region.lease(SlotId(2), Access::Read).unwrap();
+        assert_eq!(lease.as_ptr() as usize - base.as_ptr() as usize, 200);
+        assert!(lease.block().iter().all(|&b| b == 9));
+        assert_eq!(region.lease(SlotId(3), Access::Read).unwrap_err(), LeaseError::OutOfRange);
+        drop((region, rows));
+        assert!(!dropped.load(Ordering::SeqCst), "a lease keeps the owner alive");
+        drop(lease);
+        assert!(dropped.load(Ordering::SeqCst));
+
+        let mut small = vec![0u8; 64];
+        let base = NonNull::new(small.as_mut_ptr()).unwrap();
+        for (rows, stride) in [(2, 33), (1, 0), (usize::MAX, 2)] {
+            // SAFETY: refused before anything is touched.
+            let err = unsafe { PrimaryRegion::foreign(base, 64, rows, stride, Box::new(())) }.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{rows} x {stride}");
+        }
     }
 
     #[test]
