@@ -40,6 +40,8 @@ enum BenchCommand {
     Core(kvtier_cli::bench::core::CoreArgs),
     /// The FS tier against the disk's O_DIRECT ceiling and a Python peer of vLLM's FS tier.
     Fs(kvtier_cli::bench::fs::FsArgs),
+    /// kvtier's tier against vLLM's own fs tier inside vLLM 0.33 (runs bench/vllm_tier.py).
+    Vllm(kvtier_cli::bench::vllm::VllmArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
             kvtier_cli::bench::core::launch(&args, &forwarded)
         }
         Command::Bench { which: BenchCommand::Fs(args) } => kvtier_cli::bench::fs::run(&args),
+        Command::Bench { which: BenchCommand::Vllm(args) } => kvtier_cli::bench::vllm::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

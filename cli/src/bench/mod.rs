@@ -3,3 +3,4 @@
 
 pub mod core;
 pub mod fs;
+pub mod vllm;
