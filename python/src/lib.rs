@@ -10,8 +10,8 @@
 //! ## The GIL
 //!
 //! Block I/O never runs on the calling thread: it runs on the executor's worker threads or in
-//! the kernel (io_uring), which never touch Python. Calls that can block ([`Tier::wait_idle`],
-//! [`Tier::shutdown`]) release the GIL while they wait. Calls that only queue or collect work
+//! the kernel (io_uring), which never touch Python. Calls that can block (`Tier.wait_idle`,
+//! `Tier.shutdown`) release the GIL while they wait. Calls that only queue or collect work
 //! (submit, poll, lookup) keep it: they take microseconds, while a thread that releases the GIL
 //! may have to wait out another thread's whole switch interval (5 ms) to get it back.
 //!
