@@ -3,7 +3,8 @@
 //! The deterministic heart of kvtier, a multi-tier KV-cache offloading engine for LLM
 //! inference servers: the primary (CPU) pool with reference counts and LRU/ARC eviction, the
 //! tiering engine that cascades stored blocks to secondary tiers and promotes them back, and
-//! job accounting for executors that finish work on several threads.
+//! the job accounting tiers use when their block operations finish on other threads
+//! ([`jobs`]).
 //!
 //! ## A state machine, not a runtime
 //!
@@ -70,7 +71,7 @@ pub use arc::ArcPolicy;
 pub use engine::{EngineConfig, EngineStats, LookupResult, TieringEngine};
 pub use error::{LoadError, ProtocolError, ShutDown, StoreError, UnpinError};
 pub use event::{Event, EventLog, Medium};
-pub use jobs::{CompletionQueue, JobHandle, JobProgress, JobShared, JobTable};
+pub use jobs::{CompletionQueue, JobHandle, JobTable, JobTableStats, Part, TableError};
 pub use key::{JobId, KeyError, OffloadKey, ReqContext, ReqId, SlotId, GROUP_LEN, MAX_KEY_LEN};
 pub use lru::LruPolicy;
 pub use memory_tier::{JobKind, MemoryTier, RowIo};

@@ -15,7 +15,7 @@
 
 #[cfg(loom)]
 mod imp {
-    pub use loom::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use loom::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
     pub use loom::sync::Arc;
 
     /// Runs `f` under loom's model checker, once per explored interleaving.
@@ -30,7 +30,7 @@ mod imp {
 #[cfg(not(loom))]
 mod imp {
     pub use alloc::sync::Arc;
-    pub use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+    pub use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
     /// Runs `f` once: the stand-in for `loom::model` in ordinary builds, so that every loom model
     /// also runs as a plain test.
@@ -42,4 +42,4 @@ mod imp {
     }
 }
 
-pub use imp::{model, Arc, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+pub use imp::{model, Arc, AtomicU32, AtomicUsize, Ordering};

@@ -1,4 +1,7 @@
-//! Concurrency models of `kvtier_core::jobs`.
+//! Concurrency models of `kvtier_core::jobs`, the job accounting the FS tier runs on: the
+//! poller (the tier's thread) opens jobs, adds parts while earlier parts already finish on
+//! other threads (executor workers, io_uring reapers), closes them and takes finished jobs with
+//! their parts' outcome codes; parts are finished, or dropped, on any thread.
 //!
 //! Every test body runs under `kvtier_core::sync::model`: normally that calls it once, as a plain
 //! test on real threads; built with `RUSTFLAGS="--cfg loom"` it is `loom::model`, which runs it
@@ -8,79 +11,141 @@
 //! RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 \
 //!     cargo test -p kvtier-core --release --test loom_jobs --target-dir target/loom
 //! ```
+//!
+//! What they check: a job is taken exactly once, after its close and its last part, whichever
+//! comes last and on whatever thread; the codes it is taken with are the ones its parts
+//! finished with, in the order the parts were added, and everything a part's thread wrote
+//! before finishing (`Relaxed`, like a row a load filled) is visible to the poller then;
+//! dropped parts report `Part::DROPPED`; reused entries and cells never show a previous job's
+//! code; the completion queue hands each finished job over once, in order.
 
-use kvtier_core::jobs::{CompletionQueue, Full, JobError, JobProgress, JobTable, ProgressError};
+use kvtier_core::jobs::{CompletionQueue, JobHandle, JobTable, Part};
 use kvtier_core::sync::{model, Arc, AtomicU32, Ordering};
 
 /// `std::thread` normally, loom's instrumented threads under `--cfg loom`.
 mod thread {
     #[cfg(loom)]
-    pub use loom::thread::{spawn, yield_now};
+    pub use loom::thread::{spawn, yield_now, JoinHandle};
     #[cfg(not(loom))]
-    pub use std::thread::{spawn, yield_now};
+    pub use std::thread::{spawn, yield_now, JoinHandle};
 }
 
-/// Two threads each finish one part of a two-part job: exactly one of them completes it, and
-/// learns `ok_a && ok_b`. It also sees what the other worker wrote before reporting its part
-/// (`Relaxed` writes, ordered only by `part_done`).
-fn two_workers_finish_one_job(ok_a: bool, ok_b: bool) {
-    model(move || {
-        let job = Arc::new(JobProgress::new(2));
-        let written = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
-        let workers: Vec<_> = [ok_a, ok_b]
-            .into_iter()
-            .enumerate()
-            .map(|(i, ok)| {
-                let job = Arc::clone(&job);
-                let written = Arc::clone(&written);
-                thread::spawn(move || {
-                    written[i].store(1, Ordering::Relaxed);
-                    let outcome = job.part_done(ok).expect("part accepted");
-                    if outcome.is_some() {
-                        assert!(written.iter().all(|w| w.load(Ordering::Relaxed) == 1));
-                    }
-                    outcome
-                })
-            })
-            .collect();
-        let completions: Vec<bool> = workers.into_iter().filter_map(|w| w.join().unwrap()).collect();
-        assert_eq!(completions, [ok_a && ok_b]);
-        assert_eq!(job.outcome(), Some(ok_a && ok_b));
-        assert_eq!(job.part_done(true), Err(ProgressError::AlreadyComplete));
+/// A worker: writes its "row" (`Relaxed`), then finishes its part with `code`.
+fn worker(part: Part, row: Arc<[AtomicU32; 2]>, i: usize, code: u32) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        row[i].store(code, Ordering::Relaxed);
+        part.finish(code);
+    })
+}
+
+/// A job, the row its workers write, and what each writes where (`(index, value)`).
+type Filled<'a> = (JobHandle, &'a Arc<[AtomicU32; 2]>, &'a [(usize, u32)]);
+
+/// Takes every job finished so far, checking none is taken twice and that, when a job in
+/// `filled_by` is taken, the rows its workers wrote are visible.
+fn take(table: &mut JobTable, taken: &mut Vec<(JobHandle, Vec<u32>)>, filled_by: &[Filled<'_>]) {
+    let mut codes = Vec::new();
+    while let Some(job) = table.take_finished(&mut codes) {
+        assert!(taken.iter().all(|(j, _)| *j != job), "job {job:?} taken twice");
+        for (j, row, writes) in filled_by {
+            if *j == job {
+                for &(i, v) in *writes {
+                    assert_eq!(row[i].load(Ordering::Relaxed), v, "job taken before its worker's writes are visible");
+                }
+            }
+        }
+        taken.push((job, codes.clone()));
+    }
+}
+
+/// Two workers finish the two parts of one job while the poller closes it and takes finished
+/// jobs: the job is taken once, with both codes in part order and both rows visible.
+#[test]
+fn two_workers_finish_one_job_while_the_poller_closes_and_takes() {
+    model(|| {
+        let mut table = JobTable::new(2, 4);
+        let job = table.open().unwrap();
+        let row = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let a = worker(table.add_part(job).unwrap(), Arc::clone(&row), 0, 10);
+        let b = worker(table.add_part(job).unwrap(), Arc::clone(&row), 1, 20);
+        table.close(job).unwrap();
+        let mut taken = Vec::new();
+        let writes: &[(usize, u32)] = &[(0, 10), (1, 20)];
+        take(&mut table, &mut taken, &[(job, &row, writes)]);
+        a.join().unwrap();
+        b.join().unwrap();
+        take(&mut table, &mut taken, &[(job, &row, writes)]);
+        assert_eq!(taken, [(job, vec![10, 20])]);
+        assert_eq!((table.jobs_in_flight(), table.free_parts()), (0, 4));
     });
 }
 
+/// The FS tier's submission: a part goes to a worker, then the poller adds a second part and
+/// finishes it itself (an op the executor refused), then closes; the worker races all of it.
 #[test]
-fn progress_two_workers_one_part_fails() {
-    two_workers_finish_one_job(true, false);
-}
-
-#[test]
-fn progress_two_workers_all_parts_ok() {
-    two_workers_finish_one_job(true, true);
-}
-
-/// Two threads report the single part of a one-part job: one completes it, the other is refused
-/// and the counter does not wrap.
-#[test]
-fn progress_over_reporting_race() {
+fn parts_are_added_while_earlier_parts_finish() {
     model(|| {
-        let job = Arc::new(JobProgress::new(1));
-        let other = {
-            let job = Arc::clone(&job);
-            thread::spawn(move || job.part_done(false))
-        };
-        let mine = job.part_done(true);
-        let other = other.join().unwrap();
-        match (mine, other) {
-            (Ok(Some(true)), Err(ProgressError::AlreadyComplete)) => {
-                assert_eq!((job.remaining(), job.failed()), (0, 0));
-            }
-            (Err(ProgressError::AlreadyComplete), Ok(Some(false))) => {
-                assert_eq!((job.remaining(), job.failed()), (0, 1));
-            }
-            outcome => panic!("unexpected outcome {outcome:?}"),
-        }
+        let mut table = JobTable::new(1, 2);
+        let job = table.open().unwrap();
+        let row = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let w = worker(table.add_part(job).unwrap(), Arc::clone(&row), 0, 7);
+        table.add_part(job).unwrap().finish(8);
+        table.close(job).unwrap();
+        let mut taken = Vec::new();
+        let writes: &[(usize, u32)] = &[(0, 7)];
+        take(&mut table, &mut taken, &[(job, &row, writes)]);
+        w.join().unwrap();
+        take(&mut table, &mut taken, &[(job, &row, writes)]);
+        assert_eq!(taken, [(job, vec![7, 8])]);
+    });
+}
+
+/// A part dropped unfinished (a worker that unwound) reports `Part::DROPPED`; its job is taken
+/// once all the same.
+#[test]
+fn a_dropped_part_finishes_its_job() {
+    model(|| {
+        let mut table = JobTable::new(1, 2);
+        let job = table.open().unwrap();
+        let part = table.add_part(job).unwrap();
+        let w = thread::spawn(move || drop(part));
+        table.close(job).unwrap();
+        let mut taken = Vec::new();
+        take(&mut table, &mut taken, &[]);
+        w.join().unwrap();
+        take(&mut table, &mut taken, &[]);
+        assert_eq!(taken, [(job, vec![Part::DROPPED])]);
+    });
+}
+
+/// Entries and cells are reused: a second job, started in the first one's entry and cell while
+/// nothing else is in flight, and a job with no part, racing a worker of the second job. No
+/// stale code is ever read.
+#[test]
+fn reused_entries_and_cells_show_no_stale_code() {
+    model(|| {
+        let mut table = JobTable::new(2, 1);
+        let first = table.open().unwrap();
+        table.add_part(first).unwrap().finish(1);
+        table.close(first).unwrap();
+        let mut taken = Vec::new();
+        take(&mut table, &mut taken, &[]);
+        assert_eq!(taken, [(first, vec![1])]);
+
+        let second = table.open().unwrap();
+        assert_eq!(second, first, "the freed entry is reused");
+        let row = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let w = worker(table.add_part(second).unwrap(), Arc::clone(&row), 0, 2);
+        let empty = table.open().unwrap();
+        table.close(empty).unwrap();
+        table.close(second).unwrap();
+        let mut taken = Vec::new();
+        let writes: &[(usize, u32)] = &[(0, 2)];
+        take(&mut table, &mut taken, &[(second, &row, writes)]);
+        w.join().unwrap();
+        take(&mut table, &mut taken, &[(second, &row, writes)]);
+        taken.sort_unstable();
+        assert_eq!(taken, [(second, vec![2]), (empty, vec![])]);
     });
 }
 
@@ -143,7 +208,7 @@ fn push_all_retrying(queue: &CompletionQueue, values: &[u32], tries: usize) -> V
                     }
                     break;
                 }
-                Err(Full(back)) => {
+                Err(back) => {
                     assert_eq!(back, value);
                     if attempt == tries {
                         return values[i..].to_vec();
@@ -157,7 +222,7 @@ fn push_all_retrying(queue: &CompletionQueue, values: &[u32], tries: usize) -> V
     Vec::new()
 }
 
-/// Set (outside loom's view) when some execution saw a push fail with `Full` and its retry
+/// Set (outside loom's view) when some execution saw a push fail as full and its retry
 /// succeed, so the model can check that it exercised that path.
 static FULL_THEN_RETRIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -223,7 +288,7 @@ fn queue_pop_races_push_on_empty_queue() {
     });
 }
 
-/// A full queue: a pop races a push that finds it full; the push either fails with `Full` (and
+/// A full queue: a pop races a push that finds it full; the push either fails as full (and
 /// the value is pushed again after the join) or lands in the freed cell.
 #[test]
 fn queue_push_races_pop_on_full_queue() {
@@ -236,120 +301,11 @@ fn queue_push_races_pop_on_full_queue() {
             thread::spawn(move || queue.push(3))
         };
         assert_eq!(queue.pop(), Some(1));
-        if let Err(Full(v)) = producer.join().unwrap() {
+        if let Err(v) = producer.join().unwrap() {
             queue.push(v).unwrap();
         }
         assert_eq!(queue.pop(), Some(2));
         assert_eq!(queue.pop(), Some(3));
         assert_eq!(queue.pop(), None);
-    });
-}
-
-/// Records `(job_id, success)` reports, checking none is reported twice and that the report of
-/// every job in `finished_by_all` sees what every worker wrote (`Relaxed`) before reporting its
-/// parts: only the `part_done`, queue and poll orderings make those writes visible.
-fn record<'a>(
-    reported: &'a mut Vec<(u64, bool)>,
-    written: &'a [AtomicU32],
-    finished_by_all: &'a [u64],
-) -> impl FnMut(u64, bool) + 'a {
-    move |id, ok| {
-        assert!(reported.iter().all(|&(seen, _)| seen != id), "job {id} reported twice");
-        if finished_by_all.contains(&id) {
-            assert!(
-                written.iter().all(|w| w.load(Ordering::Relaxed) == 1),
-                "job {id} reported before its workers' writes are visible"
-            );
-        }
-        reported.push((id, ok));
-    }
-}
-
-/// Two jobs of two parts each, their parts finished by two racing threads while the poller
-/// polls; after the join every job is reported exactly once with the AND of its parts, and the
-/// freed entries are reused for a job finished by a worker racing the poller again.
-#[test]
-fn table_two_jobs_racing_workers_and_poller() {
-    model(|| {
-        let mut table = JobTable::new(2);
-        let a = table.start(10, 2).unwrap();
-        let b = table.start(20, 2).unwrap();
-        assert_eq!(table.start(30, 1).unwrap_err(), kvtier_core::jobs::TableFull);
-        let written = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
-        let parts = [[(a, true), (b, false)], [(b, true), (a, true)]];
-        let workers: Vec<_> = parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, parts)| {
-                let shared = table.shared();
-                let written = Arc::clone(&written);
-                thread::spawn(move || {
-                    written[i].store(1, Ordering::Relaxed);
-                    for (handle, ok) in parts {
-                        shared.part_done(handle, ok).unwrap();
-                    }
-                })
-            })
-            .collect();
-        let mut reported = Vec::new();
-        table.poll(record(&mut reported, &written[..], &[10, 20]));
-        for w in workers {
-            w.join().unwrap();
-        }
-        table.poll(record(&mut reported, &written[..], &[10, 20]));
-        reported.sort_unstable();
-        assert_eq!(reported, [(10, true), (20, false)]);
-        assert_eq!(table.in_flight(), 0);
-
-        // Entry reuse: the freed entries serve a new job; its parts race the poller again.
-        let c = table.start(30, 2).unwrap();
-        assert!(c == a || c == b);
-        let written = Arc::new([AtomicU32::new(0)]);
-        let worker = {
-            let shared = table.shared();
-            let written = Arc::clone(&written);
-            thread::spawn(move || {
-                written[0].store(1, Ordering::Relaxed);
-                shared.part_done(c, false).unwrap();
-            })
-        };
-        table.part_done(c, true).unwrap();
-        let mut reported = Vec::new();
-        table.poll(record(&mut reported, &written[..], &[30]));
-        worker.join().unwrap();
-        table.poll(record(&mut reported, &written[..], &[30]));
-        assert_eq!(reported, [(30, false)]);
-        assert_eq!(table.part_done(c, true), Err(JobError::UnknownHandle));
-    });
-}
-
-/// A zero-part job (complete at `start`) and a one-part job finished by a worker while the
-/// poller polls: both reported exactly once, and a part reported after its job was polled is
-/// refused.
-#[test]
-fn table_zero_part_job_and_worker_race_poller() {
-    model(|| {
-        let mut table = JobTable::new(2);
-        let empty = table.start(1, 0).unwrap();
-        let single = table.start(2, 1).unwrap();
-        let written = Arc::new([AtomicU32::new(0)]);
-        let worker = {
-            let shared = table.shared();
-            let written = Arc::clone(&written);
-            thread::spawn(move || {
-                written[0].store(1, Ordering::Relaxed);
-                shared.part_done(single, true).unwrap();
-                // The poller may or may not have reported (and freed) the zero-part job yet.
-                let late = shared.part_done(empty, true);
-                assert!(matches!(late, Err(JobError::AlreadyComplete | JobError::UnknownHandle)));
-            })
-        };
-        let mut reported = Vec::new();
-        table.poll(record(&mut reported, &written[..], &[2]));
-        worker.join().unwrap();
-        table.poll(record(&mut reported, &written[..], &[2]));
-        reported.sort_unstable();
-        assert_eq!(reported, [(1, true), (2, true)]);
-        assert_eq!(table.in_flight(), 0);
     });
 }
