@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use crate::pool_model::{ModelEvent, ModelPlan, PoolModel};
 use crate::scripted_tier::SubmittedJob;
 use kvtier_core::error::{LoadError, ProtocolError, ShutDown, StoreError, UnpinError};
-use kvtier_core::{EngineStats, JobId, JobKind, LookupResult, OffloadKey, PolicyKind, ReqContext, SlotId};
+use kvtier_core::{Direction, EngineStats, JobId, LookupResult, OffloadKey, PolicyKind, ReqContext, SlotId};
 
 /// A finished job as a tier reports it: one outcome per key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,7 +344,7 @@ impl EngineModel {
                 }
                 let keys: Vec<OffloadKey> = job_keys.iter().map(|&(k, _)| k).collect();
                 self.submitted[t].push(SubmittedJob {
-                    kind: JobKind::Store,
+                    kind: Direction::Store,
                     id: JobId(id),
                     req,
                     keys: keys.clone(),
@@ -430,7 +430,7 @@ impl EngineModel {
                 }
                 let keys: Vec<OffloadKey> = group.iter().map(|r| r.key).collect();
                 self.submitted[t].push(SubmittedJob {
-                    kind: JobKind::Load,
+                    kind: Direction::Load,
                     id: JobId(id),
                     req,
                     keys: keys.clone(),
@@ -489,10 +489,10 @@ impl EngineModel {
     }
 
     /// `MemoryTier::fail_next`.
-    pub fn tier_fail_next(&mut self, tier: usize, kind: JobKind) {
+    pub fn tier_fail_next(&mut self, tier: usize, kind: Direction) {
         match kind {
-            JobKind::Load => self.tiers[tier].fail_loads += 1,
-            JobKind::Store => self.tiers[tier].fail_stores += 1,
+            Direction::Load => self.tiers[tier].fail_loads += 1,
+            Direction::Store => self.tiers[tier].fail_stores += 1,
         }
     }
 

@@ -42,7 +42,7 @@ pub use engine_model::{EngineModel, TierModel};
 pub use pool_model::{ArcModel, ModelEvent, ModelPlan, OrderModel, PoolModel};
 pub use scripted_tier::{ScriptedTier, SubmittedJob};
 
-use kvtier_core::{JobKind, OffloadKey, PolicyKind};
+use kvtier_core::{Direction, OffloadKey, PolicyKind};
 
 /// One engine call (or one scripted tier action). Keys are indices into the scenario's key
 /// table (taken modulo its length), so repeats and collisions are frequent; tiers are taken
@@ -119,7 +119,7 @@ pub enum Op {
         /// Tier index.
         tier: u8,
         /// Load or store.
-        kind: JobKind,
+        kind: Direction,
     },
     /// Makes `keys` present in `tier` (`MemoryTier::insert`).
     TierInsert {
@@ -204,7 +204,7 @@ impl Op {
             51 => Op::Drain,
             52..=53 => {
                 let tier = byte(input)?;
-                let kind = if byte(input)? % 2 == 0 { JobKind::Load } else { JobKind::Store };
+                let kind = if byte(input)? % 2 == 0 { Direction::Load } else { Direction::Store };
                 Op::TierFailNext { tier, kind }
             }
             54..=55 => Op::TierInsert { tier: byte(input)?, keys: key_list(input)? },

@@ -4,7 +4,8 @@
 use alloc::vec::Vec;
 
 use kvtier_core::event::EventLog;
-use kvtier_core::memory_tier::{JobKind, MemoryTier};
+use kvtier_core::memory_tier::MemoryTier;
+use kvtier_core::tier::Direction;
 use kvtier_core::tier::{Completions, Job, SecondaryTier, TierLookup};
 use kvtier_core::{JobId, OffloadKey, ReqContext, SlotId};
 
@@ -12,7 +13,7 @@ use kvtier_core::{JobId, OffloadKey, ReqContext, SlotId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmittedJob {
     /// Load (promotion) or store (cascade).
-    pub kind: JobKind,
+    pub kind: Direction,
     /// Its id.
     pub id: JobId,
     /// Its request.
@@ -90,7 +91,7 @@ impl ScriptedTier {
         self.outbox.len()
     }
 
-    fn log(&mut self, kind: JobKind, job: &Job<'_>) {
+    fn log(&mut self, kind: Direction, job: &Job<'_>) {
         self.submitted.push(SubmittedJob {
             kind,
             id: job.id,
@@ -111,13 +112,13 @@ impl SecondaryTier for ScriptedTier {
     }
 
     fn submit_store(&mut self, job: Job<'_>) {
-        self.log(JobKind::Store, &job);
+        self.log(Direction::Store, &job);
         self.inner.submit_store(job);
         self.inner.poll_finished(&mut self.outbox);
     }
 
     fn submit_load(&mut self, job: Job<'_>) {
-        self.log(JobKind::Load, &job);
+        self.log(Direction::Load, &job);
         self.inner.submit_load(job);
         if !job.keys.iter().any(|k| self.lose.contains(k)) {
             self.inner.poll_finished(&mut self.outbox);
@@ -167,7 +168,7 @@ impl SecondaryTier for ScriptedTier {
 
 impl ScriptedTier {
     /// `MemoryTier::fail_next`.
-    pub fn fail_next(&mut self, kind: JobKind) {
+    pub fn fail_next(&mut self, kind: Direction) {
         self.inner.fail_next(kind);
     }
 }

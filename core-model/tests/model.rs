@@ -18,7 +18,7 @@
 //! are persisted to `core-model/proptest-regressions/model.txt` and replayed first on every
 //! run; proptest prints the minimal op sequence it shrank to.)
 
-use kvtier_core::{JobKind, OffloadKey, PolicyKind};
+use kvtier_core::{Direction, OffloadKey, PolicyKind};
 use kvtier_core_model::{check, check_pool, default_keys, Config, Coverage, Harness, Op, Scenario};
 use proptest::prelude::*;
 use proptest::strategy::Union;
@@ -89,7 +89,7 @@ fn op(scripted: bool) -> impl Strategy<Value = Op> {
         (1, Just(Op::Drain).boxed()),
         (
             2,
-            (tier(), prop_oneof![Just(JobKind::Load), Just(JobKind::Store)])
+            (tier(), prop_oneof![Just(Direction::Load), Just(Direction::Store)])
                 .prop_map(|(tier, kind)| Op::TierFailNext { tier, kind })
                 .boxed(),
         ),

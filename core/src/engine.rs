@@ -475,7 +475,7 @@ mod tests {
     use alloc::vec::Vec;
 
     use super::*;
-    use crate::{JobId, JobKind as FailKind, MemoryTier, PolicyKind};
+    use crate::{Direction as FailKind, JobId, MemoryTier, PolicyKind};
 
     fn k(b: u8) -> OffloadKey {
         OffloadKey::new(&[b], 0).unwrap()

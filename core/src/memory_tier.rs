@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 use hashbrown::HashMap;
 
 use crate::event::EventLog;
-use crate::tier::{Completions, Job, SecondaryTier, TierLookup};
+use crate::tier::{Completions, Direction, Job, SecondaryTier, TierLookup};
 use crate::{OffloadKey, ReqContext, SlotId};
 
 /// Access to the primary pool's rows, for tiers that copy bytes (the std adapter implements it
@@ -21,15 +21,6 @@ pub trait RowIo: Send + Sync {
     fn read_row(&self, slot: SlotId, dst: &mut [u8]);
     /// Copies `src` into row `slot` (`src.len() == row_bytes()`).
     fn write_row(&self, slot: SlotId, src: &[u8]);
-}
-
-/// Which kind of job [`MemoryTier::fail_next`] fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
-    /// Loads (tier -> primary).
-    Load,
-    /// Stores (primary -> tier).
-    Store,
 }
 
 /// An in-memory secondary tier.
@@ -90,11 +81,11 @@ impl MemoryTier {
         self.blocks.is_empty()
     }
 
-    /// Makes one more upcoming job of `kind` fail as a whole.
-    pub fn fail_next(&mut self, kind: JobKind) {
-        match kind {
-            JobKind::Load => self.fail_loads = self.fail_loads.saturating_add(1),
-            JobKind::Store => self.fail_stores = self.fail_stores.saturating_add(1),
+    /// Makes one more upcoming job moving blocks in direction `dir` fail as a whole.
+    pub fn fail_next(&mut self, dir: Direction) {
+        match dir {
+            Direction::Load => self.fail_loads = self.fail_loads.saturating_add(1),
+            Direction::Store => self.fail_stores = self.fail_stores.saturating_add(1),
         }
     }
 }

@@ -11,6 +11,15 @@ use core::any::Any;
 use crate::event::EventLog;
 use crate::{JobId, OffloadKey, ReqContext, SlotId};
 
+/// Which way a job moves blocks: the one direction enum of every tier and executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Primary -> tier: copies primary slots out.
+    Store,
+    /// Tier -> primary: copies blocks into (reserved) primary slots.
+    Load,
+}
+
 /// A tier's answer to a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TierLookup {

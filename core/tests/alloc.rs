@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::sync::{Arc, Mutex};
 
 use kvtier_core::{
-    AnyPolicy, EngineConfig, EventLog, JobKind, LookupResult, MemoryTier, OffloadKey, PolicyKind, ReqContext, RowIo,
+    AnyPolicy, Direction, EngineConfig, EventLog, LookupResult, MemoryTier, OffloadKey, PolicyKind, ReqContext, RowIo,
     SecondaryTier, SlotId, StorePlan, TieringEngine,
 };
 
@@ -140,14 +140,14 @@ fn run(policy: PolicyKind, tiers: usize, with_rows: bool) {
     for _ in 0..20_000 {
         work.step(&mut engine);
         if work.rng.below(50) == 0 && tiers > 0 {
-            engine.tier_mut::<MemoryTier>(0).unwrap().fail_next(JobKind::Load);
+            engine.tier_mut::<MemoryTier>(0).unwrap().fail_next(Direction::Load);
         }
     }
     let before = allocations();
     for _ in 0..20_000 {
         work.step(&mut engine);
         if work.rng.below(50) == 0 && tiers > 0 {
-            engine.tier_mut::<MemoryTier>(0).unwrap().fail_next(JobKind::Load);
+            engine.tier_mut::<MemoryTier>(0).unwrap().fail_next(Direction::Load);
         }
     }
     let during = allocations() - before;

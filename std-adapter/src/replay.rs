@@ -45,7 +45,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kvtier_core::{
-    AnyPolicy, EngineConfig, EventLog, JobKind, LoadError, LookupResult, MemoryTier, OffloadKey, PolicyKind,
+    AnyPolicy, Direction, EngineConfig, EventLog, LoadError, LookupResult, MemoryTier, OffloadKey, PolicyKind,
     ReqContext, SlotId, StoreError, StorePlan, TieringEngine, UnpinError, IN_FLIGHT,
 };
 use serde::Serialize;
@@ -679,8 +679,8 @@ impl Run {
             Op::TierFailNext => {
                 let tier = tier_field(obj)?;
                 let kind = match str_field(obj, "kind")? {
-                    "load" => JobKind::Load,
-                    "store" => JobKind::Store,
+                    "load" => Direction::Load,
+                    "store" => Direction::Store,
                     other => return Err(invalid(format!("`kind` must be \"load\" or \"store\", not {other:?}"))),
                 };
                 self.memory_tier(tier)?.fail_next(kind);
