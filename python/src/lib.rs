@@ -35,7 +35,8 @@ use kvtier::config::{FsConfig, TierConfig};
 use kvtier_core::{Completions, EventLog, Job, JobId, OffloadKey, ReqContext, SecondaryTier, SlotId, TierLookup};
 use kvtier_fs::direct::DirectMode;
 use kvtier_fs::format::native_file_len;
-use kvtier_fs::region::{PrimaryRegion, ROW_ALIGN};
+use kvtier_fs::region::PrimaryRegion;
+use kvtier_fs::DIRECT_ALIGN;
 use kvtier_fs::{FsTier, StorageFormat};
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -203,15 +204,15 @@ impl Tier {
         let aligned = region.rows_direct_aligned();
         let settings = fs.tier_config();
         let native = settings.format == StorageFormat::Native;
-        if native && row_bytes % ROW_ALIGN != 0 {
+        if native && row_bytes % DIRECT_ALIGN != 0 {
             return Err(value_error(format!(
-                "format \"native\" needs rows of a multiple of {ROW_ALIGN} bytes (rows here are {row_bytes}); use format \"vllm\""
+                "format \"native\" needs rows of a multiple of {DIRECT_ALIGN} bytes (rows here are {row_bytes}); use format \"vllm\""
             )));
         }
         if settings.o_direct == DirectMode::On && !aligned {
             return Err(value_error(format!(
-                "o_direct = \"on\" needs rows starting on {ROW_ALIGN}-byte boundaries and a stride that is a multiple \
-                 of {ROW_ALIGN} (stride here: {row_bytes}); use o_direct = \"auto\" or \"off\""
+                "o_direct = \"on\" needs rows starting on {DIRECT_ALIGN}-byte boundaries and a stride that is a multiple \
+                 of {DIRECT_ALIGN} (stride here: {row_bytes}); use o_direct = \"auto\" or \"off\""
             )));
         }
         let file_bytes = if native { native_file_len(row_bytes as u64) } else { row_bytes as u64 };
@@ -516,6 +517,6 @@ impl Drop for Tier {
 #[pymodule]
 fn _kvtier(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Tier>()?;
-    m.add("ROW_ALIGN", ROW_ALIGN)?;
+    m.add("ROW_ALIGN", DIRECT_ALIGN)?;
     Ok(())
 }

@@ -116,15 +116,15 @@ pub fn is_well_formed_answer(line: &str) -> bool {
     obj.get("ok").is_some_and(Value::is_boolean)
 }
 
-/// A small deterministic generator (the simulator's SplitMix64) for randomized tests; every test prints its
-/// seed and takes it from `KVTIER_TEST_SEED` when set.
+/// A small deterministic generator (kvtier-fs's SplitMix64, the simulator's) for randomized tests;
+/// every test prints its seed and takes it from `KVTIER_TEST_SEED` when set.
 #[derive(Debug, Clone)]
-pub struct Rng(kvtier_io_sim::SimRng);
+pub struct Rng(kvtier_fs::rng::SplitMix64);
 
 impl Rng {
     /// A generator started from `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(kvtier_io_sim::SimRng::new(seed))
+        Rng(kvtier_fs::rng::SplitMix64::new(seed))
     }
 
     /// A generator from `KVTIER_TEST_SEED`, or from `default`; prints the seed.

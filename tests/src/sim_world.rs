@@ -32,9 +32,10 @@ use kvtier_fs::direct::DirectMode;
 use kvtier_fs::format::{self, HEADER_LEN};
 use kvtier_fs::namespace::RunConfig;
 use kvtier_fs::region::{Access, PrimaryRegion, RegionRows};
+use kvtier_fs::rng::SplitMix64;
 use kvtier_fs::vfs::Vfs;
 use kvtier_fs::{FsTier, FsTierConfig};
-use kvtier_io_sim::{Faults, Fnv, SimConfig, SimDisk, SimExecutor, SimRng};
+use kvtier_io_sim::{Faults, Fnv, SimConfig, SimDisk, SimExecutor};
 
 /// The FS tier's root directory on the simulated disk (never created on the host).
 pub const ROOT: &str = "/sim-root";
@@ -123,7 +124,7 @@ pub fn key(i: u64) -> OffloadKey {
 /// The `len` bytes stored for `key`: derived from the key alone.
 pub fn content(key: &OffloadKey, len: usize) -> Vec<u8> {
     let mut rng =
-        SimRng::new(key.as_bytes().iter().fold(0xabcd_u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b))));
+        SplitMix64::new(key.as_bytes().iter().fold(0xabcd_u64, |h, &b| h.wrapping_mul(31).wrapping_add(u64::from(b))));
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         out.extend_from_slice(&rng.next_u64().to_le_bytes());

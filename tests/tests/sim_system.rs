@@ -23,7 +23,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use kvtier_core::{EngineConfig, PolicyKind};
-use kvtier_io_sim::{Faults, SimRng};
+use kvtier_fs::rng::SplitMix64;
+use kvtier_io_sim::Faults;
 use kvtier_tests::sim_world::{Figures, SimSetup, World, ROOT};
 
 const KEYS: u64 = 96;
@@ -56,7 +57,7 @@ fn setup(seed: u64) -> SimSetup {
 }
 
 /// One step of the workload.
-fn step(w: &mut World, rng: &mut SimRng) {
+fn step(w: &mut World, rng: &mut SplitMix64) {
     let requests = 1 + rng.below(3);
     for r in 0..requests {
         let n = 1 + rng.below(4);
@@ -87,7 +88,7 @@ fn step(w: &mut World, rng: &mut SimRng) {
 
 /// Runs `seed` for `steps` steps; returns the trace hash and the figures.
 fn run_seed(seed: u64, steps: u64) -> (u64, Figures) {
-    let mut rng = SimRng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut w = World::new(setup(seed));
     for i in 0..steps {
         step(&mut w, &mut rng);

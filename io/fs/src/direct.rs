@@ -1,4 +1,5 @@
-//! Whether the tier's directory supports `O_DIRECT`, probed once at start-up.
+//! `O_DIRECT`: the one alignment constant, the flag executors open files with, and whether the
+//! tier's directory supports it, probed once at start-up.
 //!
 //! Disk figures only mean something without the page cache, and `O_DIRECT` is how the
 //! executors bypass it. Some file systems refuse it (tmpfs before Linux 6.6, some FUSE and
@@ -16,8 +17,20 @@ use memmap2::MmapMut;
 
 use crate::tmpname;
 
-/// The alignment and size of the probe's write (and the alignment the executors use).
+/// The alignment `O_DIRECT` transfers need (buffer address, length and file offset), the
+/// primary region's row alignment, and the size of the probe's write: the one alignment
+/// constant of kvtier's I/O.
 pub const DIRECT_ALIGN: usize = 4096;
+
+/// The flag a file is opened with for a transfer: `O_DIRECT` when the executor uses it
+/// (`o_direct`) and the transfer is [`DIRECT_ALIGN`]-aligned, else 0 (buffered).
+pub fn open_flag(o_direct: bool, aligned: bool) -> libc::c_int {
+    if o_direct && aligned {
+        libc::O_DIRECT
+    } else {
+        0
+    }
+}
 
 /// Stem of the probe's temp file (`{dir}/.kvtier-direct-probe.{pid}.{seq:x}.tmp`), a
 /// [`tmpname`] temp name so a start-up sweep removes one a crash left behind.
@@ -163,6 +176,12 @@ mod tests {
         assert!(probe_o_direct(&missing).is_err());
         assert!(resolve(DirectMode::Auto, &missing).is_err());
         assert!(!resolve(DirectMode::Off, &missing).unwrap());
+    }
+
+    #[test]
+    fn the_flag_needs_both() {
+        assert_eq!(open_flag(true, true), libc::O_DIRECT);
+        assert_eq!(open_flag(true, false) | open_flag(false, true), 0);
     }
 
     #[test]

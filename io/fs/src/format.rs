@@ -111,8 +111,26 @@ pub enum FormatError {
 }
 
 impl FormatError {
+    /// One error of each kind (with zero payloads): every reason a native file can fail
+    /// verification with. A new variant must be added here, or a test fails.
+    pub const EACH: [FormatError; 11] = [
+        FormatError::Truncated,
+        FormatError::BadMagic,
+        FormatError::UnsupportedVersion(0),
+        FormatError::BadHeaderLen(0),
+        FormatError::HeaderChecksum,
+        FormatError::BadKeyLen(0),
+        FormatError::ReservedNotZero,
+        FormatError::ForeignNamespace,
+        FormatError::WrongKey,
+        FormatError::LengthMismatch { header: 0, actual: 0 },
+        FormatError::PayloadChecksum,
+    ];
+}
+
+impl FormatError {
     /// A short static description, e.g. for [`crate::Outcome::Corrupt`].
-    pub fn reason(&self) -> &'static str {
+    pub const fn reason(&self) -> &'static str {
         match self {
             FormatError::Truncated => "truncated header",
             FormatError::BadMagic => "bad magic",

@@ -1,35 +1,32 @@
-//! The executor interface: per-block file operations, their outcomes, and the [`Executor`]
-//! trait every executor (threaded, io_uring, sim) implements.
+//! The executor interface: per-block operations ([`FileOp`]), where they go ([`Target`]), and
+//! the [`Executor`] trait every executor (threaded, io_uring, sim) implements.
 //!
-//! An op names a primary slot and a path, never a raw pointer: the executor resolves the slot
+//! An op names a primary slot and a target, never a raw pointer: the executor resolves the slot
 //! through the shared [`crate::region::PrimaryRegion`] and holds a [`crate::region::Lease`] on it
-//! until the op's completion is handed back, so a slot's memory is never touched after its
-//! operation completed.
+//! until the op's last completion is reaped. It then drops the lease and reports the op's
+//! [`crate::Outcome`] through the op's [`Part`] of a job in the caller's
+//! [`kvtier_core::JobTable`], from whichever thread finished the op; so by the time the
+//! caller takes the job, every row of it is free again.
+//!
+//! # Targets
+//!
+//! - [`Target::Path`]: a file per block. A store writes a fresh temp file and renames it onto
+//!   the path (a published file is never written in place); a load opens, checks the length,
+//!   reads and (native format) verifies, and removes a file it finds corrupt.
+//! - [`Target::Extent`]: a range of a file the executor opened with [`Executor::open_file`]
+//!   (a region-based disk engine's device, say). A store writes the block in its format at the
+//!   extent's offset (positioned, no temp file: the caller owns crash consistency) and, with
+//!   `sync`, `fdatasync`s the file; a load reads the extent and verifies it, and a short read
+//!   or a failed verification is [`crate::Outcome::Corrupt`], the bytes left as they are. The
+//!   extent's `len` must be the block's [`crate::layout::BlockLayout::file_len`]; an extent op
+//!   never evicts. `O_DIRECT` is used where the transfer and the offset are aligned, as for
+//!   files.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kvtier_core::{OffloadKey, SlotId};
-
-/// What an op does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpKind {
-    /// Write the slot's row to a new file published at the op's path (temp file + rename).
-    Store,
-    /// Read the file at the op's path into the slot's row, verifying it.
-    Load,
-}
-
-impl OpKind {
-    /// The lease an executor holds on the op's row: a load writes it, a store reads it.
-    pub fn lease_access(self) -> crate::region::Access {
-        match self {
-            OpKind::Load => crate::region::Access::Write,
-            OpKind::Store => crate::region::Access::Read,
-        }
-    }
-}
+use kvtier_core::{Direction, OffloadKey, Part, SlotId};
 
 /// How a block is laid out in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,22 +42,54 @@ pub enum BlockFormat {
     },
 }
 
-/// One per-block file operation.
+/// A file an executor opened for extent ops ([`Executor::open_file`]); valid for that executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(pub u32);
+
+/// A range of an opened file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// The file.
+    pub file: FileId,
+    /// Where the block starts in it.
+    pub offset: u64,
+    /// The block's length on disk (its layout's `file_len`).
+    pub len: u64,
+}
+
+/// Where an op's block lives on disk. See the module docs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A file of its own, at this (final) path.
+    Path(PathBuf),
+    /// A range of a file the executor opened.
+    Extent(Extent),
+}
+
+impl Target {
+    /// The path, for a [`Target::Path`].
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Target::Path(p) => Some(p),
+            Target::Extent(_) => None,
+        }
+    }
+}
+
+/// One per-block operation.
 #[derive(Debug, Clone)]
 pub struct FileOp {
-    /// Chosen by the submitter; returned in the op's [`FileOpDone`].
-    pub token: u64,
-    /// Store or load.
-    pub kind: OpKind,
+    /// Store (row -> disk) or load (disk -> row).
+    pub dir: Direction,
     /// The primary slot written from (store) or read into (load).
     pub slot: SlotId,
-    /// The block file's final path.
-    pub path: PathBuf,
-    /// The file's layout.
+    /// Where the block goes or comes from.
+    pub target: Target,
+    /// The block's layout.
     pub format: BlockFormat,
-    /// `fdatasync` the temp file before publishing it (stores).
+    /// `fdatasync` the block before publishing it (stores).
     pub sync: bool,
-    /// Stores only: a block file to take out of the namespace first, to make room.
+    /// Stores to a path only: a block file to take out of the namespace first, to make room.
     pub evict: Option<Box<Evict>>,
 }
 
@@ -81,42 +110,6 @@ pub struct Evict {
     pub reuse: bool,
 }
 
-/// How an op ended. Every op ends exactly once.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Stored and published, or loaded and verified.
-    Ok,
-    /// The file does not exist (load).
-    NotFound,
-    /// The file is short, torn, foreign or fails its checksum; the executor removed it (load).
-    Corrupt(&'static str),
-    /// A transient failure (EMFILE, ENOMEM, EINTR, EAGAIN, EIO on open, EACCES...): the file,
-    /// if any, is kept; a later attempt may succeed.
-    Transient(io::Error),
-    /// Any other failure; for a store, the temp file was removed and nothing was published.
-    Failed(io::Error),
-    /// The executor shut down before running the op.
-    Cancelled,
-}
-
-impl Outcome {
-    /// True for [`Outcome::Ok`].
-    pub fn is_ok(&self) -> bool {
-        matches!(self, Outcome::Ok)
-    }
-}
-
-/// A finished op.
-#[derive(Debug)]
-pub struct FileOpDone {
-    /// The op's token.
-    pub token: u64,
-    /// Store or load.
-    pub kind: OpKind,
-    /// How it ended.
-    pub outcome: Outcome,
-}
-
 /// How long [`Executor::poll`] may wait for a completion when none is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -128,30 +121,56 @@ pub enum Wait {
     Forever,
 }
 
-/// The executor's queue is full; the op was not accepted (it is returned).
+/// The executor's queue is full; the op was not accepted (it comes back with its part).
 #[derive(Debug)]
-pub struct Full(pub FileOp);
+pub struct Full {
+    /// The op.
+    pub op: FileOp,
+    /// Its part, unreported.
+    pub part: Part,
+}
 
 impl std::fmt::Display for Full {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "executor queue full (op {})", self.0.token)
+        write!(f, "executor queue full ({:?} of slot {})", self.op.dir, self.op.slot.0)
     }
 }
 
 impl std::error::Error for Full {}
 
-/// Runs [`FileOp`]s. Non-blocking on submit, polled for completions.
+/// Runs [`FileOp`]s: one small non-blocking submit/poll interface for every executor.
+///
+/// Each op is reported exactly once, by finishing its [`Part`] with the op's
+/// [`crate::Outcome::code`], after its lease on the row was dropped; whoever holds the part's
+/// job table takes whole finished jobs from it. `poll` drives what the executor cannot drive
+/// from its own threads (io_uring completions, the simulator's clock) and counts finished ops.
 pub trait Executor: Send {
-    /// Queues `op`; never blocks. After `shutdown`, ops are accepted and complete `Cancelled`.
+    /// Queues `op`, to be reported through `part`; never blocks. After `shutdown`, ops are
+    /// accepted and finish `Cancelled`.
     // The op comes back by value so the caller can retry it without a clone; `Full` is the
     // rare path, not worth a box on every refusal.
     #[allow(clippy::result_large_err)]
-    fn submit(&mut self, op: FileOp) -> Result<(), Full>;
-    /// Appends finished ops to `out` (waiting as `wait` allows) and returns how many it added.
-    fn poll(&mut self, out: &mut Vec<FileOpDone>, wait: Wait) -> io::Result<usize>;
-    /// Ops submitted and not yet returned by `poll`.
+    fn submit(&mut self, op: FileOp, part: Part) -> Result<(), Full>;
+    /// Moves ops on and returns how many finished (their parts reported) since the last call,
+    /// first waiting as `wait` allows if none did.
+    ///
+    /// # Errors
+    ///
+    /// The kernel's error, when it refused to run or reap ops and none finished (the ops stay
+    /// in flight; a later poll picks them up).
+    fn poll(&mut self, wait: Wait) -> io::Result<usize>;
+    /// Ops submitted and not yet counted by `poll`.
     fn in_flight(&self) -> usize;
-    /// Stops taking new work and finishes or cancels every queued op; each still reaches `poll`.
+    /// Opens the existing file at `path`, read-write, for [`Target::Extent`] ops (with
+    /// `O_DIRECT` where the executor uses it, for aligned transfers). It stays open until the
+    /// executor is dropped.
+    ///
+    /// # Errors
+    ///
+    /// The open's error (no such file, no permission...), or `Unsupported` where the executor
+    /// cannot take more files.
+    fn open_file(&mut self, path: &Path) -> io::Result<FileId>;
+    /// Stops taking new work and finishes or cancels every queued op; each is still reported.
     /// Returns when no op is running. Idempotent.
     fn shutdown(&mut self);
     /// A short name for reports (`threaded`, `uring`, `sim`).

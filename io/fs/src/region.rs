@@ -20,11 +20,10 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use kvtier_core::{RowIo, SlotId};
+use kvtier_core::{Direction, RowIo, SlotId};
 use memmap2::{MmapOptions, MmapRaw};
 
-/// Row alignment and stride granularity: O_DIRECT and io_uring fixed buffers need it.
-pub const ROW_ALIGN: usize = 4096;
+use crate::direct::DIRECT_ALIGN;
 
 const WRITER: u32 = u32::MAX;
 
@@ -35,6 +34,17 @@ pub enum Access {
     Read,
     /// Exclusive, read-write.
     Write,
+}
+
+impl Access {
+    /// The lease an op moving a block in direction `dir` holds on its row: a load writes it, a
+    /// store reads it.
+    pub fn for_op(dir: Direction) -> Access {
+        match dir {
+            Direction::Load => Access::Write,
+            Direction::Store => Access::Read,
+        }
+    }
 }
 
 /// Why a lease was refused.
@@ -56,17 +66,6 @@ impl std::fmt::Display for LeaseError {
 }
 
 impl std::error::Error for LeaseError {}
-
-/// A refused lease as an op's error: `ResourceBusy` or `InvalidInput`.
-impl From<LeaseError> for std::io::Error {
-    fn from(e: LeaseError) -> Self {
-        let kind = match e {
-            LeaseError::Busy => std::io::ErrorKind::ResourceBusy,
-            LeaseError::OutOfRange => std::io::ErrorKind::InvalidInput,
-        };
-        std::io::Error::new(kind, e)
-    }
-}
 
 /// Where the rows live.
 enum Backing {
@@ -136,7 +135,7 @@ impl std::fmt::Debug for PrimaryRegion {
 
 fn layout(rows: usize, row_bytes: usize) -> io::Result<(usize, usize)> {
     let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "region size overflows");
-    let stride = row_bytes.checked_next_multiple_of(ROW_ALIGN).ok_or_else(too_big)?;
+    let stride = row_bytes.checked_next_multiple_of(DIRECT_ALIGN).ok_or_else(too_big)?;
     let len = stride.checked_mul(rows).ok_or_else(too_big)?;
     Ok((stride, len))
 }
@@ -218,7 +217,9 @@ impl PrimaryRegion {
         self.row_bytes
     }
 
-    /// Distance between rows: `row_bytes` rounded up to [`ROW_ALIGN`].
+    /// Distance between rows: in the region's own mappings, `row_bytes` rounded up to
+    /// [`DIRECT_ALIGN`] (and rows aligned to it, as `O_DIRECT` needs); in a foreign region, what
+    /// its owner laid out (see [`PrimaryRegion::rows_direct_aligned`]).
     pub fn stride(&self) -> usize {
         self.stride
     }
@@ -234,12 +235,12 @@ impl PrimaryRegion {
         Some((self.backing.base()?, self.backing.len()))
     }
 
-    /// True when every row starts on a `ROW_ALIGN` boundary and is a whole number of
-    /// `ROW_ALIGN` bytes: what `O_DIRECT` transfers of whole rows need. Always true for the
+    /// True when every row starts on a `DIRECT_ALIGN` boundary and is a whole number of
+    /// `DIRECT_ALIGN` bytes: what `O_DIRECT` transfers of whole rows need. Always true for the
     /// region's own mappings; a foreign region may not be.
     pub fn rows_direct_aligned(&self) -> bool {
         let base = self.backing.base().map_or(0, |b| b.as_ptr() as usize);
-        base % ROW_ALIGN == 0 && self.stride % ROW_ALIGN == 0
+        base % DIRECT_ALIGN == 0 && self.stride % DIRECT_ALIGN == 0
     }
 
     /// Leases row `slot`. The lease keeps the region alive and is released on drop.
@@ -402,7 +403,7 @@ mod tests {
         let region = Arc::new(PrimaryRegion::anonymous(3, 100).unwrap());
         assert_eq!(region.stride(), 4096);
         let (base, len) = region.mapping().unwrap();
-        assert_eq!(base.as_ptr() as usize % ROW_ALIGN, 0);
+        assert_eq!(base.as_ptr() as usize % DIRECT_ALIGN, 0);
         assert_eq!(len, 3 * 4096);
         let mut w = region.lease(SlotId(1), Access::Write).unwrap();
         assert_eq!(w.as_ptr() as usize - base.as_ptr() as usize, 4096);

@@ -90,10 +90,7 @@ pub fn is_process_alive(pid: u32) -> bool {
     if pid <= 0 {
         return false;
     }
-    // SAFETY: `kill` with signal 0 sends nothing and touches no memory of ours; it only checks
-    // that `pid` (> 0, so a single process, never a group) exists and may be signalled.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    crate::sys::process_exists(pid)
 }
 
 #[cfg(test)]

@@ -145,13 +145,7 @@ impl Vfs for HostFs {
     }
 
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let dir = fs::File::open(dir)?;
-        // SAFETY: `syncfs` only reads the descriptor, which `dir` keeps open for the call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        use std::os::fd::AsFd;
+        crate::sys::syncfs(fs::File::open(dir)?.as_fd())
     }
 }

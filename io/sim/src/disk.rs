@@ -21,6 +21,16 @@
 //! | truncated at a random length | 15 % |
 //! | torn: one random 4 KiB page of it is zeros | 15 % |
 //!
+//! A file that was durable (created synced, or synced since) and then written in place at some
+//! offsets (extent stores without `sync`) keeps its name and length; each range written since
+//! its last sync draws its own fate, after the whole-file fates above:
+//!
+//! | fate of a range written in place | probability |
+//! |---|---:|
+//! | intact | 40 % |
+//! | lost: the range reads as zeros | 30 % |
+//! | torn: one random 4 KiB page of it is zeros | 30 % |
+//!
 //! After the crash every surviving byte is durable, the disk's process id changes (so temp
 //! files of the crashed "process" are stale: [`Vfs::is_process_alive`] says they are dead), and
 //! every executor of the old process is dead: its ops do nothing and complete `Cancelled`.
@@ -33,7 +43,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kvtier_fs::vfs::{DirEntry, Vfs};
 
-use crate::rng::SimRng;
+use kvtier_fs::rng::SplitMix64;
 
 /// The first simulated process id; each crash adds one.
 const FIRST_PID: u32 = 100_000;
@@ -47,7 +57,10 @@ enum Entry {
 #[derive(Debug)]
 struct Inode {
     data: Vec<u8>,
+    /// Every byte is on disk, but for the `dirty` ranges.
     durable: bool,
+    /// Ranges written in place since the file was last durable (`start..end`).
+    dirty: Vec<(usize, usize)>,
     links: u32,
 }
 
@@ -66,6 +79,12 @@ pub struct CrashStats {
     pub truncated: u64,
     /// Dirty files with a zeroed page.
     pub torn: u64,
+    /// Ranges written in place (extents) that survived intact.
+    pub ranges_intact: u64,
+    /// Ranges written in place that were lost (read as zeros).
+    pub ranges_lost: u64,
+    /// Ranges written in place with a zeroed page.
+    pub ranges_torn: u64,
 }
 
 #[derive(Debug)]
@@ -76,7 +95,7 @@ struct State {
     next_seq: u64,
     generation: u32,
     o_direct: bool,
-    rng: SimRng,
+    rng: SplitMix64,
     crash_stats: CrashStats,
 }
 
@@ -139,7 +158,7 @@ impl State {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.inodes.insert(ino, Inode { data, durable, links: 1 });
+        self.inodes.insert(ino, Inode { data, durable, dirty: Vec::new(), links: 1 });
         self.entries.insert(path.to_path_buf(), Entry::File(ino));
         Ok(())
     }
@@ -211,7 +230,7 @@ impl SimDisk {
             next_seq: 1,
             generation: 0,
             o_direct: true,
-            rng: SimRng::new(seed ^ 0xd15c_d15c_d15c_d15c),
+            rng: SplitMix64::new(seed ^ 0xd15c_d15c_d15c_d15c),
             crash_stats: CrashStats::default(),
         };
         SimDisk { state: Arc::new(Mutex::new(state)) }
@@ -289,6 +308,29 @@ impl SimDisk {
                 }
             }
         }
+        // Then each range written in place into a durable file, in inode and write order.
+        let inos: Vec<u64> = s.inodes.iter().filter(|(_, i)| !i.dirty.is_empty()).map(|(&n, _)| n).collect();
+        for ino in inos {
+            let st = &mut *s;
+            let inode = st.inodes.get_mut(&ino).expect("present");
+            for (start, end) in std::mem::take(&mut inode.dirty) {
+                let (start, end) = (start.min(inode.data.len()), end.min(inode.data.len()));
+                let fate = st.rng.below(100);
+                let page = st.rng.below(((end - start).div_ceil(4096) as u64).max(1)) as usize;
+                match fate {
+                    0..40 => st.crash_stats.ranges_intact += 1,
+                    40..70 => {
+                        st.crash_stats.ranges_lost += 1;
+                        inode.data[start..end].fill(0);
+                    }
+                    _ => {
+                        st.crash_stats.ranges_torn += 1;
+                        let at = (start + page * 4096).min(end);
+                        inode.data[at..(at + 4096).min(end)].fill(0);
+                    }
+                }
+            }
+        }
         for inode in s.inodes.values_mut() {
             inode.durable = true;
         }
@@ -300,6 +342,9 @@ impl SimDisk {
             emptied: after.emptied - before.emptied,
             truncated: after.truncated - before.truncated,
             torn: after.torn - before.torn,
+            ranges_intact: after.ranges_intact - before.ranges_intact,
+            ranges_lost: after.ranges_lost - before.ranges_lost,
+            ranges_torn: after.ranges_torn - before.ranges_torn,
         }
     }
 
@@ -392,6 +437,50 @@ impl SimDisk {
         }
     }
 
+    /// The inode of the file at `path`, for positioned I/O ([`SimDisk::write_at`],
+    /// [`SimDisk::read_at`]): what opening it yields.
+    pub(crate) fn open(&self, path: &Path) -> io::Result<u64> {
+        match self.lock().entry(path) {
+            Some(Entry::File(ino)) => Ok(ino),
+            Some(Entry::Dir) => Err(err(libc::EISDIR)),
+            None => Err(err(libc::ENOENT)),
+        }
+    }
+
+    /// Writes `data` at `offset` of inode `ino` (extending it if need be); with `sync`, the
+    /// whole file becomes durable (`fdatasync`), otherwise the range is dirty.
+    pub(crate) fn write_at(&self, generation: u32, ino: u64, offset: u64, data: &[u8], sync: bool) -> io::Result<()> {
+        let mut s = self.lock();
+        if s.generation != generation {
+            return Err(err(libc::ESRCH));
+        }
+        let inode = s.inodes.get_mut(&ino).ok_or_else(|| err(libc::EBADF))?;
+        let start = usize::try_from(offset).map_err(|_| err(libc::EFBIG))?;
+        let end = start + data.len();
+        if inode.data.len() < end {
+            inode.data.resize(end, 0);
+        }
+        inode.data[start..end].copy_from_slice(data);
+        if sync {
+            inode.durable = true;
+            inode.dirty.clear();
+        } else if inode.durable {
+            inode.dirty.push((start, end));
+        }
+        Ok(())
+    }
+
+    /// Up to `len` bytes at `offset` of inode `ino` (fewer past its end).
+    pub(crate) fn read_at(&self, generation: u32, ino: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let s = self.lock();
+        if s.generation != generation {
+            return Err(err(libc::ESRCH));
+        }
+        let inode = s.inodes.get(&ino).ok_or_else(|| err(libc::EBADF))?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(inode.data.len());
+        Ok(inode.data[start..(start.saturating_add(len)).min(inode.data.len())].to_vec())
+    }
+
     /// The bytes of the file at `path`.
     pub(crate) fn read_file(&self, generation: u32, path: &Path) -> io::Result<Vec<u8>> {
         let s = self.lock();
@@ -442,6 +531,7 @@ impl Vfs for SimDisk {
             Ok(inode) => {
                 inode.data = bytes.to_vec();
                 inode.durable = false;
+                inode.dirty.clear();
                 Ok(())
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => s.create_file(path, bytes.to_vec(), false),
@@ -454,6 +544,7 @@ impl Vfs for SimDisk {
         let inode = s.file_mut(path)?;
         inode.data.resize(usize::try_from(len).map_err(|_| err(libc::EFBIG))?, 0);
         inode.durable = false;
+        inode.dirty.clear();
         Ok(())
     }
 
@@ -557,6 +648,7 @@ impl Vfs for SimDisk {
         let mut s = self.lock();
         for inode in s.inodes.values_mut() {
             inode.durable = true;
+            inode.dirty.clear();
         }
         Ok(())
     }
@@ -596,6 +688,27 @@ mod tests {
         assert_eq!(d.rename(&root.join("x/g"), &root.join("x/y")).unwrap_err().raw_os_error(), Some(libc::EISDIR));
         d.remove_file(&root.join("x/g")).unwrap();
         assert!(!d.exists(&root.join("x/g")));
+    }
+
+    #[test]
+    fn ranges_written_in_place_draw_their_own_fates() {
+        let d = SimDisk::new(11);
+        d.create_dir_all(Path::new("/r")).unwrap();
+        d.write_new_synced(Path::new("/r/dev"), &vec![1u8; 200 * 8192]).unwrap();
+        let (g, ino) = (d.generation(), d.open(Path::new("/r/dev")).unwrap());
+        for i in 0..200u64 {
+            d.write_at(g, ino, i * 8192, &[2u8; 8192], false).unwrap();
+        }
+        d.write_at(g, ino, 0, &[3u8; 8192], true).unwrap();
+        d.write_at(g, ino, 8192, &[4u8; 8192], false).unwrap();
+        assert_eq!(d.read_at(g, ino, 200 * 8192 - 10, 100).unwrap().len(), 10, "short past the end");
+        let c = d.crash();
+        assert_eq!((c.intact, c.lost, c.emptied, c.truncated, c.torn), (0, 0, 0, 0, 0), "the file itself survives");
+        assert_eq!(c.ranges_intact + c.ranges_lost + c.ranges_torn, 1, "one range written since the sync");
+        let bytes = d.read(Path::new("/r/dev")).unwrap();
+        assert_eq!(bytes.len(), 200 * 8192);
+        assert!(bytes[..8192].iter().all(|&b| b == 3) && bytes[16384..].iter().all(|&b| b == 2), "synced data");
+        assert!(d.write_at(g, ino, 0, &[0], false).is_err(), "a dead generation writes nothing");
     }
 
     #[test]

@@ -17,17 +17,24 @@
 //!
 //! ## What an op does
 //!
-//! As the kernel executors do (see `kvtier-io-threaded`): leases at submission (a refused lease
-//! fails the op at once); a store writes `{final}.{pid}.{seq:x}.tmp` (creating missing
+//! As the kernel executors do (see `kvtier-io-threaded`), with the vocabulary they share
+//! (`kvtier_fs`'s submit prologue, block layout and outcomes): leases at submission (a refused
+//! lease fails the op at once); a store writes `{final}.{pid}.{seq:x}.tmp` (creating missing
 //! directories), `fdatasync`s it if asked (which makes it durable, see the crash model in
 //! [`disk`]) and renames it onto the final path, removing the temp file on any failure; a load
-//! checks the length, reads, verifies a native header and removes a corrupt file.
+//! checks the length, reads, verifies a native header and removes a corrupt file. An extent op
+//! writes or reads its range of a file [`Executor::open_file`] opened (the write lands at a
+//! random tick before the op completes; without `sync` the range is dirty until a sync, see the
+//! crash model); a damaged extent is `Corrupt` and left as it is.
+//!
+//! An op is reported (its part finished) when the `poll` that completes it runs, so the order
+//! in which a job table sees parts finish is the completion order, deterministic per seed.
 //!
 //! ## Faults ([`Faults`], parts per million per op; all off by default)
 //!
 //! | fault | where | outcome |
 //! |---|---|---|
-//! | `EMFILE` | store (before the temp file), load (open) | `Transient`, nothing changed |
+//! | `EMFILE` | store (before the temp file), load (open); not extent ops (no open) | `Transient`, nothing changed |
 //! | `ENOSPC` | store (writing the temp file) | `Failed`, temp file removed |
 //! | `EIO` | store (writing): `Failed`, temp removed; load (reading): `Transient`, file kept | |
 //! | short read | load | `Corrupt("short read")`, the file is removed (as a kernel executor does) |
@@ -47,22 +54,21 @@
 #![warn(missing_docs)]
 
 pub mod disk;
-mod rng;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kvtier_core::{Direction, Part};
 use kvtier_fs::format::{self, HEADER_LEN};
+use kvtier_fs::outcome::{SHORT_READ, WRONG_LENGTH};
 use kvtier_fs::region::{Lease, PrimaryRegion};
-use kvtier_fs::{BlockFormat, Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
+use kvtier_fs::rng::SplitMix64;
+use kvtier_fs::submit::{admit, Refusal};
+use kvtier_fs::{BlockFormat, BlockLayout, Executor, Extent, FileId, FileOp, Full, OpError, Outcome, Target, Wait};
 
 pub use disk::{CrashStats, Fnv, SimDisk};
-pub use rng::SimRng;
-
-/// The `O_DIRECT` alignment (buffer, length, offset).
-pub const DIRECT_ALIGN: usize = 4096;
 
 /// Fault probabilities, in parts per million per op (see the crate docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -141,10 +147,12 @@ pub struct SimStats {
 
 #[derive(Debug)]
 struct Pending {
-    op: FileOp,
+    // Dropped before the part: a slot is free again when its op is reported.
     lease: Lease,
-    /// A store's temp file, once written.
-    temp: Option<PathBuf>,
+    part: Part,
+    op: FileOp,
+    /// A store's temp file, once written (a file per block), or its extent, once written.
+    written: Option<PathBuf>,
     /// A store whose write already failed.
     failed: Option<Outcome>,
 }
@@ -162,30 +170,22 @@ pub struct SimExecutor {
     disk: SimDisk,
     generation: u32,
     config: SimConfig,
-    rng: SimRng,
+    rng: SplitMix64,
     now: u64,
     next_seq: u64,
     ops: BTreeMap<u64, Pending>,
     events: BTreeMap<(u64, u64), Stage>,
-    ready: VecDeque<FileOpDone>,
+    /// Finished ops, reported by the next `poll`.
+    ready: VecDeque<(Part, Outcome)>,
+    /// Inodes of the files opened for extent ops, by [`FileId`].
+    files: Vec<u64>,
     in_flight: usize,
     stopped: bool,
     stats: SimStats,
 }
 
-fn os(code: i32) -> io::Error {
-    io::Error::from_raw_os_error(code)
-}
-
-/// The file length and the bytes of the row it covers, for `row_bytes` in `format`.
-fn geometry(format: &BlockFormat, row_bytes: usize) -> (usize, usize, bool) {
-    match format {
-        BlockFormat::Vllm => (row_bytes, row_bytes, row_bytes % DIRECT_ALIGN == 0),
-        BlockFormat::Native { .. } => {
-            let padded = format::padded_payload_len(row_bytes as u64) as usize;
-            (HEADER_LEN + padded, padded, true)
-        }
-    }
+fn os(code: i32) -> OpError {
+    OpError::Os(code)
 }
 
 impl SimExecutor {
@@ -196,13 +196,14 @@ impl SimExecutor {
             region,
             generation: disk.generation(),
             disk,
-            rng: SimRng::new(config.seed),
+            rng: SplitMix64::new(config.seed),
             config,
             now: 0,
             next_seq: 0,
             ops: BTreeMap::new(),
             events: BTreeMap::new(),
             ready: VecDeque::new(),
+            files: Vec::new(),
             in_flight: 0,
             stopped: false,
             stats: SimStats::default(),
@@ -224,17 +225,31 @@ impl SimExecutor {
         &self.config
     }
 
-    fn complete_now(&mut self, op: &FileOp, outcome: Outcome) {
-        self.ready.push_back(FileOpDone { token: op.token, kind: op.kind, outcome });
-        self.in_flight += 1;
-    }
-
     fn misaligned_direct(&mut self, aligned: bool) -> bool {
         let refused = self.config.o_direct && self.config.strict_direct && !aligned;
         if refused {
             self.stats.einval += 1;
         }
         refused
+    }
+
+    /// The op's layout in its row, and for an extent op its file's inode: or why it cannot run.
+    fn resolve(&self, op: &FileOp) -> Result<(BlockLayout, Option<(u64, Extent)>), Outcome> {
+        let layout =
+            BlockLayout::new(&op.format, self.region.row_bytes(), self.region.stride()).map_err(Outcome::Failed)?;
+        match &op.target {
+            Target::Path(_) => Ok((layout, None)),
+            Target::Extent(e) => {
+                let ino = self.files.get(e.file.0 as usize).ok_or(Outcome::Failed(OpError::Invalid))?;
+                if op.evict.is_some() {
+                    return Err(Outcome::Failed(OpError::Invalid));
+                }
+                if e.len != layout.file_len() {
+                    return Err(Outcome::Failed(OpError::Geometry));
+                }
+                Ok((layout, Some((*ino, *e))))
+            }
+        }
     }
 
     /// Runs every event due at or before `self.now`, in (tick, submission) order.
@@ -245,122 +260,139 @@ impl SimExecutor {
             }
             self.events.remove(&(tick, seq));
             match stage {
-                Stage::WriteTemp => self.write_temp(seq),
+                Stage::WriteTemp => self.write(seq),
                 Stage::Finish => self.finish(seq),
             }
         }
     }
 
-    fn write_temp(&mut self, seq: u64) {
+    /// A store's write: the temp file of a block file, or the extent.
+    fn write(&mut self, seq: u64) {
         let Some(mut p) = self.ops.remove(&seq) else {
             return;
         };
-        let faults = self.config.faults;
-        let (len, covered, aligned) = geometry(&p.op.format, self.region.row_bytes());
-        if let Some(evict) = &p.op.evict {
+        if let (Some(evict), Target::Path(_)) = (&p.op.evict, &p.op.target) {
             // The victim leaves the namespace first, whatever becomes of the store. Reusing its
             // file or unlinking it look the same from outside: the sim models both as unlink.
             self.disk.discard(self.generation, &evict.path);
         }
-        p.failed = if !self.disk.alive(self.generation) {
-            Some(Outcome::Cancelled)
-        } else if self.rng.chance(faults.emfile) {
-            self.stats.emfile += 1;
-            Some(Outcome::Transient(os(libc::EMFILE)))
-        } else if self.misaligned_direct(aligned) {
-            Some(Outcome::Failed(os(libc::EINVAL)))
-        } else if covered > p.lease.as_slice().len() {
-            Some(Outcome::Failed(io::Error::new(io::ErrorKind::InvalidInput, "row shorter than the block")))
-        } else if self.rng.chance(faults.enospc) {
-            self.stats.enospc += 1;
-            Some(Outcome::Failed(os(libc::ENOSPC)))
-        } else if self.rng.chance(faults.eio) {
-            self.stats.eio += 1;
-            Some(Outcome::Failed(os(libc::EIO)))
-        } else {
-            let mut data = Vec::with_capacity(len);
-            let row_bytes = self.region.row_bytes();
-            let block = p.lease.block();
-            if let BlockFormat::Native { namespace, key } = &p.op.format {
-                let mut header = [0u8; HEADER_LEN];
-                format::encode_header(namespace, key, block, &mut header);
-                data.extend_from_slice(&header);
-            }
-            data.extend_from_slice(block);
-            data.resize(len, 0);
-            debug_assert!(data.len() >= row_bytes);
-            match self.disk.write_temp(self.generation, &p.op.path, data, p.op.sync) {
-                Ok(temp) => {
-                    p.temp = Some(temp);
-                    None
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Some(Outcome::Cancelled),
-                Err(e) => Some(Outcome::Failed(e)),
-            }
-        };
+        p.failed =
+            if self.disk.alive(self.generation) { self.write_block(&mut p).err() } else { Some(Outcome::Cancelled) };
         self.ops.insert(seq, p);
     }
 
+    /// Draws the write's faults (in a fixed order: a file's open, the transfer's alignment,
+    /// space, I/O) and writes; `Err` is the store's outcome when it failed.
+    fn write_block(&mut self, p: &mut Pending) -> Result<(), Outcome> {
+        let faults = self.config.faults;
+        let resolved = self.resolve(&p.op);
+        if p.op.target.path().is_some() && self.rng.chance(faults.emfile) {
+            self.stats.emfile += 1;
+            return Err(Outcome::Transient(os(libc::EMFILE)));
+        }
+        let (layout, extent) = resolved?;
+        let offset = extent.map_or(0, |(_, e)| e.offset);
+        if self.misaligned_direct(layout.direct_ok(p.lease.as_slice(), offset)) {
+            return Err(Outcome::Failed(os(libc::EINVAL)));
+        }
+        if self.rng.chance(faults.enospc) {
+            self.stats.enospc += 1;
+            return Err(Outcome::Failed(os(libc::ENOSPC)));
+        }
+        if self.rng.chance(faults.eio) {
+            self.stats.eio += 1;
+            return Err(Outcome::Failed(os(libc::EIO)));
+        }
+        let mut data = Vec::with_capacity(layout.file_len() as usize);
+        let block = p.lease.block();
+        if let BlockFormat::Native { namespace, key } = &p.op.format {
+            let mut header = [0u8; HEADER_LEN];
+            format::encode_header(namespace, key, block, &mut header);
+            data.extend_from_slice(&header);
+        }
+        data.extend_from_slice(block);
+        data.resize(layout.file_len() as usize, 0);
+        let written = match (extent, &p.op.target) {
+            (Some((ino, e)), _) => {
+                self.disk.write_at(self.generation, ino, e.offset, &data, p.op.sync).map(|()| PathBuf::new())
+            }
+            (None, Target::Path(path)) => self.disk.write_temp(self.generation, path, data, p.op.sync),
+            (None, Target::Extent(_)) => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        match written {
+            Ok(temp) => {
+                p.written = Some(temp);
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Err(Outcome::Cancelled),
+            Err(e) => Err(Outcome::Failed(e.into())),
+        }
+    }
+
     fn finish(&mut self, seq: u64) {
-        let Some(p) = self.ops.remove(&seq) else {
+        let Some(mut p) = self.ops.remove(&seq) else {
             return;
         };
-        let mut p = p;
-        let outcome = match p.op.kind {
-            OpKind::Store => self.publish(&mut p),
-            OpKind::Load => self.load(&mut p),
+        let outcome = match p.op.dir {
+            Direction::Store => self.publish(&mut p),
+            Direction::Load => self.load(&mut p),
         };
         self.deliver(p, outcome);
     }
 
     fn deliver(&mut self, p: Pending, outcome: Outcome) {
-        let Pending { op, lease, .. } = p;
+        let Pending { lease, part, .. } = p;
         drop(lease);
         self.stats.completed += 1;
-        self.ready.push_back(FileOpDone { token: op.token, kind: op.kind, outcome });
+        self.ready.push_back((part, outcome));
     }
 
     fn publish(&mut self, p: &mut Pending) -> Outcome {
         if let Some(failed) = p.failed.take() {
             return failed;
         }
-        let Some(temp) = &p.temp else {
-            return Outcome::Cancelled;
+        let (Some(temp), Target::Path(path)) = (&p.written, &p.op.target) else {
+            return if p.written.is_some() { Outcome::Ok } else { Outcome::Cancelled };
         };
-        match self.disk.publish(self.generation, temp, &p.op.path) {
+        match self.disk.publish(self.generation, temp, path) {
             Ok(()) => Outcome::Ok,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Outcome::Cancelled,
-            Err(e) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(e.into()),
         }
     }
 
     fn load(&mut self, p: &mut Pending) -> Outcome {
         let faults = self.config.faults;
-        let row_bytes = self.region.row_bytes();
-        let (len, covered, aligned) = geometry(&p.op.format, row_bytes);
+        let (layout, extent) = match self.resolve(&p.op) {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
         if !self.disk.alive(self.generation) {
             return Outcome::Cancelled;
         }
-        if self.rng.chance(faults.emfile) {
+        if extent.is_none() && self.rng.chance(faults.emfile) {
             self.stats.emfile += 1;
             return Outcome::Transient(os(libc::EMFILE));
         }
-        let mut data = match self.disk.read_file(self.generation, &p.op.path) {
+        let read = match (extent, &p.op.target) {
+            (Some((ino, e)), _) => self.disk.read_at(self.generation, ino, e.offset, e.len as usize),
+            (None, Target::Path(path)) => self.disk.read_file(self.generation, path),
+            (None, Target::Extent(_)) => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        let mut data = match read {
             Ok(d) => d,
             Err(e) => {
                 return match e.raw_os_error() {
                     Some(libc::ENOENT) => Outcome::NotFound,
                     Some(libc::ESRCH) => Outcome::Cancelled,
-                    Some(libc::EISDIR) => {
-                        Outcome::Failed(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"))
-                    }
-                    _ => Outcome::Failed(e),
+                    _ => Outcome::Failed(e.into()),
                 }
             }
         };
-        if data.len() != len {
-            return self.corrupt(p, "wrong length");
+        if data.len() as u64 != layout.file_len() {
+            return self.corrupt(p, WRONG_LENGTH);
         }
+        let aligned = layout.direct_ok(p.lease.as_slice(), extent.map_or(0, |(_, e)| e.offset));
         if self.misaligned_direct(aligned) {
             return Outcome::Failed(os(libc::EINVAL));
         }
@@ -370,7 +402,7 @@ impl SimExecutor {
         }
         if self.rng.chance(faults.short_read) {
             self.stats.short_reads += 1;
-            return self.corrupt(p, "short read");
+            return self.corrupt(p, SHORT_READ);
         }
         if self.rng.chance(faults.bit_flip) && !data.is_empty() {
             self.stats.bit_flips += 1;
@@ -378,43 +410,36 @@ impl SimExecutor {
             data[(bit / 8) as usize] ^= 1 << (bit % 8);
         }
         let Some(row) = p.lease.as_mut_slice() else {
-            return Outcome::Failed(io::Error::new(io::ErrorKind::InvalidInput, "a load needs a write lease"));
+            return Outcome::Failed(OpError::Invalid);
         };
-        if covered > row.len() {
-            return Outcome::Failed(io::Error::new(io::ErrorKind::InvalidInput, "row shorter than the block"));
-        }
-        match &p.op.format {
-            BlockFormat::Vllm => row[..covered].copy_from_slice(&data),
-            BlockFormat::Native { namespace, key } => {
-                row[..covered].copy_from_slice(&data[HEADER_LEN..]);
-                let verified = format::decode_header(&data).and_then(|h| h.check(namespace, key, &row[..row_bytes]));
-                if let Err(e) = verified {
-                    return self.corrupt(p, e.reason());
-                }
+        row[..layout.payload].copy_from_slice(&data[layout.header..]);
+        if let BlockFormat::Native { namespace, key } = &p.op.format {
+            let verified = format::decode_header(&data).and_then(|h| h.check(namespace, key, &row[..layout.block]));
+            if let Err(e) = verified {
+                return self.corrupt(p, e.reason());
             }
         }
         Outcome::Ok
     }
 
+    /// A corrupt block: a file is removed, an extent left as it is.
     fn corrupt(&mut self, p: &Pending, reason: &'static str) -> Outcome {
-        self.disk.discard(self.generation, &p.op.path);
+        if let Target::Path(path) = &p.op.target {
+            self.disk.discard(self.generation, path);
+        }
         Outcome::Corrupt(reason)
     }
 }
 
 impl Executor for SimExecutor {
-    fn submit(&mut self, op: FileOp) -> Result<(), Full> {
-        if self.stopped {
-            self.complete_now(&op, Outcome::Cancelled);
-            return Ok(());
-        }
-        if self.in_flight >= self.config.queue_capacity.max(1) {
-            return Err(Full(op));
-        }
-        let lease = match self.region.lease(op.slot, op.kind.lease_access()) {
+    fn submit(&mut self, op: FileOp, part: Part) -> Result<(), Full> {
+        let has_room = self.in_flight < self.config.queue_capacity.max(1);
+        let lease = match admit(&self.region, &op, self.stopped, has_room) {
             Ok(lease) => lease,
-            Err(e) => {
-                self.complete_now(&op, Outcome::Failed(e.into()));
+            Err(Refusal::Full) => return Err(Full { op, part }),
+            Err(Refusal::Finished(outcome)) => {
+                self.ready.push_back((part, outcome));
+                self.in_flight += 1;
                 return Ok(());
             }
         };
@@ -422,18 +447,18 @@ impl Executor for SimExecutor {
         self.next_seq += 1;
         let latency = 1 + self.rng.below(u64::from(self.config.max_latency.max(1)));
         let due = self.now + latency;
-        if op.kind == OpKind::Store {
-            // The temp file is written at some tick before the rename.
+        if op.dir == Direction::Store {
+            // The temp file (or the extent) is written at some tick before the op completes.
             let write_at = self.now + self.rng.below(latency);
             self.events.insert((write_at, seq), Stage::WriteTemp);
         }
         self.events.insert((due, seq), Stage::Finish);
-        self.ops.insert(seq, Pending { op, lease, temp: None, failed: None });
+        self.ops.insert(seq, Pending { lease, part, op, written: None, failed: None });
         self.in_flight += 1;
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut Vec<FileOpDone>, wait: Wait) -> io::Result<usize> {
+    fn poll(&mut self, wait: Wait) -> io::Result<usize> {
         if self.in_flight == 0 {
             return Ok(0);
         }
@@ -449,13 +474,21 @@ impl Executor for SimExecutor {
             }
         }
         let n = self.ready.len();
-        out.extend(self.ready.drain(..));
+        for (part, outcome) in self.ready.drain(..) {
+            part.finish(outcome.code());
+        }
         self.in_flight -= n;
         Ok(n)
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    fn open_file(&mut self, path: &Path) -> io::Result<FileId> {
+        let id = FileId(u32::try_from(self.files.len()).map_err(|_| io::Error::from(io::ErrorKind::Unsupported))?);
+        self.files.push(self.disk.open(path)?);
+        Ok(id)
     }
 
     fn shutdown(&mut self) {
@@ -471,7 +504,7 @@ impl Executor for SimExecutor {
             };
             // A store whose temp file is written is running: let it finish.
             let outcome =
-                if p.temp.is_some() || p.failed.is_some() { self.publish(&mut p) } else { Outcome::Cancelled };
+                if p.written.is_some() || p.failed.is_some() { self.publish(&mut p) } else { Outcome::Cancelled };
             self.deliver(p, outcome);
         }
     }
@@ -484,5 +517,9 @@ impl Executor for SimExecutor {
 impl Drop for SimExecutor {
     fn drop(&mut self) {
         self.shutdown();
+        // Reported even if no one polls again: a dropped executor leaves no job waiting.
+        for (part, outcome) in self.ready.drain(..) {
+            part.finish(outcome.code());
+        }
     }
 }

@@ -3,9 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kvtier_fs::conformance::{block, block_path, fill, native, op, pattern, region, run_one, run_ops};
+use kvtier_core::Direction;
+use kvtier_fs::conformance::{block, block_path, fill, native, op, pattern, region, run_one, run_ops, Tracker};
 use kvtier_fs::vfs::Vfs;
-use kvtier_fs::{BlockFormat, Executor, OpKind, Outcome, Wait};
+use kvtier_fs::{BlockFormat, Executor, Outcome, Wait};
 use kvtier_io_sim::{Faults, SimConfig, SimDisk, SimExecutor};
 
 const ROOT: &str = "/t";
@@ -20,7 +21,7 @@ fn setup(config: SimConfig) -> (SimDisk, Arc<kvtier_fs::region::PrimaryRegion>, 
 
 fn store(exec: &mut SimExecutor, region: &Arc<kvtier_fs::region::PrimaryRegion>, i: u64) -> Outcome {
     fill(region, 0, i, false);
-    run_one(exec, op(i, OpKind::Store, 0, &block_path(Path::new(ROOT), i), native(i)))
+    run_one(exec, op(i, Direction::Store, 0, &block_path(Path::new(ROOT), i), native(i)))
 }
 
 #[test]
@@ -31,14 +32,14 @@ fn emfile_and_eio_are_transient_and_keep_the_file() {
     for faults in [Faults { emfile: 1_000_000, ..Faults::NONE }, Faults { eio: 1_000_000, ..Faults::NONE }] {
         let mut exec =
             SimExecutor::new(Arc::clone(&region), disk.clone(), SimConfig { faults, ..SimConfig::default() });
-        let o = run_one(&mut exec, op(2, OpKind::Load, 1, &path, native(1)));
+        let o = run_one(&mut exec, op(2, Direction::Load, 1, &path, native(1)));
         assert!(matches!(o, Outcome::Transient(_)), "{faults:?}: {o:?}");
         assert!(disk.is_file(&path), "a transient failure keeps the file");
         let o = store(&mut exec, &region, 3);
         assert!(matches!(o, Outcome::Transient(_) | Outcome::Failed(_)), "{o:?}");
         assert!(!disk.exists(&block_path(Path::new(ROOT), 3)));
     }
-    assert!(run_one(&mut quiet, op(4, OpKind::Load, 1, &path, native(1))).is_ok());
+    assert!(run_one(&mut quiet, op(4, Direction::Load, 1, &path, native(1))).is_ok());
     assert!(block(&region, 1) == pattern(1, 8192));
     assert!(kvtier_fs::conformance::temp_files_on(&disk, Path::new(ROOT)).is_empty());
 }
@@ -61,7 +62,7 @@ fn bit_flips_and_short_reads_are_corrupt_in_the_native_format() {
         let path = block_path(Path::new(ROOT), 1);
         let mut exec =
             SimExecutor::new(Arc::clone(&region), disk.clone(), SimConfig { faults, ..SimConfig::default() });
-        let o = run_one(&mut exec, op(2, OpKind::Load, 1, &path, native(1)));
+        let o = run_one(&mut exec, op(2, Direction::Load, 1, &path, native(1)));
         assert!(matches!(o, Outcome::Corrupt(_)), "{faults:?}: {o:?}");
         assert!(!disk.exists(&path), "the executor removes what it read as corrupt");
     }
@@ -76,10 +77,10 @@ fn misaligned_direct_transfers_are_einval_when_strict() {
     let mut exec = SimExecutor::new(Arc::clone(&region), disk.clone(), strict);
     fill(&region, 0, 1, false);
     let vllm = Path::new(ROOT).join("v.bin");
-    let o = run_one(&mut exec, op(1, OpKind::Store, 0, &vllm, BlockFormat::Vllm));
+    let o = run_one(&mut exec, op(1, Direction::Store, 0, &vllm, BlockFormat::Vllm));
     assert!(matches!(&o, Outcome::Failed(e) if e.raw_os_error() == Some(libc::EINVAL)), "{o:?}");
     // The native format pads to 4096: aligned, accepted.
-    assert!(run_one(&mut exec, op(2, OpKind::Store, 0, &block_path(Path::new(ROOT), 1), native(1))).is_ok());
+    assert!(run_one(&mut exec, op(2, Direction::Store, 0, &block_path(Path::new(ROOT), 1), native(1))).is_ok());
     assert_eq!(exec.stats().einval, 1);
 }
 
@@ -88,15 +89,17 @@ fn misaligned_direct_transfers_are_einval_when_strict() {
 fn completions_are_deterministic_and_reorder() {
     let order = |seed: u64| {
         let (_disk, _region, mut exec) = setup(SimConfig { seed, max_latency: 16, ..SimConfig::default() });
-        let ops = (0..4u64).map(|i| op(i, OpKind::Load, i as u32, &block_path(Path::new(ROOT), i), native(i)));
+        let ops = (0..4u64).map(|i| op(i, Direction::Load, i as u32, &block_path(Path::new(ROOT), i), native(i)));
+        let mut tracker = Tracker::new();
         for o in ops {
-            exec.submit(o).unwrap();
+            tracker.submit(&mut exec, o).unwrap();
         }
         let mut done = Vec::new();
         while exec.in_flight() > 0 {
-            exec.poll(&mut done, Wait::No).unwrap();
+            exec.poll(Wait::No).unwrap();
+            tracker.take(&mut done);
         }
-        done.iter().map(|d| d.token).collect::<Vec<_>>()
+        done.iter().map(|d| d.0).collect::<Vec<_>>()
     };
     assert_eq!(order(7), order(7));
     assert!((0..20).any(|s| order(s) != [0, 1, 2, 3]), "latencies never reorder completions");
@@ -108,8 +111,8 @@ fn a_crash_kills_the_executor_and_spares_synced_blocks() {
     let ops = (0..4u64)
         .map(|i| {
             fill(&region, i as u32, i, false);
-            let mut o = op(i, OpKind::Store, i as u32, &block_path(Path::new(ROOT), i), native(i));
-            o.sync = i % 2 == 0;
+            let mut o = op(i, Direction::Store, i as u32, &block_path(Path::new(ROOT), i), native(i));
+            o.op.sync = i % 2 == 0;
             o
         })
         .collect();
@@ -123,7 +126,7 @@ fn a_crash_kills_the_executor_and_spares_synced_blocks() {
     }
     // The old executor is dead: its ops do nothing.
     fill(&region, 0, 9, false);
-    let o = run_one(&mut exec, op(9, OpKind::Store, 0, &block_path(Path::new(ROOT), 9), native(9)));
+    let o = run_one(&mut exec, op(9, Direction::Store, 0, &block_path(Path::new(ROOT), 9), native(9)));
     assert!(matches!(o, Outcome::Cancelled), "{o:?}");
     assert!(!disk.exists(&block_path(Path::new(ROOT), 9)));
 }

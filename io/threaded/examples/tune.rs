@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvtier_core::{OffloadKey, SlotId};
+use kvtier_core::{Direction, OffloadKey, SlotId};
+use kvtier_fs::conformance::{run_ops, TestOp};
 use kvtier_fs::region::{Access, PrimaryRegion};
-use kvtier_fs::{BlockFormat, Executor, FileOp, OpKind, Wait};
+use kvtier_fs::BlockFormat;
 use kvtier_io_threaded::{ThreadedConfig, ThreadedExecutor};
 
 const COMBOS: [(usize, usize); 6] = [(1, 1), (2, 2), (4, 4), (8, 8), (16, 16), (4, 12)];
@@ -53,20 +54,11 @@ fn format(i: usize) -> BlockFormat {
 }
 
 /// Runs `ops` with everything submitted up front; returns wall time and CPU seconds.
-fn run(exec: &mut ThreadedExecutor, ops: Vec<FileOp>) -> (Duration, f64) {
+fn run(exec: &mut ThreadedExecutor, ops: Vec<TestOp>) -> (Duration, f64) {
     let (t0, c0) = (Instant::now(), cpu_seconds());
-    let mut done = Vec::new();
-    for mut op in ops {
-        while let Err(full) = exec.submit(op) {
-            op = full.0;
-            exec.poll(&mut done, Wait::Forever).unwrap();
-        }
-    }
-    while exec.in_flight() > 0 {
-        exec.poll(&mut done, Wait::Forever).unwrap();
-    }
-    let bad = done.iter().filter(|d| !d.outcome.is_ok()).count();
-    assert_eq!(bad, 0, "{bad} ops failed: {:?}", done.iter().find(|d| !d.outcome.is_ok()));
+    let done = run_ops(exec, ops);
+    let bad = done.values().filter(|o| !o.is_ok()).count();
+    assert_eq!(bad, 0, "{bad} ops failed: {:?}", done.values().find(|o| !o.is_ok()));
     (t0.elapsed(), cpu_seconds() - c0)
 }
 
@@ -86,23 +78,19 @@ fn measure(root: &Path, region: &Arc<PrimaryRegion>, (r, w): (usize, usize), n: 
     let dir = root.to_path_buf();
     let config = ThreadedConfig { read_workers: r, write_workers: w, queue_capacity: 4096, o_direct };
     let mut exec = ThreadedExecutor::new(Arc::clone(region), config).unwrap();
-    let op = |token: usize, kind, slot: usize, i: usize| FileOp {
-        token: token as u64,
-        kind,
-        slot: SlotId(slot as u32),
-        path: path(&dir, i),
-        format: format(i),
-        sync: false,
-        evict: None,
+    let op = |token: usize, dir_: Direction, slot: usize, i: usize| {
+        let mut op = kvtier_fs::conformance::op(token as u64, dir_, slot as u32, &path(&dir, i), format(i));
+        op.op.sync = false;
+        op
     };
-    let stores = (0..n).map(|i| op(i, OpKind::Store, i, i)).collect();
+    let stores = (0..n).map(|i| op(i, Direction::Store, i, i)).collect();
     let (store_t, store_c) = run(&mut exec, stores);
-    let loads = (0..n).map(|i| op(n + i, OpKind::Load, n + i, i)).collect();
+    let loads = (0..n).map(|i| op(n + i, Direction::Load, n + i, i)).collect();
     let (load_t, load_c) = run(&mut exec, loads);
     let mut mixed = Vec::new();
     for i in 0..n {
-        mixed.push(op(2 * n + i, OpKind::Load, n + i, i));
-        mixed.push(op(3 * n + i, OpKind::Store, i, n + i));
+        mixed.push(op(2 * n + i, Direction::Load, n + i, i));
+        mixed.push(op(3 * n + i, Direction::Store, i, n + i));
     }
     let (mixed_t, _) = run(&mut exec, mixed);
     drop(exec);

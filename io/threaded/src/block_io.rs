@@ -13,6 +13,14 @@
 //! or fails verification is corrupt: it is removed before the outcome is reported. A failure
 //! that says nothing about the file (descriptor or memory exhaustion, EIO, permissions) keeps it.
 //!
+//! Extent ops ([`kvtier_fs::Target::Extent`]) are positioned transfers on a file the executor
+//! opened ([`kvtier_fs::files`]): a store writes the block in its format at the extent's offset
+//! (one `pwritev`, then `fdatasync` with `sync`); a load reads the extent (one `preadv`) and
+//! verifies it. A short read or a failed verification is corrupt, and nothing is removed.
+//!
+//! Geometry, the `O_DIRECT` flag and the errno -> outcome mapping are `kvtier_fs`'s
+//! ([`BlockLayout`], [`kvtier_fs::direct::open_flag`], [`Outcome`]'s constructors).
+//!
 //! This module must never report success for a short transfer, and never delete a file for a
 //! transient error.
 
@@ -20,84 +28,58 @@ use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
+use kvtier_core::Direction;
+use kvtier_fs::direct::{open_flag, DIRECT_ALIGN};
+use kvtier_fs::files::ExtentFile;
 use kvtier_fs::format::{self, HEADER_LEN};
+use kvtier_fs::outcome::WRONG_LENGTH;
 use kvtier_fs::region::Lease;
-use kvtier_fs::{BlockFormat, Evict, FileOp, OpKind, Outcome};
+use kvtier_fs::{BlockFormat, BlockLayout, Evict, Extent, FileOp, OpError, Outcome, Target};
 
 use crate::sys::{self, AlignedBuf, FileStat};
-
-/// The alignment `O_DIRECT` transfers use: buffer address, length and file offset.
-pub const DIRECT_ALIGN: usize = 4096;
 
 /// How many fresh temp names a store tries when its name already exists (only a stale temp
 /// file of a crashed process that had this pid can collide).
 const TEMP_ATTEMPTS: usize = 8;
 
-/// Errors after which a later attempt may succeed: resource exhaustion and interruption.
-fn is_resource_error(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EINTR | libc::EAGAIN))
-}
-
-/// A store failure: nothing was published. Exhaustion is transient; everything else (ENOSPC,
-/// EDQUOT, EROFS, EACCES, EIO...) fails.
-fn store_failure(e: io::Error) -> Outcome {
-    if is_resource_error(&e) {
-        Outcome::Transient(e)
-    } else {
-        Outcome::Failed(e)
-    }
-}
-
-/// A load's `open` failed for a reason other than `ENOENT`: the listed errors say nothing about
-/// the file, which is kept.
-fn load_open_failure(e: io::Error) -> Outcome {
-    if is_resource_error(&e) || matches!(e.raw_os_error(), Some(libc::EIO | libc::EACCES | libc::EPERM)) {
-        Outcome::Transient(e)
-    } else {
-        Outcome::Failed(e)
-    }
-}
-
-/// A load's `read` failed: an I/O error is transient (the file is kept); a refused request
-/// (`EINVAL`: an `O_DIRECT` transfer the file system rejects) fails.
-fn load_read_failure(e: io::Error) -> Outcome {
-    if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EISDIR | libc::EBADF | libc::EFAULT)) {
-        Outcome::Failed(e)
-    } else {
-        Outcome::Transient(e)
-    }
-}
-
 /// `path` as a NUL-terminated string in `buf` (reused, so no allocation per op).
-fn c_path<'a>(buf: &'a mut Vec<u8>, path: &OsStr) -> io::Result<&'a CStr> {
+fn c_path<'a>(buf: &'a mut Vec<u8>, path: &OsStr) -> Result<&'a CStr, OpError> {
     buf.clear();
     buf.extend_from_slice(path.as_bytes());
     buf.push(0);
-    CStr::from_bytes_with_nul(buf).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    CStr::from_bytes_with_nul(buf).map_err(|_| OpError::BadPath)
 }
 
-/// The native format's padded payload length for a `row_bytes` block, if it fits the row's
-/// `stride` (it does for every [`kvtier_fs::region::PrimaryRegion`]: both round up to 4096).
-fn padded_len(row_bytes: usize, stride: usize) -> Option<usize> {
-    usize::try_from(format::padded_payload_len(row_bytes as u64)).ok().filter(|&p| p <= stride)
-}
-
-fn stride_too_short() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "the native padded payload is longer than the row stride")
-}
-
-/// `O_DIRECT` when it is enabled and the transfer is aligned.
-fn direct_flag(o_direct: bool, aligned: bool) -> libc::c_int {
-    if o_direct && aligned {
-        libc::O_DIRECT
-    } else {
-        0
+/// The buffers a store writes, in file order: the native header (encoded into `header`), the
+/// payload straight from `row`, and its zero-padded tail through `tail` when the row's bytes
+/// past the block are not zero. Returns them and how many there are.
+fn store_bufs<'a>(
+    format: &BlockFormat,
+    layout: &BlockLayout,
+    row: &'a [u8],
+    header: &'a mut AlignedBuf,
+    tail: &'a mut AlignedBuf,
+) -> ([&'a [u8]; 3], usize) {
+    let BlockFormat::Native { namespace, key } = format else {
+        return ([&row[..layout.block], &[], &[]], 1);
+    };
+    let header = header.as_mut_slice();
+    let out: &mut [u8; HEADER_LEN] = (&mut *header).try_into().expect("header buffer is HEADER_LEN bytes");
+    format::encode_header(namespace, key, &row[..layout.block], out);
+    let (from_row, tail_len) = layout.store_split(row);
+    if tail_len == 0 {
+        return ([&*header, &row[..from_row], &[]], 2);
     }
+    let tail = tail.as_mut_slice();
+    layout.fill_tail(row, from_row, tail);
+    ([&*header, &row[..from_row], &tail[..tail_len]], 3)
 }
 
-fn short(what: &'static str, done: usize, want: usize) -> io::Error {
-    io::Error::new(io::ErrorKind::WriteZero, format!("short {what}: {done} of {want} bytes"))
+/// A short transfer's error.
+fn short(done: usize, want: usize) -> Option<OpError> {
+    (done != want).then_some(OpError::Short)
 }
 
 /// Per-worker state: the flag, 4096-aligned header and last-page buffers, path buffers.
@@ -123,53 +105,39 @@ impl BlockIo {
         })
     }
 
-    /// Runs `op` with `lease` (read for a store, write for a load) and drops the lease before
-    /// returning, so the slot is free again when the outcome is published.
-    pub fn run(&mut self, op: &FileOp, mut lease: Lease) -> Outcome {
-        let outcome = match op.kind {
-            OpKind::Store => self.store(op, &lease),
-            OpKind::Load => self.load(op, &mut lease),
+    /// Runs `op` with `lease` (read for a store, write for a load) on its target (`file`: the
+    /// opened file of an extent op, `None` if the op's file id is unknown) and drops the lease
+    /// before returning, so the slot is free again when the outcome is reported.
+    pub fn run(&mut self, op: &FileOp, mut lease: Lease, file: Option<&ExtentFile>) -> Outcome {
+        let outcome = match BlockLayout::new(&op.format, lease.block().len(), lease.as_slice().len()) {
+            Err(e) => Outcome::Failed(e),
+            Ok(layout) => match (&op.target, op.dir) {
+                (Target::Path(path), Direction::Store) => self.store(op, path, &layout, &lease),
+                (Target::Path(path), Direction::Load) => self.load(op, path, &layout, &mut lease),
+                (Target::Extent(e), dir) => match file {
+                    None => Outcome::Failed(OpError::Invalid),
+                    Some(_) if op.evict.is_some() => Outcome::Failed(OpError::Invalid),
+                    Some(_) if e.len != layout.file_len() => Outcome::Failed(OpError::Geometry),
+                    Some(file) if dir == Direction::Store => self.store_extent(op, e, file, &layout, &lease),
+                    Some(file) => self.load_extent(op, e, file, &layout, &mut lease),
+                },
+            },
         };
         drop(lease);
         outcome
     }
 
-    fn store(&mut self, op: &FileOp, lease: &Lease) -> Outcome {
+    fn store(&mut self, op: &FileOp, path: &Path, layout: &BlockLayout, lease: &Lease) -> Outcome {
         let row = lease.as_slice();
-        let row_bytes = lease.block().len();
-        let row_aligned = row.as_ptr() as usize % DIRECT_ALIGN == 0;
-        let header = self.header.as_mut_slice();
-        let (bufs, n, aligned): ([&[u8]; 3], usize, bool) = match &op.format {
-            BlockFormat::Vllm => ([&row[..row_bytes], &[], &[]], 1, row_aligned && row_bytes % DIRECT_ALIGN == 0),
-            BlockFormat::Native { namespace, key } => {
-                let Some(padded) = padded_len(row_bytes, row.len()) else {
-                    return Outcome::Failed(stride_too_short());
-                };
-                let out: &mut [u8; HEADER_LEN] = (&mut *header).try_into().expect("header buffer is HEADER_LEN bytes");
-                format::encode_header(namespace, key, &row[..row_bytes], out);
-                let aligned = row_aligned && padded % DIRECT_ALIGN == 0;
-                if row[row_bytes..padded].iter().all(|&b| b == 0) {
-                    ([&*header, &row[..padded], &[]], 2, aligned)
-                } else {
-                    // The format pads the payload with zeros, and the row's tail may hold
-                    // stale bytes the read lease does not let us clear: the last page goes
-                    // through a zeroed bounce buffer instead.
-                    let full = row_bytes / DIRECT_ALIGN * DIRECT_ALIGN;
-                    let last = &mut self.tail.as_mut_slice()[..padded - full];
-                    last.fill(0);
-                    last[..row_bytes - full].copy_from_slice(&row[full..row_bytes]);
-                    ([&*header, &row[..full], &*last], 3, aligned)
-                }
-            }
-        };
-        let direct = direct_flag(self.o_direct, aligned);
+        let (bufs, n) = store_bufs(&op.format, layout, row, &mut self.header, &mut self.tail);
+        let direct = open_flag(self.o_direct, layout.direct_ok(row, 0));
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | direct;
-        let final_path = match c_path(&mut self.path, op.path.as_os_str()) {
+        let final_path = match c_path(&mut self.path, path.as_os_str()) {
             Ok(p) => p,
             Err(e) => return Outcome::Failed(e),
         };
         let mut reused = match &op.evict {
-            Some(evict) => match evict_victim(&mut self.victim, &mut self.temp, evict, &op.path, direct) {
+            Some(evict) => match evict_victim(&mut self.victim, &mut self.temp, evict, path, direct) {
                 Ok(fd) => fd,
                 Err(e) => return Outcome::Failed(e),
             },
@@ -182,7 +150,7 @@ impl BlockIo {
             if let Some(fd) = reused.take() {
                 break fd;
             }
-            let temp_name = kvtier_fs::tmpname::temp_path(&op.path, kvtier_fs::tmpname::next_seq());
+            let temp_name = kvtier_fs::tmpname::temp_path(path, kvtier_fs::tmpname::next_seq());
             let temp = match c_path(&mut self.temp, temp_name.as_os_str()) {
                 Ok(p) => p,
                 Err(e) => return Outcome::Failed(e),
@@ -193,11 +161,11 @@ impl BlockIo {
                 // existing directory costs no mkdir or stat.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && !made_dirs => {
                     made_dirs = true;
-                    let Some(parent) = op.path.parent() else {
-                        return Outcome::Failed(e);
+                    let Some(parent) = path.parent() else {
+                        return Outcome::Failed(e.into());
                     };
                     if let Err(e) = std::fs::create_dir_all(parent) {
-                        return store_failure(e);
+                        return Outcome::store_failure(e.into());
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && attempts + 1 < TEMP_ATTEMPTS => attempts += 1,
@@ -206,7 +174,7 @@ impl BlockIo {
                     if e.raw_os_error() == Some(libc::EINVAL) {
                         let _ = sys::unlink(temp);
                     }
-                    return store_failure(e);
+                    return Outcome::store_failure(e.into());
                 }
             }
         };
@@ -216,65 +184,107 @@ impl BlockIo {
             Ok(()) => Outcome::Ok,
             Err(e) => {
                 let _ = sys::unlink(temp);
-                store_failure(e)
+                Outcome::store_failure(e)
             }
         }
     }
 
-    fn load(&mut self, op: &FileOp, lease: &mut Lease) -> Outcome {
-        let row_bytes = lease.block().len();
+    fn load(&mut self, op: &FileOp, path: &Path, layout: &BlockLayout, lease: &mut Lease) -> Outcome {
         let Some(row) = lease.as_mut_slice() else {
-            return Outcome::Failed(io::Error::new(io::ErrorKind::InvalidInput, "a load needs a write lease"));
+            return Outcome::Failed(OpError::Invalid);
         };
-        let row_aligned = row.as_ptr() as usize % DIRECT_ALIGN == 0;
-        // The file's expected length, and how much of it lands in the row.
-        let (expected, into_row, aligned) = match &op.format {
-            BlockFormat::Vllm => (row_bytes as u64, row_bytes, row_aligned && row_bytes % DIRECT_ALIGN == 0),
-            BlockFormat::Native { .. } => {
-                let Some(padded) = padded_len(row_bytes, row.len()) else {
-                    return Outcome::Failed(stride_too_short());
-                };
-                (format::native_file_len(row_bytes as u64), padded, row_aligned && padded % DIRECT_ALIGN == 0)
-            }
-        };
-        let flags = libc::O_RDONLY | direct_flag(self.o_direct, aligned);
-        let path = match c_path(&mut self.path, op.path.as_os_str()) {
+        let flags = libc::O_RDONLY | open_flag(self.o_direct, layout.direct_ok(row, 0));
+        let path = match c_path(&mut self.path, path.as_os_str()) {
             Ok(p) => p,
             Err(e) => return Outcome::Failed(e),
         };
         let fd = match sys::open(path, flags, 0) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Outcome::NotFound,
-            Err(e) => return load_open_failure(e),
+            Err(e) => return Outcome::load_open_failure(e.into()),
         };
         let st = match sys::fstat(fd.as_fd()) {
             Ok(st) => st,
-            Err(e) => return Outcome::Transient(e),
+            Err(e) => return Outcome::Transient(e.into()),
         };
         if !st.regular {
-            return Outcome::Failed(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+            return Outcome::Failed(OpError::Invalid);
         }
-        if st.size != expected {
-            return corrupt(path, fd, &st, "wrong length");
+        if st.size != layout.file_len() {
+            return corrupt(path, fd, &st, WRONG_LENGTH);
         }
         let header = self.header.as_mut_slice();
-        let read = match &op.format {
-            BlockFormat::Vllm => sys::preadv_all(fd.as_fd(), &mut [&mut row[..into_row]], 0),
-            BlockFormat::Native { .. } => sys::preadv_all(fd.as_fd(), &mut [&mut *header, &mut row[..into_row]], 0),
+        let read = match layout.native() {
+            false => sys::preadv_all(fd.as_fd(), &mut [&mut row[..layout.payload]], 0),
+            true => sys::preadv_all(fd.as_fd(), &mut [&mut *header, &mut row[..layout.payload]], 0),
         };
         match read {
-            Ok(n) if n as u64 == expected => {}
-            Ok(_) => return corrupt(path, fd, &st, "short read"),
-            Err(e) => return load_read_failure(e),
+            Ok(n) if n as u64 == layout.file_len() => {}
+            Ok(_) => return corrupt(path, fd, &st, kvtier_fs::outcome::SHORT_READ),
+            Err(e) => return Outcome::load_read_failure(e.into()),
         }
-        if let BlockFormat::Native { namespace, key } = &op.format {
-            let verified = format::decode_header(header).and_then(|h| h.check(namespace, key, &row[..row_bytes]));
-            if let Err(e) = verified {
-                return corrupt(path, fd, &st, e.reason());
-            }
+        match verify(&op.format, header, &row[..layout.block]) {
+            Ok(()) => Outcome::Ok,
+            Err(reason) => corrupt(path, fd, &st, reason),
         }
-        Outcome::Ok
     }
+
+    fn store_extent(
+        &mut self,
+        op: &FileOp,
+        e: &Extent,
+        file: &ExtentFile,
+        layout: &BlockLayout,
+        lease: &Lease,
+    ) -> Outcome {
+        let row = lease.as_slice();
+        let (bufs, n) = store_bufs(&op.format, layout, row, &mut self.header, &mut self.tail);
+        let fd = file.fd(self.o_direct && layout.direct_ok(row, e.offset));
+        let written = sys::pwritev_all(fd, &bufs[..n], e.offset).map_err(OpError::from).and_then(|done| {
+            let want = bufs[..n].iter().map(|b| b.len()).sum();
+            short(done, want).map_or(Ok(()), Err)
+        });
+        let synced = written.and_then(|()| if op.sync { sys::fdatasync(fd).map_err(OpError::from) } else { Ok(()) });
+        match synced {
+            Ok(()) => Outcome::Ok,
+            Err(e) => Outcome::store_failure(e),
+        }
+    }
+
+    fn load_extent(
+        &mut self,
+        op: &FileOp,
+        e: &Extent,
+        file: &ExtentFile,
+        layout: &BlockLayout,
+        lease: &mut Lease,
+    ) -> Outcome {
+        let Some(row) = lease.as_mut_slice() else {
+            return Outcome::Failed(OpError::Invalid);
+        };
+        let fd = file.fd(self.o_direct && layout.direct_ok(row, e.offset));
+        let header = self.header.as_mut_slice();
+        let read = match layout.native() {
+            false => sys::preadv_all(fd, &mut [&mut row[..layout.payload]], e.offset),
+            true => sys::preadv_all(fd, &mut [&mut *header, &mut row[..layout.payload]], e.offset),
+        };
+        match read {
+            Ok(n) if n as u64 == layout.file_len() => {}
+            Ok(_) => return Outcome::Corrupt(WRONG_LENGTH),
+            Err(e) => return Outcome::load_read_failure(e.into()),
+        }
+        match verify(&op.format, header, &row[..layout.block]) {
+            Ok(()) => Outcome::Ok,
+            Err(reason) => Outcome::Corrupt(reason),
+        }
+    }
+}
+
+/// Checks a native block's header against the expected namespace, key and payload (a vLLM
+/// block has nothing to check); `Err` is the corruption's reason.
+fn verify(format: &BlockFormat, header: &[u8], block: &[u8]) -> Result<(), &'static str> {
+    let BlockFormat::Native { namespace, key } = format else { return Ok(()) };
+    format::decode_header(header).and_then(|h| h.check(namespace, key, block)).map_err(|e| e.reason())
 }
 
 /// Takes `evict`'s victim out of the namespace before a store to `final_path`: with `reuse`,
@@ -286,9 +296,9 @@ fn evict_victim(
     victim_buf: &mut Vec<u8>,
     temp_buf: &mut Vec<u8>,
     evict: &Evict,
-    final_path: &std::path::Path,
+    final_path: &Path,
     direct: libc::c_int,
-) -> io::Result<Option<OwnedFd>> {
+) -> Result<Option<OwnedFd>, OpError> {
     let victim = c_path(victim_buf, evict.path.as_os_str())?;
     if evict.reuse {
         let temp_name = kvtier_fs::tmpname::temp_path(final_path, kvtier_fs::tmpname::next_seq());
@@ -318,17 +328,17 @@ fn evict_victim(
 
 /// Writes `bufs` to the temp file `fd`, syncs it if asked, closes it and renames it onto
 /// `final_path`. The caller removes the temp file on error.
-fn write_and_publish(fd: OwnedFd, bufs: &[&[u8]], sync: bool, temp: &CStr, final_path: &CStr) -> io::Result<()> {
+fn write_and_publish(fd: OwnedFd, bufs: &[&[u8]], sync: bool, temp: &CStr, final_path: &CStr) -> Result<(), OpError> {
     let want: usize = bufs.iter().map(|b| b.len()).sum();
     let done = sys::pwritev_all(fd.as_fd(), bufs, 0)?;
-    if done != want {
-        return Err(short("write", done, want));
+    if let Some(e) = short(done, want) {
+        return Err(e);
     }
     if sync {
         sys::fdatasync(fd.as_fd())?;
     }
     sys::close(fd)?;
-    sys::rename(temp, final_path)
+    Ok(sys::rename(temp, final_path)?)
 }
 
 /// Removes the corrupt file at `path` (if `path` still names the file that was read: a file a

@@ -11,11 +11,15 @@
 //!   stores; write-priority workers (`kvtier-io-w{i}`) the reverse. Idle workers sleep on one
 //!   condition variable: no spinning.
 //! - **Leases at submission**: [`Executor::submit`] leases the op's slot on the caller's thread
-//!   (a write lease for a load, a read lease for a store). A refused lease (the slot is busy or
-//!   out of range) completes the op at once as [`Outcome::Failed`], still reported by `poll`.
-//!   The worker drops the lease *before* publishing the completion, so a slot is free again
-//!   by the time `poll` returns its op.
-//! - **Completions** are collected in a list `poll` drains, waiting as its [`Wait`] allows.
+//!   (a write lease for a load, a read lease for a store), under the queue lock
+//!   ([`kvtier_fs::submit`]'s prologue). A refused lease (the slot is busy or out of range)
+//!   finishes the op at once as [`Outcome::Failed`].
+//! - **Reports from the worker**: the worker that ran an op drops its lease, then finishes the
+//!   op's job part ([`kvtier_core::Part`]) with the outcome, so the job's owner sees the op
+//!   done (and its slot free) as soon as the syscalls return; `poll` only counts finished ops,
+//!   waiting as its [`Wait`] allows.
+//! - **Extent ops** run as one positioned `pwritev`/`preadv` on a file
+//!   [`Executor::open_file`] opened (twice with `O_DIRECT`: with and without it).
 //! - **Shutdown** (also run by `Drop`) completes every queued op as [`Outcome::Cancelled`], lets
 //!   running ops finish, and joins the workers. Nothing is forgotten: every accepted op reaches
 //!   `poll` exactly once.
@@ -34,7 +38,7 @@
 //!   every native-format block, and vLLM-format blocks whose `row_bytes` is a multiple of 4096.
 //!   Others are written and read buffered.
 //!
-//! All `unsafe` of the crate is in its private `sys` module (syscall wrappers).
+//! `unsafe` is denied in this crate but for its private `sys` module (syscall wrappers).
 //!
 //! The queues, parking and shutdown ([`pool`]) are written over a small synchronisation shim
 //! ([`sync`]) so that loom model-checks them as they are (`tests/loom_pool.rs`):
@@ -52,53 +56,60 @@
 //! 32 in flight, the disk's useful queue depth; stores do not (file creation bounds them). The
 //! measurements behind these counts (`examples/tune.rs`) are in `cli/bench/README.md`,
 //! "Executor defaults".
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 mod block_io;
 pub mod pool;
 pub mod sync;
+#[allow(unsafe_code)]
 mod sys;
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use kvtier_core::{Direction, Part};
+use kvtier_fs::files::{ExtentFile, ExtentFiles};
 use kvtier_fs::region::{Lease, PrimaryRegion};
-use kvtier_fs::{Executor, FileOp, FileOpDone, Full, OpKind, Outcome, Wait};
+use kvtier_fs::submit::lease_row;
+use kvtier_fs::{Executor, FileId, FileOp, Full, OpError, Outcome, Target, Wait};
 
 use block_io::BlockIo;
 use pool::{Pool, Refused};
 
-/// An accepted op and the lease taken for it at submission.
+/// An accepted op, the lease taken for it at submission, and where to report it.
 struct Job {
-    op: FileOp,
-    /// Read lease (store) or write lease (load) on the op's slot.
+    /// Read lease (store) or write lease (load) on the op's slot; dropped before `part`.
     lease: Lease,
+    part: Part,
+    op: FileOp,
+    /// An extent op's file (`None` for an unknown file id, or a path op).
+    file: Option<Arc<ExtentFile>>,
 }
 
-type Shared = Pool<Job, FileOpDone>;
+/// The pool's completions are bare counts: the outcome went to the op's part.
+type Shared = Pool<Job, ()>;
 
-/// A worker's life: runs jobs until the pool stops. The lease is dropped inside `io.run`, before
-/// the completion is published. A panic in the I/O code must not lose the op: it is reported as
-/// failed (the lease was dropped by the unwinding).
+/// A worker's life: runs jobs until the pool stops. The lease is dropped inside `io.run`, then
+/// the part is finished, then the completion counted. A panic in the I/O code must not lose the
+/// op: it is reported as lost (the lease was dropped by the unwinding).
 fn work(shared: &Shared, load_priority: bool, mut io: BlockIo) {
-    shared.work(load_priority, |Job { op, lease }| {
-        let outcome = catch_unwind(AssertUnwindSafe(|| io.run(&op, lease))).unwrap_or_else(|_| {
-            Outcome::Failed(io::Error::other("kvtier-io-threaded: worker panicked running the op"))
-        });
-        FileOpDone { token: op.token, kind: op.kind, outcome }
+    shared.work(load_priority, |Job { lease, part, op, file }| {
+        let outcome = catch_unwind(AssertUnwindSafe(|| io.run(&op, lease, file.as_deref())))
+            .unwrap_or(Outcome::Failed(OpError::Lost));
+        part.finish(outcome.code());
     });
 }
 
-/// The completion of a job still queued at shutdown: its lease dropped, then `Cancelled`.
-fn cancel(Job { op, lease }: Job) -> FileOpDone {
+/// A job still queued at shutdown: its lease dropped, then `Cancelled`.
+fn cancel(Job { lease, part, .. }: Job) {
     drop(lease);
-    FileOpDone { token: op.token, kind: op.kind, outcome: Outcome::Cancelled }
+    part.finish(Outcome::Cancelled.code());
 }
-
-pub use block_io::DIRECT_ALIGN;
 
 /// How a [`ThreadedExecutor`] is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +152,7 @@ impl Default for ThreadedConfig {
 pub struct ThreadedExecutor {
     region: Arc<PrimaryRegion>,
     config: ThreadedConfig,
+    files: ExtentFiles,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
     in_flight: usize,
@@ -169,6 +181,7 @@ impl ThreadedExecutor {
         }
         let mut exec = ThreadedExecutor {
             region,
+            files: ExtentFiles::new(),
             shared: Arc::new(Pool::new()),
             workers: Vec::with_capacity(config.read_workers + config.write_workers),
             in_flight: 0,
@@ -193,36 +206,43 @@ impl ThreadedExecutor {
         &self.config
     }
 
-    fn complete_now(&mut self, op: FileOp, outcome: Outcome) {
-        self.shared.complete([FileOpDone { token: op.token, kind: op.kind, outcome }]);
+    /// Finishes an op that never reached a worker, and counts it for the next `poll`.
+    fn finish_now(&mut self, part: Part, outcome: Outcome) {
+        part.finish(outcome.code());
+        self.shared.complete([()]);
         self.in_flight += 1;
     }
 }
 
 impl Executor for ThreadedExecutor {
-    fn submit(&mut self, op: FileOp) -> Result<(), Full> {
-        let (access, is_load) = (op.kind.lease_access(), op.kind == OpKind::Load);
-        let region = &self.region;
-        // A refused lease hands the op back by value with its error: a rare path, not worth a box.
-        #[allow(clippy::result_large_err)]
+    fn submit(&mut self, op: FileOp, part: Part) -> Result<(), Full> {
+        let is_load = op.dir == Direction::Load;
+        let (region, files) = (&self.region, &self.files);
+        let file = match &op.target {
+            Target::Extent(e) => files.get(e.file).cloned(),
+            Target::Path(_) => None,
+        };
+        // The prologue: stopped and full are checked under the queue lock, then the lease.
         let queued =
-            self.shared.enqueue(op, self.config.queue_capacity, is_load, |op| match region.lease(op.slot, access) {
-                Ok(lease) => Ok(Job { op, lease }),
-                Err(e) => Err((op, e.into())),
+            self.shared.enqueue((op, part), self.config.queue_capacity, is_load, |(op, part)| {
+                match lease_row(region, &op) {
+                    Ok(lease) => Ok(Job { lease, part, op, file }),
+                    Err(outcome) => Err((part, outcome)),
+                }
             });
         match queued {
             Ok(Ok(())) => self.in_flight += 1,
-            Ok(Err((op, e))) => self.complete_now(op, Outcome::Failed(e)),
-            Err(Refused::Stopped(op)) => self.complete_now(op, Outcome::Cancelled),
-            Err(Refused::Full(op)) => return Err(Full(op)),
+            Ok(Err((part, outcome))) => self.finish_now(part, outcome),
+            Err(Refused::Stopped((_, part))) => self.finish_now(part, Outcome::Cancelled),
+            Err(Refused::Full((op, part))) => return Err(Full { op, part }),
         }
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut Vec<FileOpDone>, wait: Wait) -> io::Result<usize> {
+    fn poll(&mut self, wait: Wait) -> io::Result<usize> {
         // Nothing in flight: nothing can arrive, so never wait.
         let wait = if self.in_flight == 0 { Wait::No } else { wait };
-        let n = self.shared.take_done(out, wait);
+        let n = self.shared.take_done(wait);
         debug_assert!(n <= self.in_flight, "more completions than ops in flight");
         self.in_flight = self.in_flight.saturating_sub(n);
         Ok(n)
@@ -230,6 +250,10 @@ impl Executor for ThreadedExecutor {
 
     fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    fn open_file(&mut self, path: &Path) -> io::Result<FileId> {
+        self.files.open(path, self.config.o_direct)
     }
 
     fn shutdown(&mut self) {
@@ -308,27 +332,25 @@ mod tests {
         // One worker and room for one queued op: submitting faster than the worker finishes
         // fills the queue.
         let dir = tempfile::tempdir().unwrap();
+        let mut tracker = kvtier_fs::conformance::Tracker::new();
         let mut full = None;
         for i in 0..10_000u64 {
-            let op = FileOp {
-                token: i,
-                kind: OpKind::Load,
-                slot: kvtier_core::SlotId((i % 4) as u32),
-                path: dir.path().join("missing"),
-                format: kvtier_fs::BlockFormat::Vllm,
-                sync: false,
-                evict: None,
-            };
-            if let Err(Full(op)) = exec.submit(op) {
+            let op = kvtier_fs::conformance::op(
+                i,
+                Direction::Load,
+                (i % 4) as u32,
+                &dir.path().join("missing"),
+                kvtier_fs::BlockFormat::Vllm,
+            );
+            if let Err(op) = tracker.submit(&mut exec, op) {
                 full = Some(op);
                 break;
             }
         }
         let op = full.expect("a queue of 1 fills up");
-        assert_eq!(op.kind, OpKind::Load);
-        let mut out = Vec::new();
+        assert_eq!(op.op.dir, Direction::Load);
         while exec.in_flight() > 0 {
-            exec.poll(&mut out, Wait::Forever).unwrap();
+            exec.poll(Wait::Forever).unwrap();
         }
         for slot in 0..4 {
             assert!(region.lease(kvtier_core::SlotId(slot), kvtier_fs::region::Access::Write).is_ok());

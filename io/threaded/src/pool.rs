@@ -12,8 +12,9 @@
 //! worker.
 //!
 //! The pool is generic over the job `J` and its completion `D` and knows nothing of files: the
-//! executor runs it with (op, lease) jobs and [`kvtier_fs::FileOpDone`] completions, the loom
-//! models (`tests/loom_pool.rs`) with plain numbers. Its synchronisation types come from
+//! executor runs it with (op, lease, part) jobs whose outcomes go to their parts, so its
+//! completions are bare counts (`()`); the loom models (`tests/loom_pool.rs`) run it with
+//! numbered jobs and completions that say how each job ended. Its synchronisation types come from
 //! [`crate::sync`], so those models check this very code. It is public for them; it is not a
 //! stable API.
 
@@ -109,9 +110,14 @@ impl<J, D> Pool<J, D> {
         self.done_cv.notify_one();
     }
 
-    /// Moves every published completion to `out`, first waiting as `wait` allows for one if
-    /// there is none. Returns how many were moved.
-    pub fn take_done(&self, out: &mut Vec<D>, wait: Wait) -> usize {
+    /// Takes every published completion, first waiting as `wait` allows for one if there is
+    /// none, and returns how many there were.
+    pub fn take_done(&self, wait: Wait) -> usize {
+        self.take_done_into(&mut Vec::new(), wait)
+    }
+
+    /// [`take_done`](Self::take_done), moving the completions to `out`.
+    pub fn take_done_into(&self, out: &mut Vec<D>, wait: Wait) -> usize {
         let mut done = sync::lock(&self.done);
         if done.is_empty() {
             match wait {

@@ -58,7 +58,7 @@ fn stop(pool: &TestPool) -> usize {
 fn collect(pool: &TestPool, n: usize, wait: Wait) -> Vec<(u32, End)> {
     let mut out = Vec::new();
     while out.len() < n {
-        pool.take_done(&mut out, wait);
+        pool.take_done_into(&mut out, wait);
     }
     out
 }
@@ -84,7 +84,7 @@ fn worker_wakes_for_each_job_and_poller_for_each_completion() {
         assert!(done.iter().all(|&(_, end)| end == End::Ran { load_priority: true }));
         assert_eq!(stop(&pool), 0);
         w.join().unwrap();
-        assert_eq!(pool.take_done(&mut Vec::new(), Wait::No), 0);
+        assert_eq!(pool.take_done(Wait::No), 0);
     });
 }
 
@@ -119,7 +119,7 @@ fn stop_reports_queued_jobs_as_cancelled() {
         w.join().unwrap();
         // The worker has exited: everything is published, nothing more will come.
         let mut done = Vec::new();
-        pool.take_done(&mut done, Wait::No);
+        pool.take_done_into(&mut done, Wait::No);
         assert_each_once(&done, &[1, 2]);
         assert_eq!(done.iter().filter(|&&(_, end)| end == End::Cancelled).count(), cancelled);
         // Stopped: refused, and `make` (the lease) never ran.
@@ -150,7 +150,7 @@ fn stop_races_two_workers_over_three_jobs() {
             w.join().unwrap();
         }
         let mut done = Vec::new();
-        pool.take_done(&mut done, Wait::No);
+        pool.take_done_into(&mut done, Wait::No);
         assert_each_once(&done, &[1, 2, 3]);
         assert_eq!(done.iter().filter(|&&(_, end)| end == End::Cancelled).count(), cancelled);
     });
@@ -167,7 +167,7 @@ fn stop_ends_every_idle_worker() {
         for w in workers {
             w.join().unwrap();
         }
-        assert_eq!(pool.take_done(&mut Vec::new(), Wait::No), 0);
+        assert_eq!(pool.take_done(Wait::No), 0);
     });
 }
 
@@ -192,7 +192,7 @@ fn submit_races_stop() {
         let done = if accepted { collect(&pool, 1, Wait::Forever) } else { Vec::new() };
         w.join().unwrap();
         let mut rest = Vec::new();
-        pool.take_done(&mut rest, Wait::No);
+        pool.take_done_into(&mut rest, Wait::No);
         assert!(rest.is_empty(), "reported twice: {done:?} then {rest:?}");
         if accepted {
             assert_each_once(&done, &[7]);
@@ -238,6 +238,6 @@ fn refused_lease_queues_nothing() {
         assert!(matches!(r, Ok(Err(101))));
         assert_eq!(stop(&pool), 0);
         w.join().unwrap();
-        assert_eq!(pool.take_done(&mut Vec::new(), Wait::No), 0);
+        assert_eq!(pool.take_done(Wait::No), 0);
     });
 }

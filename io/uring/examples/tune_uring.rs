@@ -30,9 +30,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvtier_core::{OffloadKey, SlotId};
+use kvtier_core::{Direction, OffloadKey, SlotId};
+use kvtier_fs::conformance::{run_ops, TestOp};
 use kvtier_fs::region::{Access, PrimaryRegion};
-use kvtier_fs::{BlockFormat, Executor, FileOp, OpKind, Wait};
+use kvtier_fs::{BlockFormat, Executor, Wait};
 use kvtier_io_threaded::{ThreadedConfig, ThreadedExecutor};
 use kvtier_io_uring::{UringConfig, UringExecutor};
 
@@ -81,20 +82,11 @@ fn format(i: usize) -> BlockFormat {
 }
 
 /// Runs `ops` with everything submitted up front; returns wall time and CPU seconds.
-fn run(exec: &mut dyn Executor, ops: Vec<FileOp>) -> (Duration, f64) {
+fn run(exec: &mut dyn Executor, ops: Vec<TestOp>) -> (Duration, f64) {
     let (t0, c0) = (Instant::now(), cpu_seconds());
-    let mut done = Vec::new();
-    for mut op in ops {
-        while let Err(full) = exec.submit(op) {
-            op = full.0;
-            exec.poll(&mut done, Wait::Forever).unwrap();
-        }
-    }
-    while exec.in_flight() > 0 {
-        exec.poll(&mut done, Wait::Forever).unwrap();
-    }
-    let bad = done.iter().filter(|d| !d.outcome.is_ok()).count();
-    assert_eq!(bad, 0, "{bad} ops failed: {:?}", done.iter().find(|d| !d.outcome.is_ok()));
+    let done = run_ops(exec, ops);
+    let bad = done.values().filter(|o| !o.is_ok()).count();
+    assert_eq!(bad, 0, "{bad} ops failed: {:?}", done.values().find(|o| !o.is_ok()));
     (t0.elapsed(), cpu_seconds() - c0)
 }
 
@@ -145,23 +137,19 @@ fn measure(
 ) -> Figures {
     let gb = (n * region.row_bytes()) as f64 / 1e9;
     let mut exec = make(name, region, o_direct);
-    let op = |token: usize, kind, slot: usize, i: usize| FileOp {
-        token: token as u64,
-        kind,
-        slot: SlotId(slot as u32),
-        path: path(root, round, i),
-        format: format(i),
-        sync: false,
-        evict: None,
+    let op = |token: usize, dir: Direction, slot: usize, i: usize| {
+        let mut op = kvtier_fs::conformance::op(token as u64, dir, slot as u32, &path(root, round, i), format(i));
+        op.op.sync = false;
+        op
     };
-    let (store_t, store_c) = run(exec.as_mut(), (0..n).map(|i| op(i, OpKind::Store, i, i)).collect());
-    let (load_t, load_c) = run(exec.as_mut(), (0..n).map(|i| op(n + i, OpKind::Load, n + i, i)).collect());
+    let (store_t, store_c) = run(exec.as_mut(), (0..n).map(|i| op(i, Direction::Store, i, i)).collect());
+    let (load_t, load_c) = run(exec.as_mut(), (0..n).map(|i| op(n + i, Direction::Load, n + i, i)).collect());
     let looping = std::env::var("TUNE_LOAD_LOOP").ok().and_then(|s| s.parse::<f64>().ok()).filter(|_| !warm_up);
     if let Some(secs) = looping {
         // Profiling aid: loads only, again and again.
         let t0 = Instant::now();
         while t0.elapsed().as_secs_f64() < secs {
-            run(exec.as_mut(), (0..n).map(|i| op(n + i, OpKind::Load, n + i, i)).collect());
+            run(exec.as_mut(), (0..n).map(|i| op(n + i, Direction::Load, n + i, i)).collect());
         }
     }
     drop(exec);
@@ -323,21 +311,13 @@ fn idle(root: &Path) {
     println!("\nidle, nothing in flight: {:.3} CPU-s over {:.1} s", cpu_seconds() - c0, t0.elapsed().as_secs_f64());
     let fifo = root.join("fifo");
     std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
-    let op = FileOp {
-        token: 1,
-        kind: OpKind::Load,
-        slot: SlotId(0),
-        path: fifo.clone(),
-        format: BlockFormat::Vllm,
-        sync: false,
-        evict: None,
-    };
-    exec.submit(op).unwrap();
-    let mut out = Vec::new();
+    let mut tracker = kvtier_fs::conformance::Tracker::new();
+    let op = kvtier_fs::conformance::op(1, Direction::Load, 0, &fifo, BlockFormat::Vllm);
+    tracker.submit(&mut exec, op).unwrap();
     let (c0, t0) = (cpu_seconds(), Instant::now());
     let mut polls = 0;
     while t0.elapsed() < Duration::from_secs(2) {
-        exec.poll(&mut out, Wait::Timeout(Duration::from_millis(100))).unwrap();
+        exec.poll(Wait::Timeout(Duration::from_millis(100))).unwrap();
         polls += 1;
     }
     println!(
@@ -350,7 +330,7 @@ fn idle(root: &Path) {
         if let Ok(f) = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
             drop(f);
         }
-        exec.poll(&mut out, Wait::Timeout(Duration::from_millis(1))).unwrap();
+        exec.poll(Wait::Timeout(Duration::from_millis(1))).unwrap();
     }
 }
 

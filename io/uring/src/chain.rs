@@ -19,7 +19,8 @@
 //!   name, up to 8 tries;
 //! - any other failure: a cleanup chain, `close` of the descriptor if it was left open
 //!   (hard-linked so the next step runs anyway) and `unlinkat` of the temp file, then the
-//!   failure is reported. Errors map as in the threaded executor ([`crate::outcome`]).
+//!   failure is reported. Errors map as in every executor ([`kvtier_fs::Outcome`]'s
+//!   `store_failure`, `load_open_failure` and `load_read_failure`).
 //!
 //! A store that evicts a block ([`kvtier_fs::Evict`]) runs one step first. Reusing the
 //! victim's file: `renameat(victim, temp)` alone (see above), then the store chain opening the
@@ -43,16 +44,32 @@
 //! reading verifies (a writer replaced the file meanwhile), the row now holds a good block and
 //! the load succeeds; if the path changed, nothing is removed. This costs a second read of
 //! corrupt files only.
+//!
+//! **Extent ops** work on a file registered in a fixed-file slot (the `O_DIRECT` one where the
+//! transfer and the offset are aligned): a store is one chain, the write (`write_fixed` or
+//! `writev`, as for a file) at the extent's offset, soft-linked to `fsync(DATASYNC)` with
+//! `sync`; a load is `read_fixed` of the native header soft-linked to `read_fixed` of the
+//! payload (or the payload alone), then verified in userspace. Both post one CQE. Nothing is
+//! opened, closed, renamed or removed: a short read is `Corrupt("wrong length")`, and a corrupt
+//! extent is left as it is.
+//!
+//! Geometry (padded lengths, the zero-padded last page) is [`BlockLayout`]'s, shared with the
+//! other executors.
 
-use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use kvtier_core::Direction;
+use kvtier_fs::direct::open_flag;
 use kvtier_fs::format::{self, HEADER_LEN};
-use kvtier_fs::{tmpname, BlockFormat, OpKind, Outcome};
+use kvtier_fs::outcome::WRONG_LENGTH;
+use kvtier_fs::{tmpname, BlockFormat, BlockLayout, OpError, Outcome, Target};
 
-use crate::outcome::{load_open_failure, load_read_failure, os_error, short, store_failure};
-use crate::ring::{Buf, Idle, Link, PathSel, Sqe, MAX_IOV, MAX_STEPS, MAX_TRANSFER, PAGE, SKIPPED};
+use crate::record::Idle;
+use crate::sqe::{Buf, FileSel, Link, PathSel, Sqe, MAX_IOV, MAX_STEPS, MAX_TRANSFER, PAGE, SKIPPED};
+
+// A native header is one scratch page.
+const _: () = assert!(HEADER_LEN == PAGE);
 
 /// How many temp names a store tries when its name already exists.
 const TEMP_ATTEMPTS: u32 = 8;
@@ -121,20 +138,31 @@ impl Chain {
 /// Where an op's bytes go, worked out once when it starts.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
-    native: bool,
-    row_bytes: usize,
+    /// The block's geometry in its file and its row.
+    block: BlockLayout,
     /// Bytes written from (store) or read into (load) the row.
     row_len: u32,
     /// Store: bytes of the zero-padded last page written from scratch page 1 (0: none).
     tail_len: u32,
-    /// The file's length.
-    expected: u64,
-    /// `O_DIRECT` or 0.
+    /// `O_DIRECT` or 0 (a file per block).
     direct: i32,
+    /// An extent op's file and offset.
+    extent: Option<(FileSel, u64)>,
+}
+
+/// The fixed-file slots an extent op's file is registered in: buffered, and `O_DIRECT` if the
+/// executor uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSlots {
+    /// The buffered descriptor's slot.
+    pub buffered: u32,
+    /// The `O_DIRECT` descriptor's slot.
+    pub direct: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
+    Extent,
     Evict,
     EvictUnlink,
     Store,
@@ -176,41 +204,50 @@ pub struct Flow {
     reason: &'static str,
 }
 
-fn invalid(what: &'static str) -> Outcome {
-    Outcome::Failed(io::Error::new(io::ErrorKind::InvalidInput, what))
+/// An executor's internal inconsistency, as the op's outcome.
+fn invalid() -> Outcome {
+    Outcome::Failed(OpError::Invalid)
 }
 
-/// The native format's padded payload length for a `row_bytes` block, if it fits the stride
-/// (it does for every region: both round up to 4096).
-fn padded_len(row_bytes: usize, stride: usize) -> Option<usize> {
-    usize::try_from(format::padded_payload_len(row_bytes as u64)).ok().filter(|&p| p <= stride)
-}
-
+/// `n` bytes as one transfer's length: a row longer than one syscall moves does not fit.
 fn transfer_len(n: usize) -> Result<u32, Outcome> {
     if n > MAX_TRANSFER {
-        return Err(invalid("a row longer than 2 GiB - 4 KiB cannot be moved in one transfer"));
+        return Err(Outcome::Failed(OpError::Geometry));
     }
     Ok(n as u32)
 }
 
-fn direct_flag(o_direct: bool, aligned: bool) -> i32 {
-    if o_direct && aligned {
-        libc::O_DIRECT
-    } else {
-        0
-    }
-}
-
-const STRIDE_TOO_SHORT: &str = "the native padded payload is longer than the row stride";
-
 impl Flow {
     /// Starts `rec`'s op: works out its layout (a store encodes its header, and bounces its
-    /// last page if need be, into the scratch pages) and its first chain. `Err` is the op's
-    /// outcome when it cannot start.
-    pub fn start(rec: &mut Idle<'_>, o_direct: bool) -> Result<Flow, Outcome> {
-        let store = rec.op.kind == OpKind::Store;
-        let layout = if store { store_layout(rec, o_direct)? } else { load_layout(rec, o_direct)? };
-        rec.set_path(PathSel::Final, &[rec.op.path.as_os_str().as_bytes()]).map_err(Outcome::Failed)?;
+    /// last page if need be, into the scratch pages) and its first chain. `file` is an extent
+    /// op's registered file (`None`: a file per block, or an unknown file id). `Err` is the
+    /// op's outcome when it cannot start.
+    pub fn start(rec: &mut Idle<'_>, o_direct: bool, file: Option<FileSlots>) -> Result<Flow, Outcome> {
+        let store = rec.op.dir == Direction::Store;
+        let mut layout = layout(rec, o_direct)?;
+        match &rec.op.target {
+            Target::Path(path) => {
+                let path = path.as_os_str().as_bytes();
+                rec.set_path(PathSel::Final, &[path]).map_err(|_| Outcome::Failed(OpError::BadPath))?;
+            }
+            Target::Extent(e) => {
+                let file = file.ok_or_else(invalid)?;
+                if rec.op.evict.is_some() {
+                    return Err(invalid());
+                }
+                if e.len != layout.block.file_len() {
+                    return Err(Outcome::Failed(OpError::Geometry));
+                }
+                let slot = match file.direct {
+                    Some(direct) if o_direct && layout.block.direct_ok(rec.row, e.offset) => direct,
+                    _ => file.buffered,
+                };
+                layout.extent = Some((FileSel::Registered(slot), e.offset));
+            }
+        }
+        if store {
+            store_payload(rec, &mut layout);
+        }
         let mut flow = Flow {
             phase: Phase::Load,
             chain: Chain::new(),
@@ -224,9 +261,15 @@ impl Flow {
             failure: None,
             reason: "",
         };
-        if let (true, Some(evict)) = (store, &rec.op.evict) {
+        if layout.extent.is_some() {
+            flow.extent_chain(rec);
+            if flow.chain.len == 0 {
+                // An empty block with nothing to sync: nothing to do.
+                return Err(Outcome::Ok);
+            }
+        } else if let (true, Some(evict)) = (store, &rec.op.evict) {
             let (victim, reuse) = (evict.path.as_os_str().as_bytes(), evict.reuse);
-            rec.set_path(PathSel::Victim, &[victim]).map_err(Outcome::Failed)?;
+            rec.set_path(PathSel::Victim, &[victim]).map_err(|_| Outcome::Failed(OpError::BadPath))?;
             if reuse {
                 flow.reclaim_chain(rec)?;
             } else {
@@ -246,18 +289,19 @@ impl Flow {
     }
 
     /// The outcome of an op whose next chain could not be pushed (a logic error).
-    pub fn abort(&mut self, e: io::Error) -> Outcome {
-        self.failure.take().unwrap_or(Outcome::Failed(e))
+    pub fn abort(&mut self) -> Outcome {
+        self.failure.take().unwrap_or_else(invalid)
     }
 
     /// `rec`'s chain finished: its outcome, or the next chain.
     pub fn advance(&mut self, rec: &mut Idle<'_>) -> Next {
         match self.phase {
+            Phase::Extent => Next::Done(self.extent_done(rec)),
             Phase::Evict => self.reclaim_done(rec),
             Phase::EvictUnlink => self.restart_store(rec),
             Phase::Store => self.store_done(rec),
             Phase::Mkdir => self.mkdir_done(rec),
-            Phase::Cleanup => Next::Done(self.failure.take().unwrap_or_else(|| invalid("store failed"))),
+            Phase::Cleanup => Next::Done(self.failure.take().unwrap_or_else(invalid)),
             Phase::Load => match self.verdict(rec) {
                 Outcome::Corrupt(reason) => {
                     self.reason = reason;
@@ -272,13 +316,75 @@ impl Flow {
     }
 
     // -----------------------------------------------------------------------------------------
+    // Extents
+    // -----------------------------------------------------------------------------------------
+
+    /// The one chain of an extent op: the write (then `fsync` with `sync`), or the reads.
+    fn extent_chain(&mut self, rec: &Idle<'_>) {
+        let l = self.layout;
+        let Some((file, offset)) = l.extent else { return };
+        let mut c = Chain::new();
+        if rec.op.dir == Direction::Store {
+            if let Some((step, sqe, want)) = write_step(&l, file, offset) {
+                c.add(step, sqe, Link::Soft, want);
+            }
+            if rec.op.sync {
+                c.add(Step::Sync, Sqe::DataSync { file }, Link::End, 0);
+            }
+        } else {
+            let mut at = offset;
+            if l.block.native() {
+                let buf = Buf::Scratch { page: 0, len: PAGE as u32 };
+                c.add(Step::Header, Sqe::Read { file, buf, offset: at }, Link::Soft, PAGE as u32);
+                at += PAGE as u64;
+            }
+            if l.row_len > 0 {
+                c.add(
+                    Step::Row,
+                    Sqe::Read { file, buf: Buf::Row { len: l.row_len }, offset: at },
+                    Link::Soft,
+                    l.row_len,
+                );
+            }
+        }
+        // Soft links all along: one CQE tells how the whole chain went.
+        c.one_cqe = true;
+        self.chain = c;
+        self.phase = Phase::Extent;
+    }
+
+    /// An extent op's outcome from its chain's results.
+    fn extent_done(&self, rec: &Idle<'_>) -> Outcome {
+        let (c, r) = (&self.chain, rec.results);
+        let store = rec.op.dir == Direction::Store;
+        for k in 0..c.len {
+            if c.ok(r, k) {
+                continue;
+            }
+            return match (store, r[k]) {
+                (true, res) if res < 0 => Outcome::store_failure(OpError::from_res(res)),
+                (true, _) => Outcome::store_failure(OpError::Short),
+                (false, res) if res < 0 => Outcome::load_read_failure(OpError::from_res(res)),
+                (false, _) => Outcome::Corrupt(WRONG_LENGTH),
+            };
+        }
+        if store {
+            return Outcome::Ok;
+        }
+        match verify(rec, &self.layout) {
+            Ok(()) => Outcome::Ok,
+            Err(reason) => Outcome::Corrupt(reason),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
     // Store
     // -----------------------------------------------------------------------------------------
 
     /// Renames the victim to a fresh temp name. A chain of its own: a failed `renameat` does
     /// not break a soft link (see the module docs).
     fn reclaim_chain(&mut self, rec: &mut Idle<'_>) -> Result<(), Outcome> {
-        rec.set_temp_path(tmpname::next_seq()).map_err(Outcome::Failed)?;
+        rec.set_temp_path(tmpname::next_seq()).map_err(|_| Outcome::Failed(OpError::BadPath))?;
         let mut c = Chain::new();
         c.add(Step::Reclaim, Sqe::Rename { from: PathSel::Victim, to: PathSel::Temp }, Link::End, 0);
         self.chain = c;
@@ -326,30 +432,15 @@ impl Flow {
         let flags = if reclaimed {
             libc::O_WRONLY | l.direct
         } else {
-            rec.set_temp_path(tmpname::next_seq()).map_err(Outcome::Failed)?;
+            rec.set_temp_path(tmpname::next_seq()).map_err(|_| Outcome::Failed(OpError::BadPath))?;
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | l.direct
         };
         c.add(Step::Open, Sqe::Open { path: PathSel::Temp, flags, mode: 0o644 }, Link::Soft, 0);
-        if l.native {
-            // One vectored write: header, row, padded last page. `write_fixed` would need one
-            // I/O per buffer, each extending the new file (an allocation each).
-            let mut bufs = [Buf::Scratch { page: 0, len: PAGE as u32 }; MAX_IOV];
-            let mut n = 1;
-            for (len, buf) in
-                [(l.row_len, Buf::Row { len: l.row_len }), (l.tail_len, Buf::Scratch { page: 1, len: l.tail_len })]
-            {
-                if len > 0 {
-                    bufs[n] = buf;
-                    n += 1;
-                }
-            }
-            let total = PAGE as u32 + l.row_len + l.tail_len;
-            c.add(Step::Row, Sqe::Writev { bufs, n: n as u8, offset: 0 }, Link::Soft, total);
-        } else if l.row_len > 0 {
-            c.add(Step::Row, Sqe::Write { buf: Buf::Row { len: l.row_len }, offset: 0 }, Link::Soft, l.row_len);
+        if let Some((step, sqe, want)) = write_step(&l, FileSel::Own, 0) {
+            c.add(step, sqe, Link::Soft, want);
         }
         if rec.op.sync {
-            c.add(Step::Sync, Sqe::DataSync, Link::End, 0);
+            c.add(Step::Sync, Sqe::DataSync { file: FileSel::Own }, Link::End, 0);
             self.publish_next = true;
         } else {
             c.add(Step::Close, Sqe::Close, Link::Soft, 0);
@@ -386,7 +477,7 @@ impl Flow {
             return if self.publish_next { self.publish_chain() } else { Next::Done(Outcome::Ok) };
         };
         self.publish_next = false;
-        let err = if r[k] < 0 { os_error(r[k]) } else { short("write", r[k], c.want[k]) };
+        let err = if r[k] < 0 { OpError::from_res(r[k]) } else { OpError::Short };
         if c.steps[k] == Step::Open && self.reclaimed {
             // The reclaimed victim could not be opened: it goes, and a fresh file is created.
             self.reclaimed = false;
@@ -403,15 +494,15 @@ impl Flow {
                     self.restart_store(rec)
                 }
                 // `openat` may create the file before refusing O_DIRECT.
-                Some(libc::EINVAL) => self.cleanup(store_failure(err), false, PathSel::Temp),
-                _ => Next::Done(store_failure(err)),
+                Some(libc::EINVAL) => self.cleanup(Outcome::store_failure(err), false, PathSel::Temp),
+                _ => Next::Done(Outcome::store_failure(err)),
             };
         }
         let closed = c.at(Step::Close).is_some_and(|i| c.ok(&r, i));
         // A failed step cancels every later one, so the rename cannot have run; should a
         // kernel ever let it, the torn file it published is what gets removed.
         let published = c.at(Step::Rename).is_some_and(|i| c.ok(&r, i));
-        self.cleanup(store_failure(err), !closed, if published { PathSel::Final } else { PathSel::Temp })
+        self.cleanup(Outcome::store_failure(err), !closed, if published { PathSel::Final } else { PathSel::Temp })
     }
 
     fn cleanup(&mut self, failure: Outcome, close: bool, remove: PathSel) -> Next {
@@ -428,9 +519,9 @@ impl Flow {
 
     fn start_mkdirs(&mut self, rec: &mut Idle<'_>) -> Next {
         self.made_dirs = true;
-        let parent = rec.op.path.parent().filter(|p| !p.as_os_str().is_empty()).map(PathBuf::from);
-        let Some(parent) = parent else {
-            return Next::Done(store_failure(io::Error::from_raw_os_error(libc::ENOENT)));
+        let parent = rec.op.target.path().and_then(|p| p.parent()).filter(|p| !p.as_os_str().is_empty());
+        let Some(parent) = parent.map(PathBuf::from) else {
+            return Next::Done(Outcome::store_failure(OpError::Os(libc::ENOENT)));
         };
         self.dirs.clear();
         self.dirs.push(parent);
@@ -439,8 +530,8 @@ impl Flow {
 
     fn mkdir_next(&mut self, rec: &mut Idle<'_>) -> Next {
         let dir = self.dirs.last().expect("a directory to create");
-        if let Err(e) = rec.set_path(PathSel::Dir, &[dir.as_os_str().as_bytes()]) {
-            return Next::Done(Outcome::Failed(e));
+        if rec.set_path(PathSel::Dir, &[dir.as_os_str().as_bytes()]).is_err() {
+            return Next::Done(Outcome::Failed(OpError::BadPath));
         }
         let mut c = Chain::new();
         c.add(Step::Mkdir, Sqe::Mkdir { path: PathSel::Dir }, Link::End, 0);
@@ -473,9 +564,9 @@ impl Flow {
         }
         if std::mem::take(&mut self.reclaiming) {
             // The victim leaves the namespace all the same.
-            return self.cleanup(store_failure(os_error(res)), false, PathSel::Victim);
+            return self.cleanup(Outcome::store_failure(OpError::from_res(res)), false, PathSel::Victim);
         }
-        Next::Done(store_failure(os_error(res)))
+        Next::Done(Outcome::store_failure(OpError::from_res(res)))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -489,17 +580,18 @@ impl Flow {
             c.add(Step::StatBefore, Sqe::Statx { path: PathSel::Final, into: 0 }, Link::Soft, 0);
         }
         c.add(Step::Open, Sqe::Open { path: PathSel::Final, flags: libc::O_RDONLY | l.direct, mode: 0 }, Link::Soft, 0);
-        let mut at = 0u64;
-        if l.native {
+        let (own, mut at) = (FileSel::Own, 0u64);
+        if l.block.native() {
             let buf = Buf::Scratch { page: 0, len: PAGE as u32 };
-            c.add(Step::Header, Sqe::Read { buf, offset: 0 }, Link::Hard, PAGE as u32);
+            c.add(Step::Header, Sqe::Read { file: own, buf, offset: 0 }, Link::Hard, PAGE as u32);
             at = PAGE as u64;
         }
         if l.row_len > 0 {
-            c.add(Step::Row, Sqe::Read { buf: Buf::Row { len: l.row_len }, offset: at }, Link::Hard, l.row_len);
+            let buf = Buf::Row { len: l.row_len };
+            c.add(Step::Row, Sqe::Read { file: own, buf, offset: at }, Link::Hard, l.row_len);
         }
         let probe = Buf::Scratch { page: 1, len: PAGE as u32 };
-        c.add(Step::Probe, Sqe::Read { buf: probe, offset: l.expected }, Link::Hard, 0);
+        c.add(Step::Probe, Sqe::Read { file: own, buf: probe, offset: l.block.file_len() }, Link::Hard, 0);
         c.add(Step::Close, Sqe::Close, if recheck { Link::Hard } else { Link::End }, 0);
         if recheck {
             c.add(Step::StatAfter, Sqe::Statx { path: PathSel::Final, into: 1 }, Link::End, 0);
@@ -511,16 +603,20 @@ impl Flow {
     /// What a load chain (or the reading part of a recheck chain) found.
     fn verdict(&self, rec: &Idle<'_>) -> Outcome {
         let (c, r, l) = (&self.chain, rec.results, &self.layout);
-        let Some(open) = c.at(Step::Open) else { return invalid("a load chain without openat") };
+        let Some(open) = c.at(Step::Open) else { return invalid() };
         if r[open] < 0 {
-            return if r[open] == -libc::ENOENT { Outcome::NotFound } else { load_open_failure(os_error(r[open])) };
+            return if r[open] == -libc::ENOENT {
+                Outcome::NotFound
+            } else {
+                Outcome::load_open_failure(OpError::from_res(r[open]))
+            };
         }
         let mut got = 0u64;
         let mut beyond = 0;
         for (k, step) in c.steps[..c.len].iter().enumerate() {
             if matches!(step, Step::Header | Step::Row | Step::Probe) {
                 if r[k] < 0 {
-                    return load_read_failure(os_error(r[k]));
+                    return Outcome::load_read_failure(OpError::from_res(r[k]));
                 }
                 if *step == Step::Probe {
                     beyond = r[k];
@@ -529,23 +625,19 @@ impl Flow {
                 }
             }
         }
-        if got != l.expected || beyond != 0 {
-            return Outcome::Corrupt("wrong length");
+        if got != l.block.file_len() || beyond != 0 {
+            return Outcome::Corrupt(WRONG_LENGTH);
         }
-        if let BlockFormat::Native { namespace, key } = &rec.op.format {
-            let verified = format::decode_header(&rec.scratch[..HEADER_LEN])
-                .and_then(|h| h.check(namespace, key, &rec.row[..l.row_bytes]));
-            if let Err(e) = verified {
-                return Outcome::Corrupt(e.reason());
-            }
+        match verify(rec, l) {
+            Ok(()) => Outcome::Ok,
+            Err(reason) => Outcome::Corrupt(reason),
         }
-        Outcome::Ok
     }
 
     fn recheck_done(&mut self, rec: &mut Idle<'_>) -> Next {
         let (c, r) = (self.chain, *rec.results);
         let (Some(before), Some(after)) = (c.at(Step::StatBefore), c.at(Step::StatAfter)) else {
-            return Next::Done(invalid("a recheck chain without statx"));
+            return Next::Done(invalid());
         };
         if r[before] < 0 {
             // Gone (or unreachable) already: nothing left to remove.
@@ -572,69 +664,67 @@ impl Flow {
     }
 }
 
-/// A store's layout. A native store encodes its header into scratch page 0 and, when the row's
-/// tail past `row_bytes` is not zero (the read lease does not allow clearing it), copies its
-/// last partial page, zero padded, into scratch page 1.
-fn store_layout(rec: &mut Idle<'_>, o_direct: bool) -> Result<Layout, Outcome> {
-    let (row, row_bytes) = (rec.row, rec.row_bytes);
-    match &rec.op.format {
-        BlockFormat::Vllm => Ok(Layout {
-            native: false,
-            row_bytes,
-            row_len: transfer_len(row_bytes)?,
-            tail_len: 0,
-            expected: row_bytes as u64,
-            direct: direct_flag(o_direct, row_bytes % PAGE == 0),
-        }),
-        BlockFormat::Native { namespace, key } => {
-            let padded = padded_len(row_bytes, row.len()).ok_or_else(|| invalid(STRIDE_TOO_SHORT))?;
-            let header: &mut [u8; HEADER_LEN] =
-                (&mut rec.scratch[..HEADER_LEN]).try_into().expect("scratch page 0 is HEADER_LEN bytes");
-            format::encode_header(namespace, key, &row[..row_bytes], header);
-            let (row_len, tail_len) = if row[row_bytes..padded].iter().all(|&b| b == 0) {
-                (padded, 0)
-            } else {
-                let full = row_bytes / PAGE * PAGE;
-                let last = &mut rec.scratch[PAGE..PAGE + (padded - full)];
-                last.fill(0);
-                last[..row_bytes - full].copy_from_slice(&row[full..row_bytes]);
-                (full, padded - full)
-            };
-            transfer_len(HEADER_LEN + padded)?;
-            Ok(Layout {
-                native: true,
-                row_bytes,
-                row_len: transfer_len(row_len)?,
-                tail_len: tail_len as u32,
-                expected: format::native_file_len(row_bytes as u64),
-                direct: direct_flag(o_direct, padded % PAGE == 0),
-            })
+/// An op's layout: the block's geometry ([`BlockLayout`]), and how much of the row each
+/// transfer moves (a load reads the padded payload straight into the row).
+fn layout(rec: &Idle<'_>, o_direct: bool) -> Result<Layout, Outcome> {
+    let block = BlockLayout::new(&rec.op.format, rec.row_bytes, rec.row.len()).map_err(Outcome::Failed)?;
+    transfer_len(block.header + block.payload)?;
+    Ok(Layout {
+        block,
+        row_len: transfer_len(block.payload)?,
+        tail_len: 0,
+        direct: open_flag(o_direct, block.direct_ok(rec.row, 0)),
+        extent: None,
+    })
+}
+
+/// A store's payload: a native store encodes its header into scratch page 0 and, when the
+/// row's bytes past the block are not zero (the read lease does not allow clearing them),
+/// copies its last partial page, zero padded, into scratch page 1.
+fn store_payload(rec: &mut Idle<'_>, l: &mut Layout) {
+    let BlockFormat::Native { namespace, key } = &rec.op.format else { return };
+    let (row, block) = (rec.row, l.block);
+    let header: &mut [u8; HEADER_LEN] =
+        (&mut rec.scratch[..HEADER_LEN]).try_into().expect("scratch page 0 is HEADER_LEN bytes");
+    format::encode_header(namespace, key, &row[..block.block], header);
+    let (from_row, tail) = block.store_split(row);
+    if tail > 0 {
+        block.fill_tail(row, from_row, &mut rec.scratch[PAGE..2 * PAGE]);
+    }
+    // Both fit one transfer: `layout` checked the whole payload does.
+    (l.row_len, l.tail_len) = (from_row as u32, tail as u32);
+}
+
+/// The write of a store at `offset` of `file`: one `writev` of header, row and padded last page
+/// for a native block (`write_fixed` would need one I/O per buffer, each extending a new file:
+/// an allocation each), one `write_fixed` of the row for a vLLM block. `None` for an empty
+/// block.
+fn write_step(l: &Layout, file: FileSel, offset: u64) -> Option<(Step, Sqe, u32)> {
+    if l.block.native() {
+        let mut bufs = [Buf::Scratch { page: 0, len: PAGE as u32 }; MAX_IOV];
+        let mut n = 1;
+        for (len, buf) in
+            [(l.row_len, Buf::Row { len: l.row_len }), (l.tail_len, Buf::Scratch { page: 1, len: l.tail_len })]
+        {
+            if len > 0 {
+                bufs[n] = buf;
+                n += 1;
+            }
         }
+        let total = PAGE as u32 + l.row_len + l.tail_len;
+        Some((Step::Row, Sqe::Writev { file, bufs, n: n as u8, offset }, total))
+    } else if l.row_len > 0 {
+        Some((Step::Row, Sqe::Write { file, buf: Buf::Row { len: l.row_len }, offset }, l.row_len))
+    } else {
+        None
     }
 }
 
-/// A load's layout: a native payload is read padded, straight into the row.
-fn load_layout(rec: &Idle<'_>, o_direct: bool) -> Result<Layout, Outcome> {
-    let row_bytes = rec.row_bytes;
-    match rec.op.format {
-        BlockFormat::Vllm => Ok(Layout {
-            native: false,
-            row_bytes,
-            row_len: transfer_len(row_bytes)?,
-            tail_len: 0,
-            expected: row_bytes as u64,
-            direct: direct_flag(o_direct, row_bytes % PAGE == 0),
-        }),
-        BlockFormat::Native { .. } => {
-            let padded = padded_len(row_bytes, rec.row.len()).ok_or_else(|| invalid(STRIDE_TOO_SHORT))?;
-            Ok(Layout {
-                native: true,
-                row_bytes,
-                row_len: transfer_len(padded)?,
-                tail_len: 0,
-                expected: format::native_file_len(row_bytes as u64),
-                direct: direct_flag(o_direct, padded % PAGE == 0),
-            })
-        }
-    }
+/// Checks a loaded native block's header (in scratch page 0) against the op's namespace, key
+/// and the payload in the row (a vLLM block has nothing to check); `Err` is the reason.
+fn verify(rec: &Idle<'_>, l: &Layout) -> Result<(), &'static str> {
+    let BlockFormat::Native { namespace, key } = &rec.op.format else { return Ok(()) };
+    format::decode_header(&rec.scratch[..HEADER_LEN])
+        .and_then(|h| h.check(namespace, key, &rec.row[..l.block.block]))
+        .map_err(|e| e.reason())
 }

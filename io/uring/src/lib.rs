@@ -8,7 +8,7 @@
 //! ## How it works
 //!
 //! - **One ring** per executor, with `max_ops` *records*: an op runs in a record, which owns
-//!   everything the kernel may touch for it (see the private `ring` module): the row's lease,
+//!   everything the kernel may touch for it (see the private `record` module): the row's lease,
 //!   three scratch pages in a registered arena (the native header, a zero-padded last page or
 //!   an end-of-file probe, `statx` buffers), its paths, and direct-descriptor slot `i`. Ops
 //!   beyond `max_ops` wait in a queue of `queue_capacity` (leases already taken); beyond
@@ -28,7 +28,15 @@
 //!   reaped. Direct descriptors: no file descriptor is installed in the process's table, so
 //!   `EMFILE` never stops this executor. The chains and their failure paths (temp-file
 //!   cleanup, directory creation, removal of a corrupt file only while it is still the file
-//!   that was read) are in the private `chain` module.
+//!   that was read) are in the private `chain` module; the steps they are made of, and how a
+//!   chain becomes SQEs built from a record's own buffers, in the private `sqe` module.
+//! - **Extent ops** on a file [`Executor::open_file`] opened: the file is registered in a
+//!   fixed-file slot (twice with `O_DIRECT`: with and without it), a store is one
+//!   `write_fixed`/`writev` at the extent's offset (then `fsync` with `sync`), a load one or two
+//!   `read_fixed`, each posting one CQE: no open or close per block.
+//! - **Reports**: when an op's last CQE is reaped (by whichever call reaps it: `poll`, or a
+//!   `submit` making room), its record is released, the row's lease dropped, and the op's job
+//!   part ([`kvtier_core::Part`]) finished with its outcome; `poll` counts finished ops.
 //! - **Leases and records are held until every CQE is reaped.** [`Executor::shutdown`] (and
 //!   `Drop`) cancels what waits in the queue, lets every op in the ring finish, and returns
 //!   only when the kernel has nothing of ours left: a dropped executor never frees memory the
@@ -53,8 +61,9 @@
 //! - **O_DIRECT** as in the threaded executor: for transfers aligned to 4096 in address,
 //!   length and offset (every native block; vLLM-format rows that are a multiple of 4096).
 //!
-//! All `unsafe` of the crate is in the private `ring` module, each block with a `SAFETY:`
-//! comment naming the invariant it relies on.
+//! `unsafe` is denied in this crate but for the private `ring` module (registering buffers,
+//! pushing SQEs), each block with a `SAFETY:` comment naming the invariant it relies on; the
+//! invariants themselves are kept by the safe `record` and `sqe` modules.
 //!
 //! ## Default depth
 //!
@@ -63,24 +72,32 @@
 //! threaded executor's, stores the same (their CPU goes to creating, writing and renaming the
 //! file inside the file system). The measurements behind this (`examples/tune_uring.rs`, the
 //! threaded executor alongside) are in `cli/bench/README.md`, "Executor defaults".
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 mod chain;
-mod outcome;
 mod probe;
+mod record;
+#[allow(unsafe_code)]
 mod ring;
+mod sqe;
 
 use std::collections::VecDeque;
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kvtier_core::Part;
+use kvtier_fs::files::{ExtentFile, ExtentFiles};
 use kvtier_fs::region::{Lease, PrimaryRegion};
-use kvtier_fs::{Executor, FileOp, FileOpDone, Full, Outcome, Wait};
+use kvtier_fs::submit::{admit, Refusal};
+use kvtier_fs::{Executor, FileId, FileOp, Full, OpError, Outcome, Target, Wait};
 
-use chain::{Flow, Next};
-use ring::{PushError, RecId, Ring, RingSetup};
+use chain::{FileSlots, Flow, Next};
+use record::RecId;
+use ring::{PushError, Ring, RingSetup};
 
 pub use probe::DISABLE_ENV;
 
@@ -146,12 +163,16 @@ pub struct UringExecutor {
     ring: Ring,
     /// Each record's flow, by record index.
     flows: Vec<Option<Flow>>,
-    /// Accepted ops waiting for a record.
-    queue: VecDeque<(FileOp, Lease)>,
+    /// Accepted ops waiting for a record, with their leases and parts.
+    queue: VecDeque<(FileOp, Lease, Part)>,
     /// Records whose next chain found no room in the submission queue.
     deferred: VecDeque<RecId>,
     ready: Vec<RecId>,
-    done: Vec<FileOpDone>,
+    /// Ops finished (their parts reported) since the last `poll`.
+    finished: usize,
+    /// The files opened for extent ops, and their fixed-file slots.
+    files: ExtentFiles,
+    file_slots: Vec<FileSlots>,
     region: Arc<PrimaryRegion>,
     config: UringConfig,
     in_flight: usize,
@@ -197,7 +218,9 @@ impl UringExecutor {
             queue: VecDeque::new(),
             deferred: VecDeque::new(),
             ready: Vec::new(),
-            done: Vec::new(),
+            finished: 0,
+            files: ExtentFiles::new(),
+            file_slots: Vec::new(),
             region,
             config,
             in_flight: 0,
@@ -215,15 +238,21 @@ impl UringExecutor {
         self.ring.capacity()
     }
 
-    fn complete_now(&mut self, op: FileOp, outcome: Outcome) {
-        self.done.push(FileOpDone { token: op.token, kind: op.kind, outcome });
+    /// Reports an op that never reached the ring, and counts it for the next `poll`.
+    fn finish_now(&mut self, part: Part, outcome: Outcome) {
+        part.finish(outcome.code());
+        self.finished += 1;
         self.in_flight += 1;
     }
 
     /// Starts `op` in a free record (the caller checked that one is free).
-    fn start(&mut self, op: FileOp, lease: Lease) {
-        let id = self.ring.start(op, lease);
-        let rec = self.ring.idle(id).map(|mut rec| Flow::start(&mut rec, self.config.o_direct));
+    fn start(&mut self, op: FileOp, lease: Lease, part: Part) {
+        let file = match &op.target {
+            Target::Extent(e) => self.file_slots.get(e.file.0 as usize).copied(),
+            Target::Path(_) => None,
+        };
+        let id = self.ring.start(op, lease, part);
+        let rec = self.ring.idle(id).map(|mut rec| Flow::start(&mut rec, self.config.o_direct, file));
         match rec {
             Some(Ok(flow)) => {
                 self.flows[id.index()] = Some(flow);
@@ -242,7 +271,8 @@ impl UringExecutor {
             Ok(()) => {}
             Err(PushError::NoRoom) => self.deferred.push_back(id),
             Err(PushError::Invalid(e)) => {
-                let outcome = flow.abort(e);
+                debug_assert!(false, "a flow built an invalid chain: {e}");
+                let outcome = flow.abort();
                 self.finish(id, outcome);
             }
         }
@@ -251,9 +281,10 @@ impl UringExecutor {
     /// Record `id` is done: its lease is released, then its op reported.
     fn finish(&mut self, id: RecId, outcome: Outcome) {
         self.flows[id.index()] = None;
-        let (op, lease) = self.ring.finish(id).expect("a finished op's record is idle");
+        let (_op, lease, part) = self.ring.finish(id).expect("a finished op's record is idle");
         drop(lease);
-        self.done.push(FileOpDone { token: op.token, kind: op.kind, outcome });
+        part.finish(outcome.code());
+        self.finished += 1;
     }
 
     /// Record `id`'s chain completed: its outcome, or its next chain.
@@ -283,8 +314,8 @@ impl UringExecutor {
                 self.push(id);
             }
             while self.ring.has_free() {
-                let Some((op, lease)) = self.queue.pop_front() else { break };
-                self.start(op, lease);
+                let Some((op, lease, part)) = self.queue.pop_front() else { break };
+                self.start(op, lease, part);
             }
             self.ring.flush()?;
             if reaped == 0 {
@@ -293,46 +324,41 @@ impl UringExecutor {
         }
     }
 
-    /// Moves finished ops to `out`.
-    fn deliver(&mut self, out: &mut Vec<FileOpDone>) -> usize {
-        let n = self.done.len();
-        out.append(&mut self.done);
-        n
+    /// Ops finished since the last call.
+    fn take_finished(&mut self) -> usize {
+        std::mem::take(&mut self.finished)
     }
 }
 
 impl Executor for UringExecutor {
-    fn submit(&mut self, op: FileOp) -> Result<(), Full> {
-        if self.stopped {
-            self.complete_now(op, Outcome::Cancelled);
-            return Ok(());
+    fn submit(&mut self, op: FileOp, part: Part) -> Result<(), Full> {
+        if !self.stopped {
+            // Whatever completed meanwhile frees its record (no syscall unless there is work).
+            let _ = self.progress();
         }
-        // Whatever completed meanwhile frees its record (no syscall unless there is work).
-        let _ = self.progress();
-        if !self.ring.has_free() && self.queue.len() >= self.config.queue_capacity {
-            return Err(Full(op));
-        }
-        let lease = match self.region.lease(op.slot, op.kind.lease_access()) {
+        let has_room = self.ring.has_free() || self.queue.len() < self.config.queue_capacity;
+        let lease = match admit(&self.region, &op, self.stopped, has_room) {
             Ok(lease) => lease,
-            Err(e) => {
-                self.complete_now(op, Outcome::Failed(e.into()));
+            Err(Refusal::Full) => return Err(Full { op, part }),
+            Err(Refusal::Finished(outcome)) => {
+                self.finish_now(part, outcome);
                 return Ok(());
             }
         };
         self.in_flight += 1;
         if self.queue.is_empty() && self.ring.has_free() {
-            self.start(op, lease);
+            self.start(op, lease, part);
             // An error here leaves the SQEs queued; the next poll submits them or reports it.
             let _ = self.ring.flush();
         } else {
-            self.queue.push_back((op, lease));
+            self.queue.push_back((op, lease, part));
         }
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut Vec<FileOpDone>, wait: Wait) -> io::Result<usize> {
+    fn poll(&mut self, wait: Wait) -> io::Result<usize> {
         let mut result = self.progress();
-        let mut n = self.deliver(out);
+        let mut n = self.take_finished();
         let deadline = match wait {
             Wait::Timeout(d) => Some(Instant::now().checked_add(d)),
             _ => None,
@@ -348,7 +374,7 @@ impl Executor for UringExecutor {
                 (Wait::Timeout(_), None) => unreachable!("a timeout has a deadline"),
             };
             result = self.ring.wait(timeout).and_then(|()| self.progress());
-            n += self.deliver(out);
+            n += self.take_finished();
         }
         debug_assert!(n <= self.in_flight, "more completions than ops in flight");
         self.in_flight = self.in_flight.saturating_sub(n);
@@ -362,11 +388,22 @@ impl Executor for UringExecutor {
         self.in_flight
     }
 
+    fn open_file(&mut self, path: &Path) -> io::Result<FileId> {
+        self.files.next_id()?;
+        let file = ExtentFile::open(path, self.config.o_direct)?;
+        let (buffered, direct) = file.fds();
+        let buffered = self.ring.register_file(buffered)?;
+        let direct = direct.map(|fd| self.ring.register_file(fd)).transpose()?;
+        self.file_slots.push(FileSlots { buffered, direct });
+        Ok(self.files.push(file))
+    }
+
     fn shutdown(&mut self) {
         self.stopped = true;
-        while let Some((op, lease)) = self.queue.pop_front() {
+        while let Some((_op, lease, part)) = self.queue.pop_front() {
             drop(lease);
-            self.done.push(FileOpDone { token: op.token, kind: op.kind, outcome: Outcome::Cancelled });
+            part.finish(Outcome::Cancelled.code());
+            self.finished += 1;
         }
         // Every op in the ring runs to its end (cleanup chains included).
         while self.ring.active() > 0 {
@@ -377,11 +414,12 @@ impl Executor for UringExecutor {
                 self.ring.wait(None)
             });
             if let Err(e) = step {
-                // The kernel does not answer: the ops are reported failed, and what they own
-                // is leaked (never freed while the kernel may still write it).
-                for op in self.ring.abandon() {
-                    let error = io::Error::new(e.kind(), format!("io_uring failed during shutdown: {e}"));
-                    self.done.push(FileOpDone { token: op.token, kind: op.kind, outcome: Outcome::Failed(error) });
+                // The kernel does not answer: the ops are reported lost, and what they own is
+                // leaked (never freed while the kernel may still write it).
+                eprintln!("kvtier-io-uring: io_uring failed during shutdown: {e}; its ops are reported lost");
+                for (_op, part) in self.ring.abandon() {
+                    part.finish(Outcome::Failed(OpError::Lost).code());
+                    self.finished += 1;
                 }
                 for flow in &mut self.flows {
                     *flow = None;

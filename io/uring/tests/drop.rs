@@ -8,11 +8,13 @@ use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kvtier_core::Direction;
 use kvtier_core::SlotId;
+use kvtier_fs::conformance::Tracker;
 use kvtier_fs::conformance::{self, block_path, fill, native, op, pattern, temp_files, NAMESPACE};
 use kvtier_fs::format::{self, HEADER_LEN};
 use kvtier_fs::region::Access;
-use kvtier_fs::{Executor, FileOpDone, OpKind, Wait};
+use kvtier_fs::{Executor, Wait};
 use kvtier_io_uring::{UringConfig, UringExecutor};
 
 const ROW: usize = 1 << 20;
@@ -26,19 +28,28 @@ fn run(delay: Option<Duration>, config: UringConfig) {
     }
     let mut exec = UringExecutor::new(Arc::clone(&region), config.clone()).unwrap();
     // Half the blocks first, so loads have something to read.
-    let stores = (0..N / 2).map(|i| op(i, OpKind::Store, i as u32, &block_path(dir.path(), i), native(i))).collect();
+    let stores = (0..N / 2).map(|i| op(i, Direction::Store, i as u32, &block_path(dir.path(), i), native(i))).collect();
     conformance::run_ops(&mut exec, stores);
+    let mut tracker = Tracker::new();
+    let mut tokens = Vec::new();
     for i in 0..N / 2 {
-        exec.submit(op(N + i, OpKind::Load, (N + i) as u32, &block_path(dir.path(), i), native(i))).unwrap();
         let j = N / 2 + i;
-        exec.submit(op(j, OpKind::Store, j as u32, &block_path(&dir.path().join("new"), j), native(j))).unwrap();
+        let load = op(N + i, Direction::Load, (N + i) as u32, &block_path(dir.path(), i), native(i));
+        let store = op(j, Direction::Store, j as u32, &block_path(&dir.path().join("new"), j), native(j));
+        for o in [load, store] {
+            tokens.push(o.token);
+            tracker.submit(&mut exec, o).unwrap();
+        }
     }
     if let Some(d) = delay {
         std::thread::sleep(d);
-        let mut some: Vec<FileOpDone> = Vec::new();
-        let _ = exec.poll(&mut some, Wait::No);
+        let _ = exec.poll(Wait::No);
     }
     drop(exec);
+    // Every op was reported, exactly once, by the time the drop returned.
+    let mut done = Vec::new();
+    tracker.take(&mut done);
+    conformance::collect(done, &tokens);
     for slot in 0..2 * N as u32 {
         assert!(region.lease(SlotId(slot), Access::Write).is_ok(), "slot {slot} still leased after drop");
     }

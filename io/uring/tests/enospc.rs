@@ -6,8 +6,10 @@
 use std::fs;
 use std::sync::Arc;
 
+use kvtier_core::Direction;
+use kvtier_fs::conformance::TestOp;
 use kvtier_fs::conformance::{self, block, block_path, fill, native, op, pattern, temp_files, LoopMount};
-use kvtier_fs::{Executor, FileOp, OpKind, Outcome};
+use kvtier_fs::{Executor, Outcome};
 use kvtier_io_uring::{UringConfig, UringExecutor};
 
 #[test]
@@ -23,7 +25,7 @@ fn enospc_fails_cleanly_and_recovers() {
         fill(&region, slot, u64::from(slot), slot % 2 == 1);
     }
     // 8 MiB, 68 KiB per native block file: fill it up, 16 stores at a time.
-    let store = |i: u64| -> FileOp { op(i, OpKind::Store, (i % 16) as u32, &block_path(&root, i), native(i)) };
+    let store = |i: u64| -> TestOp { op(i, Direction::Store, (i % 16) as u32, &block_path(&root, i), native(i)) };
     let mut published = Vec::new();
     let mut enospc = 0;
     let mut i = 0;
@@ -42,7 +44,7 @@ fn enospc_fails_cleanly_and_recovers() {
     assert!(temp_files(&root).is_empty(), "no temp file may remain after ENOSPC: {:?}", temp_files(&root));
     // Every published file is complete and loads back intact.
     for &t in &published {
-        let o = conformance::run_one(&mut exec, op(100_000 + t, OpKind::Load, 16, &block_path(&root, t), native(t)));
+        let o = conformance::run_one(&mut exec, op(100_000 + t, Direction::Load, 16, &block_path(&root, t), native(t)));
         assert!(o.is_ok(), "load of published block {t}: {o:?}");
         assert!(block(&region, 16) == pattern(t % 16, ROW), "block {t} differs");
     }

@@ -7,9 +7,10 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use kvtier_core::Direction;
 use kvtier_fs::conformance::{self, block_path, fill, native, op, pattern};
 use kvtier_fs::region::PrimaryRegion;
-use kvtier_fs::{Executor, OpKind};
+use kvtier_fs::Executor;
 use kvtier_io_threaded::{ThreadedConfig, ThreadedExecutor};
 use kvtier_io_uring::{UringConfig, UringExecutor, DISABLE_ENV};
 
@@ -28,32 +29,11 @@ fn auto(region: Arc<PrimaryRegion>, config: UringConfig) -> (Box<dyn Executor>, 
 fn round_trip(exec: &mut dyn Executor, region: &Arc<PrimaryRegion>, root: &Path) {
     fill(region, 0, 7, false);
     let path = block_path(root, 7);
-    let stored = conformance::run_one(&mut Exec(exec), op(1, OpKind::Store, 0, &path, native(7)));
+    let stored = conformance::run_one(exec, op(1, Direction::Store, 0, &path, native(7)));
     assert!(stored.is_ok(), "{stored:?}");
-    let loaded = conformance::run_one(&mut Exec(exec), op(2, OpKind::Load, 1, &path, native(7)));
+    let loaded = conformance::run_one(exec, op(2, Direction::Load, 1, &path, native(7)));
     assert!(loaded.is_ok(), "{loaded:?}");
     assert!(conformance::block(region, 1) == pattern(7, 4096));
-}
-
-/// `&mut dyn Executor` as an `Executor` (the suite's helpers are generic).
-struct Exec<'a>(&'a mut dyn Executor);
-
-impl Executor for Exec<'_> {
-    fn submit(&mut self, op: kvtier_fs::FileOp) -> Result<(), kvtier_fs::Full> {
-        self.0.submit(op)
-    }
-    fn poll(&mut self, out: &mut Vec<kvtier_fs::FileOpDone>, wait: kvtier_fs::Wait) -> io::Result<usize> {
-        self.0.poll(out, wait)
-    }
-    fn in_flight(&self) -> usize {
-        self.0.in_flight()
-    }
-    fn shutdown(&mut self) {
-        self.0.shutdown()
-    }
-    fn name(&self) -> &'static str {
-        self.0.name()
-    }
 }
 
 #[test]

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvtier_fs::conformance::{self, op};
-use kvtier_fs::{BlockFormat, Executor, OpKind, Outcome, Wait};
+use kvtier_core::Direction;
+use kvtier_fs::conformance::{self, op, Tracker};
+use kvtier_fs::{BlockFormat, Executor, Outcome, Wait};
 use kvtier_io_uring::{UringConfig, UringExecutor};
 
 /// User + system CPU seconds of `/proc/{which}/stat` (`self`: the process, `thread-self`: the
@@ -39,12 +40,13 @@ fn waiting_is_done_in_the_kernel() {
     let fifo = dir.path().join("fifo.bin");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo {c:?}");
-    exec.submit(op(1, OpKind::Load, 0, &fifo, BlockFormat::Vllm)).unwrap();
+    let mut tracker = Tracker::new();
+    tracker.submit(&mut exec, op(1, Direction::Load, 0, &fifo, BlockFormat::Vllm)).unwrap();
     let mut out = Vec::new();
     let (c0, t0) = (cpu_seconds("thread-self"), Instant::now());
     let mut polls = 0;
     while t0.elapsed() < Duration::from_millis(1500) {
-        assert_eq!(exec.poll(&mut out, Wait::Timeout(Duration::from_millis(100))).unwrap(), 0);
+        assert_eq!(exec.poll(Wait::Timeout(Duration::from_millis(100))).unwrap(), 0);
         polls += 1;
     }
     let (cpu, wall) = (cpu_seconds("thread-self") - c0, t0.elapsed().as_secs_f64());
@@ -70,11 +72,12 @@ fn waiting_is_done_in_the_kernel() {
     };
     let t0 = Instant::now();
     while exec.in_flight() > 0 {
-        exec.poll(&mut out, Wait::Forever).unwrap();
+        exec.poll(Wait::Forever).unwrap();
         assert!(t0.elapsed() < conformance::STUCK);
     }
+    tracker.take(&mut out);
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
-    assert!(matches!(out[0].outcome, Outcome::Corrupt("wrong length")), "{:?}", out[0].outcome);
+    assert_eq!(out, [(1, Outcome::Corrupt("wrong length"))]);
     assert!(!fifo.exists(), "the corrupt file was removed");
 }

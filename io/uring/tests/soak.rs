@@ -10,28 +10,19 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kvtier_core::Direction;
 use kvtier_core::SlotId;
-use kvtier_fs::conformance::{self, block, block_path, fill, native, pattern, temp_files};
+use kvtier_fs::conformance::Tracker;
+use kvtier_fs::conformance::{self, block, block_path, fill, native, op, pattern, temp_files};
 use kvtier_fs::format;
 use kvtier_fs::region::Access;
-use kvtier_fs::{BlockFormat, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
+use kvtier_fs::rng::SplitMix64;
+use kvtier_fs::{BlockFormat, Executor, Outcome, Wait};
 use kvtier_io_uring::{UringConfig, UringExecutor};
 
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
+/// `SplitMix64::below` for `usize` bounds.
+fn below(rng: &mut SplitMix64, n: usize) -> usize {
+    rng.below(n as u64) as usize
 }
 
 fn seed() -> u64 {
@@ -53,7 +44,7 @@ enum Disk {
 /// What an op in flight expects.
 #[derive(Debug)]
 struct Pending {
-    kind: OpKind,
+    kind: Direction,
     block: u64,
     slot: u32,
     /// The seed a store publishes, or a load must find (`None`: not found / corrupt).
@@ -73,12 +64,12 @@ fn format_of(block: u64) -> BlockFormat {
 /// Damages a published file so that a load must find it corrupt: a flipped bit in a native
 /// file's header or payload (not its padding, which no checksum covers), or one byte too few
 /// or too many.
-fn damage(path: &Path, block: u64, row_bytes: usize, rng: &mut Rng) {
+fn damage(path: &Path, block: u64, row_bytes: usize, rng: &mut SplitMix64) {
     let mut bytes = fs::read(path).unwrap();
-    if block % 2 == 0 && rng.below(2) == 0 {
-        let at = rng.below(format::HEADER_LEN + row_bytes);
+    if block % 2 == 0 && below(rng, 2) == 0 {
+        let at = below(rng, format::HEADER_LEN + row_bytes);
         bytes[at] ^= 0x40;
-    } else if rng.below(2) == 0 {
+    } else if below(rng, 2) == 0 {
         bytes.pop();
     } else {
         bytes.push(0);
@@ -90,7 +81,7 @@ fn soak(seed: u64, row_bytes: usize, config: UringConfig, ops: usize) {
     const ROWS: usize = 48;
     const BLOCKS: u64 = 96;
     println!("soak: seed = {seed} (KVTIER_SEED={seed} replays), {row_bytes}-byte rows, {config:?}");
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let dir = conformance::scratch_dir();
     let root = dir.path().join("tier");
     let region = conformance::region(ROWS, row_bytes);
@@ -103,46 +94,44 @@ fn soak(seed: u64, row_bytes: usize, config: UringConfig, ops: usize) {
     let mut writer = [false; ROWS];
     let busy_block = |pending: &HashMap<u64, Pending>, b: u64| pending.values().any(|p| p.block == b && !p.refused);
     let mut next_version = 1u64;
-    let mut done: Vec<FileOpDone> = Vec::new();
+    let mut tracker = Tracker::new();
+    let mut done: Vec<(u64, Outcome)> = Vec::new();
     let mut counts: HashMap<&'static str, usize> = HashMap::new();
 
     let settle = |exec: &mut UringExecutor,
-                  done: &mut Vec<FileOpDone>,
+                  done: &mut Vec<(u64, Outcome)>,
                   pending: &mut HashMap<u64, Pending>,
                   disk: &mut HashMap<u64, Disk>,
                   readers: &mut [u32; ROWS],
                   writer: &mut [bool; ROWS],
                   counts: &mut HashMap<&'static str, usize>| {
-        for d in done.drain(..) {
-            let p = pending
-                .remove(&d.token)
-                .unwrap_or_else(|| panic!("seed {seed}: unknown or repeated token {}", d.token));
-            assert_eq!(p.kind, d.kind, "seed {seed}");
+        for (token, outcome) in done.drain(..) {
+            let p = pending.remove(&token).unwrap_or_else(|| panic!("seed {seed}: unknown or repeated token {token}"));
             if p.refused {
-                assert!(matches!(d.outcome, Outcome::Failed(_)), "seed {seed}: a refused lease: {:?}", d.outcome);
+                assert!(matches!(outcome, Outcome::Failed(_)), "seed {seed}: a refused lease: {outcome:?}");
                 *counts.entry("lease conflict").or_default() += 1;
                 continue;
             }
             let slot = p.slot as usize;
             match p.kind {
-                OpKind::Store => readers[slot] -= 1,
-                OpKind::Load => writer[slot] = false,
+                Direction::Store => readers[slot] -= 1,
+                Direction::Load => writer[slot] = false,
             }
             // The slot is released by the time its op is reported.
             if readers[slot] == 0 && !writer[slot] {
                 assert!(region.lease(SlotId(p.slot), Access::Write).is_ok(), "seed {seed}: slot {slot} still leased");
             }
-            match (p.kind, p.version, &d.outcome) {
-                (OpKind::Store, Disk::Holds(v), Outcome::Ok) => {
+            match (p.kind, p.version, &outcome) {
+                (Direction::Store, Disk::Holds(v), Outcome::Ok) => {
                     disk.insert(p.block, Disk::Holds(v));
                     *counts.entry("store ok").or_default() += 1;
                 }
-                (OpKind::Load, Disk::Holds(v), Outcome::Ok) => {
+                (Direction::Load, Disk::Holds(v), Outcome::Ok) => {
                     assert!(block(&region, p.slot) == pattern(v, row_bytes), "seed {seed}: block {} differs", p.block);
                     *counts.entry("load ok").or_default() += 1;
                 }
-                (OpKind::Load, Disk::Absent, Outcome::NotFound) => *counts.entry("not found").or_default() += 1,
-                (OpKind::Load, Disk::Damaged, Outcome::Corrupt(_)) => {
+                (Direction::Load, Disk::Absent, Outcome::NotFound) => *counts.entry("not found").or_default() += 1,
+                (Direction::Load, Disk::Damaged, Outcome::Corrupt(_)) => {
                     assert!(!block_path(&root, p.block).exists(), "seed {seed}: a corrupt file is removed");
                     disk.insert(p.block, Disk::Absent);
                     *counts.entry("corrupt").or_default() += 1;
@@ -159,20 +148,21 @@ fn soak(seed: u64, row_bytes: usize, config: UringConfig, ops: usize) {
     let mut token = 0u64;
     while submitted < ops {
         token += 1;
-        if exec.in_flight() > 0 && (rng.below(8) == 0 || exec.in_flight() > 3 * ROWS / 4) {
+        if exec.in_flight() > 0 && (below(&mut rng, 8) == 0 || exec.in_flight() > 3 * ROWS / 4) {
             // Make room: the model only picks slots and blocks with nothing in flight.
-            let wait = match rng.below(4) {
+            let wait = match below(&mut rng, 4) {
                 0 => Wait::Forever,
-                1 => Wait::Timeout(Duration::from_micros(rng.below(2000) as u64)),
+                1 => Wait::Timeout(Duration::from_micros(below(&mut rng, 2000) as u64)),
                 _ => Wait::No,
             };
-            exec.poll(&mut done, wait).unwrap();
+            exec.poll(wait).unwrap();
+            tracker.take(&mut done);
             settle(&mut exec, &mut done, &mut pending, &mut disk, &mut readers, &mut writer, &mut counts);
         }
-        let roll = rng.below(100);
-        let slot = rng.below(ROWS) as u32;
+        let roll = below(&mut rng, 100);
+        let slot = below(&mut rng, ROWS) as u32;
         let s = slot as usize;
-        let b = rng.below(BLOCKS as usize) as u64;
+        let b = below(&mut rng, BLOCKS as usize) as u64;
         if roll < 3 && !busy_block(&pending, b) {
             // Damage a published file.
             if let Disk::Holds(_) = disk[&b] {
@@ -181,52 +171,45 @@ fn soak(seed: u64, row_bytes: usize, config: UringConfig, ops: usize) {
             }
             continue;
         }
-        let kind = if roll < 50 { OpKind::Store } else { OpKind::Load };
-        if busy_block(&pending, b) || writer[s] || (kind == OpKind::Load && readers[s] > 0) {
+        let kind = if roll < 50 { Direction::Store } else { Direction::Load };
+        if busy_block(&pending, b) || writer[s] || (kind == Direction::Load && readers[s] > 0) {
             // Only a slot the model knows is free is used: a slot whose op completed but was
             // not reported yet may already be free, or not.
             continue;
         }
         // Now and then, the slot is leased elsewhere (by this test): the op must fail, at once.
-        let refused = rng.below(20) == 0 && readers[s] == 0;
+        let refused = below(&mut rng, 20) == 0 && readers[s] == 0;
         let held = refused.then(|| region.lease(SlotId(slot), Access::Write).expect("the model says it is free"));
         let version = match kind {
-            OpKind::Store if !refused => {
+            Direction::Store if !refused => {
                 if readers[s] > 0 {
                     // Another store reads the slot: refilling it would race with it.
                     continue;
                 }
                 let v = next_version;
                 next_version += 1;
-                fill(&region, slot, v, rng.below(2) == 0);
+                fill(&region, slot, v, below(&mut rng, 2) == 0);
                 Disk::Holds(v)
             }
-            OpKind::Store => Disk::Absent,
-            OpKind::Load => disk[&b],
+            Direction::Store => Disk::Absent,
+            Direction::Load => disk[&b],
         };
         if !refused {
             match kind {
-                OpKind::Store => readers[s] += 1,
-                OpKind::Load => writer[s] = true,
+                Direction::Store => readers[s] += 1,
+                Direction::Load => writer[s] = true,
             }
         }
-        let op = FileOp {
-            token,
-            kind,
-            slot: SlotId(slot),
-            path: block_path(&root, b),
-            format: format_of(b),
-            sync: rng.below(16) == 0,
-            evict: None,
-        };
+        let mut op = op(token, kind, slot, &block_path(&root, b), format_of(b));
+        op.op.sync = below(&mut rng, 16) == 0;
         pending.insert(token, Pending { kind, block: b, slot, version, refused });
-        let mut op = op;
         loop {
-            match exec.submit(op) {
+            match tracker.submit(&mut exec, op) {
                 Ok(()) => break,
-                Err(full) => {
-                    op = full.0;
-                    exec.poll(&mut done, Wait::Forever).unwrap();
+                Err(back) => {
+                    op = back;
+                    exec.poll(Wait::Forever).unwrap();
+                    tracker.take(&mut done);
                     settle(&mut exec, &mut done, &mut pending, &mut disk, &mut readers, &mut writer, &mut counts);
                 }
             }
@@ -235,7 +218,8 @@ fn soak(seed: u64, row_bytes: usize, config: UringConfig, ops: usize) {
         submitted += 1;
     }
     while exec.in_flight() > 0 {
-        assert!(exec.poll(&mut done, Wait::Timeout(conformance::STUCK)).unwrap() > 0, "seed {seed}: stuck");
+        assert!(exec.poll(Wait::Timeout(conformance::STUCK)).unwrap() > 0, "seed {seed}: stuck");
+        tracker.take(&mut done);
         settle(&mut exec, &mut done, &mut pending, &mut disk, &mut readers, &mut writer, &mut counts);
     }
     assert!(pending.is_empty(), "seed {seed}: {} ops never reported", pending.len());

@@ -5,8 +5,9 @@
 use std::fs;
 use std::sync::Arc;
 
+use kvtier_core::Direction;
 use kvtier_fs::conformance::{self, block_path, fill, native, op, temp_files};
-use kvtier_fs::{tmpname, OpKind, Outcome};
+use kvtier_fs::{tmpname, Outcome};
 use kvtier_io_uring::{UringConfig, UringExecutor};
 
 #[test]
@@ -24,7 +25,7 @@ fn taken_temp_names_are_skipped() {
     for p in &stale {
         fs::write(p, b"stale").unwrap();
     }
-    let o = conformance::run_one(&mut exec, op(1, OpKind::Store, 0, &path, native(1)));
+    let o = conformance::run_one(&mut exec, op(1, Direction::Store, 0, &path, native(1)));
     assert!(o.is_ok(), "{o:?}");
     assert_eq!(temp_files(dir.path()).len(), 5, "only the stale files remain");
 
@@ -34,7 +35,7 @@ fn taken_temp_names_are_skipped() {
     for p in &more {
         fs::write(p, b"stale").unwrap();
     }
-    let o = conformance::run_one(&mut exec, op(2, OpKind::Store, 0, &path, native(1)));
+    let o = conformance::run_one(&mut exec, op(2, Direction::Store, 0, &path, native(1)));
     match o {
         Outcome::Failed(e) => assert_eq!(e.raw_os_error(), Some(libc::EEXIST)),
         o => panic!("{o:?}"),

@@ -1,354 +1,24 @@
-//! The conformance suite every [`Executor`] must pass (feature `conformance`).
-//!
-//! Each case is a public function taking the disk the executor's files live on (a
-//! [`Vfs`]: [`HostFs`] for kernel executors) and the executor's constructor,
-//! `make(region, dir) -> E`, where `dir` is the case's scratch directory (an executor that
-//! probes the file system, e.g. for `O_DIRECT`, probes it there). The cases inspect and damage
-//! files only through the disk, so one suite serves kernel executors and simulated ones.
-//! [`executor_conformance!`](crate::executor_conformance) generates one `#[test]` per case in
-//! the module it is invoked in:
-//!
-//! ```ignore
-//! mod buffered {
-//!     kvtier_fs::executor_conformance!(|region, _dir| MyExecutor::new(region, false));
-//! }
-//! // An executor over its own disk: `disk` is built once per test, `make(&disk)` returns the
-//! // constructor. Without the host's file system, the EMFILE/EACCES case is not generated.
-//! mod simulated {
-//!     kvtier_fs::executor_conformance!(disk = SimDisk::new(0); |disk: &SimDisk| {
-//!         let disk = disk.clone();
-//!         move |region, _dir| SimExecutor::new(region, disk.clone(), SimConfig::default())
-//!     });
-//! }
-//! ```
-//!
-//! The cases work on real files in temporary directories under [`std::env::temp_dir`] (on the
-//! machines this project runs on, `/tmp` is the same ext4 file system as the workspace, so
-//! `O_DIRECT` is exercised; where `/tmp` is tmpfs, an `O_DIRECT` executor runs buffered or
-//! not at all, depending on its probe).
-//!
-//! What they pin down: byte-exact round trips in both formats and at aligned and unaligned row
-//! sizes; `NotFound`, `Corrupt` (the file is removed) and `Transient` (the file is kept)
-//! outcomes; temp-file hygiene (no temp file survives an op, published files are never
-//! written in place); hundreds of ops in flight; every op reported exactly once, including
-//! across `shutdown` and `Drop`; leases held while an op runs and released before it is
-//! reported.
-//!
-//! [`transient_errors_keep_the_file`] re-runs its own test in a child process with a lowered
-//! `RLIMIT_NOFILE` (through `sh -c 'ulimit -n ...'`) to make `open` fail with `EMFILE`: that
-//! works as root, where permission bits deny nothing, and keeps the limit away from the other
-//! tests of the parent process. It needs the standard libtest harness (`--exact`).
+//! The cases on block files ([`crate::Target::Path`]), each a public function taking the
+//! disk the executor's files live on and the executor's constructor.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kvtier_core::{OffloadKey, SlotId};
-use tempfile::TempDir;
+use kvtier_core::{Direction, SlotId};
 
+use super::fixtures::*;
 use crate::format::{self, HEADER_LEN};
 use crate::region::{Access, PrimaryRegion};
 use crate::vfs::{HostFs, Vfs};
-use crate::{tmpname, BlockFormat, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
-
-/// The namespace digest native blocks are written under.
-pub const NAMESPACE: [u8; 12] = *b"0123456789ab";
-/// Another namespace: its blocks are foreign to [`NAMESPACE`].
-pub const OTHER_NAMESPACE: [u8; 12] = *b"ba9876543210";
-
-/// Longest a case waits for one completion before declaring the executor stuck.
-pub const STUCK: Duration = Duration::from_secs(120);
-
-/// Row sizes every round trip is run with: one page, three pages, and an unaligned size.
-pub const ROW_SIZES: [usize; 3] = [4096, 12288, 5000];
+use crate::{BlockFormat, Executor, Outcome, Wait};
 
 const CHILD_ENV: &str = "KVTIER_CONFORMANCE_CHILD_DIR";
 const CHILD_MARKER: &str = "child-passed";
 
-/// Generates one `#[test]` per conformance case in the current module; `$make` is the
-/// executor's constructor, `|region: Arc<PrimaryRegion>, dir: &Path| -> impl Executor`.
-///
-/// `executor_conformance!(disk = $disk; $make)` runs the cases (all but
-/// [`transient_errors_keep_the_file`], which needs the host's file system) on the disk `$disk`
-/// (an expression evaluated once per test, whose value implements [`Vfs`]); `$make` is called
-/// with `&disk` and returns the executor's constructor.
-#[macro_export]
-macro_rules! executor_conformance {
-    (disk = $disk:expr; $make:expr) => {
-        $crate::executor_conformance!(@cases ($disk); $make);
-    };
-    ($make:expr) => {
-        $crate::executor_conformance!(@cases ($crate::vfs::HostFs); |_: &$crate::vfs::HostFs| $make);
-        #[test]
-        fn transient_errors_keep_the_file() {
-            $crate::conformance::transient_errors_keep_the_file(
-                concat!(module_path!(), "::transient_errors_keep_the_file"),
-                $make,
-            );
-        }
-    };
-    // The cases that run on any disk: the one list.
-    (@cases ($disk:expr); $make:expr) => {
-        $crate::executor_conformance!(@each ($disk); $make;
-            round_trip_many_blocks,
-            files_have_the_format_layout,
-            load_of_a_missing_file_is_not_found,
-            wrong_length_is_corrupt_and_removed,
-            flipped_bytes_are_corrupt_and_removed,
-            foreign_native_files_are_corrupt,
-            store_creates_missing_directories,
-            store_replaces_a_published_file_atomically,
-            failed_store_leaves_nothing,
-            many_ops_in_flight,
-            poll_waits_as_asked,
-            shutdown_reports_every_op,
-            drop_with_work_in_flight_is_sound,
-            lease_conflicts_fail_the_op,
-            stores_evict_their_victims,
-        );
-    };
-    (@each ($disk:expr); $make:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $case() {
-                let disk = $disk;
-                let make = ($make)(&disk);
-                $crate::conformance::$case(&disk, make);
-            }
-        )*
-    };
-}
-
-/// Runs every case except [`transient_errors_keep_the_file`] (which needs its test's name to
-/// re-run itself in a child process), in one test.
-pub fn run_all<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(make: F) {
-    run_all_on(&HostFs, make);
-}
-
-/// [`run_all`] for an executor whose files live on `disk` (e.g. a simulated disk) rather than
-/// on the host's file system: the cases read, damage and list files through `disk`.
-pub fn run_all_on<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(disk: &dyn Vfs, make: F) {
-    round_trip_many_blocks(disk, &make);
-    files_have_the_format_layout(disk, &make);
-    load_of_a_missing_file_is_not_found(disk, &make);
-    wrong_length_is_corrupt_and_removed(disk, &make);
-    flipped_bytes_are_corrupt_and_removed(disk, &make);
-    foreign_native_files_are_corrupt(disk, &make);
-    store_creates_missing_directories(disk, &make);
-    store_replaces_a_published_file_atomically(disk, &make);
-    failed_store_leaves_nothing(disk, &make);
-    many_ops_in_flight(disk, &make);
-    poll_waits_as_asked(disk, &make);
-    shutdown_reports_every_op(disk, &make);
-    drop_with_work_in_flight_is_sound(disk, &make);
-    lease_conflicts_fail_the_op(disk, &make);
-    stores_evict_their_victims(disk, &make);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Fixtures
-// ---------------------------------------------------------------------------------------------
-
-/// A fresh scratch directory under [`std::env::temp_dir`].
-pub fn scratch_dir() -> TempDir {
-    tempfile::Builder::new().prefix("kvtier-conformance-").tempdir().expect("create a scratch directory")
-}
-
-/// A region of `rows` rows of `row_bytes`.
-pub fn region(rows: usize, row_bytes: usize) -> Arc<PrimaryRegion> {
-    Arc::new(PrimaryRegion::anonymous(rows, row_bytes).expect("map a region"))
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-/// `len` pseudo-random bytes determined by `seed`.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut i = 0u64;
-    while out.len() < len {
-        out.extend_from_slice(&splitmix(seed.wrapping_mul(0x1_0000_0001).wrapping_add(i)).to_le_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-/// Block `i`'s key: a 16-byte hash part and group `i % 3`.
-pub fn key(i: u64) -> OffloadKey {
-    let mut hash = [0u8; 16];
-    hash[..8].copy_from_slice(&splitmix(i).to_le_bytes());
-    hash[8..].copy_from_slice(&splitmix(!i).to_le_bytes());
-    OffloadKey::new(&hash, (i % 3) as u32).expect("a 20-byte key")
-}
-
-/// Block `i`'s file under `root`, laid out like the FS tier's (`{h[0:3]}/{h[3:5]}_g{g}/{h}.bin`).
-pub fn block_path(root: &Path, i: u64) -> PathBuf {
-    let k = key(i);
-    let h: String = k.hash().iter().map(|b| format!("{b:02x}")).collect();
-    root.join(&h[..3]).join(format!("{}_g{}", &h[3..5], k.group())).join(format!("{h}.bin"))
-}
-
-/// The native format for block `i` under [`NAMESPACE`].
-pub fn native(i: u64) -> BlockFormat {
-    BlockFormat::Native { namespace: NAMESPACE, key: key(i) }
-}
-
-/// Fills row `slot` with `pattern(seed)`; with `dirty_tail`, the bytes between `row_bytes` and
-/// the stride are set to a non-zero value too (a well-behaved executor never writes them to a
-/// file: the native format pads with zeros).
-pub fn fill(region: &Arc<PrimaryRegion>, slot: u32, seed: u64, dirty_tail: bool) {
-    let mut lease = region.lease(SlotId(slot), Access::Write).expect("fill: slot is free");
-    let row_bytes = region.row_bytes();
-    let row = lease.as_mut_slice().expect("a write lease");
-    row[..row_bytes].copy_from_slice(&pattern(seed, row_bytes));
-    row[row_bytes..].fill(if dirty_tail { 0xee } else { 0 });
-}
-
-/// A copy of row `slot`'s block bytes.
-pub fn block(region: &Arc<PrimaryRegion>, slot: u32) -> Vec<u8> {
-    region.lease(SlotId(slot), Access::Read).expect("block: slot is not write-leased").block().to_vec()
-}
-
-/// An op.
-pub fn op(token: u64, kind: OpKind, slot: u32, path: &Path, format: BlockFormat) -> FileOp {
-    FileOp { token, kind, slot: SlotId(slot), path: path.to_path_buf(), format, sync: token % 4 == 0, evict: None }
-}
-
-/// A small ext4 image mounted on a loop device, unmounted on drop.
-pub struct LoopMount {
-    image: PathBuf,
-    /// Where the file system is mounted.
-    pub mount: PathBuf,
-}
-
-impl LoopMount {
-    /// Makes a `mib` MiB ext4 image (no journal) in `dir` and mounts it at `dir/mnt`; `None`
-    /// (with a "skipped" line) where that cannot be done (needs root, `mkfs.ext4`, loop devices).
-    pub fn new(dir: &Path, mib: u32) -> Option<LoopMount> {
-        let image = dir.join("fs.img");
-        let mount = dir.join("mnt");
-        std::fs::create_dir_all(&mount).ok()?;
-        let run = |cmd: &str, args: &[&str]| {
-            std::process::Command::new(cmd)
-                .args(args)
-                .output()
-                .map(|o| o.status.success().then_some(()).ok_or(o))
-                .ok()?
-                .ok()
-        };
-        let img = image.to_str()?;
-        if run("truncate", &["-s", &format!("{mib}M"), img]).is_none()
-            || run("mkfs.ext4", &["-q", "-F", "-O", "^has_journal", img]).is_none()
-            || run("mount", &["-o", "loop", img, mount.to_str()?]).is_none()
-        {
-            eprintln!("skipped: cannot mount a loop device here (needs root, mkfs.ext4 and loop devices)");
-            return None;
-        }
-        Some(LoopMount { image, mount })
-    }
-}
-
-impl Drop for LoopMount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.mount).status();
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
-/// Every temp file (by [`tmpname::parse_temp`]) under `root`.
-pub fn temp_files(root: &Path) -> Vec<PathBuf> {
-    temp_files_on(&HostFs, root)
-}
-
-/// Every temp file (by [`tmpname::parse_temp`]) under `root` on `disk`.
-pub fn temp_files_on(disk: &dyn Vfs, root: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = disk.read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = dir.join(&entry.name);
-            if entry.is_dir {
-                stack.push(path);
-            } else if tmpname::parse_temp(&entry.name).is_some() {
-                found.push(path);
-            }
-        }
-    }
-    found
-}
-
-fn assert_no_temp_files(disk: &dyn Vfs, root: &Path) {
-    let left = temp_files_on(disk, root);
-    assert!(left.is_empty(), "temp files left behind: {left:?}");
-}
-
-/// Polls once with `wait`, checking the count against `in_flight`.
-pub fn poll_some<E: Executor>(exec: &mut E, out: &mut Vec<FileOpDone>, wait: Wait) -> usize {
-    let before = exec.in_flight();
-    let len = out.len();
-    let n = exec.poll(out, wait).expect("poll");
-    assert_eq!(out.len() - len, n, "poll's count must match what it appended");
-    assert_eq!(exec.in_flight(), before - n, "in_flight must drop by what poll returned");
-    n
-}
-
-/// Submits every op (polling for room whenever the executor is full), then polls until nothing
-/// is in flight. Returns each op's outcome by token; panics on a token reported twice or never.
-pub fn run_ops<E: Executor>(exec: &mut E, ops: Vec<FileOp>) -> HashMap<u64, Outcome> {
-    let tokens: Vec<u64> = ops.iter().map(|o| o.token).collect();
-    let mut done = Vec::new();
-    let base = exec.in_flight();
-    let mut submitted = 0;
-    for mut op in ops {
-        loop {
-            match exec.submit(op) {
-                Ok(()) => break,
-                Err(full) => {
-                    op = full.0;
-                    assert!(exec.in_flight() > 0, "executor full with nothing in flight");
-                    poll_some(exec, &mut done, Wait::Timeout(STUCK));
-                }
-            }
-        }
-        submitted += 1;
-        assert_eq!(exec.in_flight() + done.len(), base + submitted, "in_flight counts submitted, not polled ops");
-    }
-    while exec.in_flight() > 0 {
-        assert!(poll_some(exec, &mut done, Wait::Timeout(STUCK)) > 0, "no completion within {STUCK:?}");
-    }
-    collect(done, &tokens)
-}
-
-fn collect(done: Vec<FileOpDone>, tokens: &[u64]) -> HashMap<u64, Outcome> {
-    let mut by_token = HashMap::new();
-    for d in done {
-        assert!(tokens.contains(&d.token), "unknown token {} reported", d.token);
-        assert!(by_token.insert(d.token, d.outcome).is_none(), "token {} reported twice", d.token);
-    }
-    for t in tokens {
-        assert!(by_token.contains_key(t), "token {t} never reported");
-    }
-    by_token
-}
-
-/// Runs one op and returns its outcome.
-pub fn run_one<E: Executor>(exec: &mut E, op: FileOp) -> Outcome {
-    let token = op.token;
-    run_ops(exec, vec![op]).remove(&token).expect("reported")
-}
-
-fn assert_ok(outcome: &Outcome, what: &str) {
+pub(super) fn assert_ok(outcome: &Outcome, what: &str) {
     assert!(outcome.is_ok(), "{what}: {outcome:?}");
 }
 
@@ -359,7 +29,7 @@ fn assert_corrupt_and_removed(disk: &dyn Vfs, outcome: Outcome, path: &Path, wha
 }
 
 /// Stores block `i` from `slot` (filled with seed `i`) at `block_path(root, i)`.
-fn store_block<E: Executor>(
+pub(super) fn store_block<E: Executor>(
     exec: &mut E,
     region: &Arc<PrimaryRegion>,
     root: &Path,
@@ -369,31 +39,27 @@ fn store_block<E: Executor>(
 ) -> PathBuf {
     fill(region, slot, i, false);
     let path = block_path(root, i);
-    assert_ok(&run_one(exec, op(i, OpKind::Store, slot, &path, format)), "store");
+    assert_ok(&run_one(exec, op(i, Direction::Store, slot, &path, format)), "store");
     path
 }
 
-fn formats(i: u64) -> [BlockFormat; 2] {
+pub(super) fn formats(i: u64) -> [BlockFormat; 2] {
     [BlockFormat::Vllm, native(i)]
 }
 
-fn format_name(f: &BlockFormat) -> &'static str {
+pub(super) fn format_name(f: &BlockFormat) -> &'static str {
     match f {
         BlockFormat::Vllm => "vllm",
         BlockFormat::Native { .. } => "native",
     }
 }
 
-fn expected_len(format: &BlockFormat, row_bytes: usize) -> u64 {
+pub(super) fn expected_len(format: &BlockFormat, row_bytes: usize) -> u64 {
     match format {
         BlockFormat::Vllm => row_bytes as u64,
         BlockFormat::Native { .. } => format::native_file_len(row_bytes as u64),
     }
 }
-
-// ---------------------------------------------------------------------------------------------
-// Cases
-// ---------------------------------------------------------------------------------------------
 
 /// 64 blocks, in both formats and at every [`ROW_SIZES`] size, stored from slots `0..64` and
 /// loaded back into slots `64..128` (pre-filled with garbage): byte-exact, each slot free again
@@ -414,7 +80,8 @@ pub fn round_trip_many_blocks<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<Pri
                 fill(&region, src(i), i, i % 2 == 1);
                 fill(&region, dst(i), 0xdead_0000 + i, true);
             }
-            let stores = (0..N).map(|i| op(i, OpKind::Store, src(i), &block_path(dir.path(), i), format(i))).collect();
+            let stores =
+                (0..N).map(|i| op(i, Direction::Store, src(i), &block_path(dir.path(), i), format(i))).collect();
             for (t, o) in run_ops(&mut exec, stores) {
                 assert_ok(&o, &format!("{what}: store {t}"));
                 region.lease(SlotId(src(t)), Access::Write).expect("a reported store's slot is released");
@@ -424,7 +91,7 @@ pub fn round_trip_many_blocks<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<Pri
                 assert_eq!(len, expected_len(&format(i), row_bytes), "{what}: file length");
             }
             let loads =
-                (0..N).map(|i| op(100 + i, OpKind::Load, dst(i), &block_path(dir.path(), i), format(i))).collect();
+                (0..N).map(|i| op(100 + i, Direction::Load, dst(i), &block_path(dir.path(), i), format(i))).collect();
             for (t, o) in run_ops(&mut exec, loads) {
                 assert_ok(&o, &format!("{what}: load {t}"));
                 region.lease(SlotId(dst(t - 100)), Access::Write).expect("a reported load's slot is released");
@@ -451,11 +118,11 @@ pub fn files_have_the_format_layout<E: Executor>(disk: &dyn Vfs, make: impl Fn(A
         let mut exec = make(Arc::clone(&region), dir.path());
         fill(&region, 0, 7, true);
         let vllm = dir.path().join("vllm.bin");
-        assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &vllm, BlockFormat::Vllm)), "vllm store");
+        assert_ok(&run_one(&mut exec, op(1, Direction::Store, 0, &vllm, BlockFormat::Vllm)), "vllm store");
         assert!(disk.read(&vllm).unwrap() == pattern(7, row_bytes), "a vllm file is the raw row ({row_bytes} bytes)");
 
         let nat = dir.path().join("native.bin");
-        assert_ok(&run_one(&mut exec, op(2, OpKind::Store, 0, &nat, native(7))), "native store");
+        assert_ok(&run_one(&mut exec, op(2, Direction::Store, 0, &nat, native(7))), "native store");
         let bytes = disk.read(&nat).unwrap();
         assert_eq!(bytes.len() as u64, format::native_file_len(row_bytes as u64));
         let header = format::decode_header(&bytes).expect("the header decodes");
@@ -476,7 +143,7 @@ pub fn load_of_a_missing_file_is_not_found<E: Executor>(disk: &dyn Vfs, make: im
     let mut exec = make(Arc::clone(&region), dir.path());
     for (t, format) in formats(0).into_iter().enumerate() {
         for path in [dir.path().join("missing.bin"), block_path(&dir.path().join("no-such-dir"), 0)] {
-            let o = run_one(&mut exec, op(t as u64, OpKind::Load, 0, &path, format));
+            let o = run_one(&mut exec, op(t as u64, Direction::Load, 0, &path, format));
             assert!(matches!(o, Outcome::NotFound), "{}: {o:?}", path.display());
             assert!(!disk.exists(&path));
         }
@@ -498,7 +165,7 @@ pub fn wrong_length_is_corrupt_and_removed<E: Executor>(disk: &dyn Vfs, make: im
                 let what = format!("{} file of {len} bytes instead of {full}", format_name(&format));
                 let reason = assert_corrupt_and_removed(
                     disk,
-                    run_one(&mut exec, op(9, OpKind::Load, 1, &path, format)),
+                    run_one(&mut exec, op(9, Direction::Load, 1, &path, format)),
                     &path,
                     &what,
                 );
@@ -528,7 +195,7 @@ pub fn flipped_bytes_are_corrupt_and_removed<E: Executor>(
             let what = format!("native {row_bytes}-byte block with byte {at} flipped");
             assert_corrupt_and_removed(
                 disk,
-                run_one(&mut exec, op(6, OpKind::Load, 1, &path, native(5))),
+                run_one(&mut exec, op(6, Direction::Load, 1, &path, native(5))),
                 &path,
                 &what,
             );
@@ -548,14 +215,14 @@ pub fn foreign_native_files_are_corrupt<E: Executor>(disk: &dyn Vfs, make: impl 
     for (written, what) in [(foreign_ns, "another namespace"), (native(2), "another key")] {
         fill(&region, 0, 1, false);
         let path = block_path(dir.path(), 1);
-        assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &path, written)), "store");
-        assert_corrupt_and_removed(disk, run_one(&mut exec, op(2, OpKind::Load, 1, &path, expect)), &path, what);
+        assert_ok(&run_one(&mut exec, op(1, Direction::Store, 0, &path, written)), "store");
+        assert_corrupt_and_removed(disk, run_one(&mut exec, op(2, Direction::Load, 1, &path, expect)), &path, what);
     }
     let path = block_path(dir.path(), 1);
     disk.write(&path, &pattern(1, format::native_file_len(row_bytes as u64) as usize)).unwrap();
     assert_corrupt_and_removed(
         disk,
-        run_one(&mut exec, op(3, OpKind::Load, 1, &path, expect)),
+        run_one(&mut exec, op(3, Direction::Load, 1, &path, expect)),
         &path,
         "not a native file",
     );
@@ -571,7 +238,7 @@ pub fn store_creates_missing_directories<E: Executor>(disk: &dyn Vfs, make: impl
         let path = store_block(&mut exec, &region, &root, 4, 0, format);
         assert!(disk.is_file(&path), "{} published", path.display());
         fill(&region, 1, 99, false);
-        assert_ok(&run_one(&mut exec, op(2, OpKind::Load, 1, &path, format)), "load back");
+        assert_ok(&run_one(&mut exec, op(2, Direction::Load, 1, &path, format)), "load back");
         assert!(block(&region, 1) == pattern(4, 8192));
     }
     assert_no_temp_files(disk, dir.path());
@@ -594,7 +261,7 @@ pub fn store_replaces_a_published_file_atomically<E: Executor>(
     let link = dir.path().join("old-inode");
     disk.hard_link(&path, &link).unwrap();
     fill(&region, 0, 2, false);
-    assert_ok(&run_one(&mut exec, op(1, OpKind::Store, 0, &path, BlockFormat::Vllm)), "store over a published file");
+    assert_ok(&run_one(&mut exec, op(1, Direction::Store, 0, &path, BlockFormat::Vllm)), "store over a published file");
     assert!(disk.read(&path).unwrap() == pattern(2, row_bytes), "the new block is published");
     assert!(disk.read(&link).unwrap() == old, "the published file was modified in place");
     assert_no_temp_files(disk, dir.path());
@@ -624,12 +291,12 @@ pub fn stores_evict_their_victims<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc
                     disk.remove_file(&victim).unwrap();
                 }
                 fill(&region, 0, i + 1, true);
-                let mut store = op(i + 1, OpKind::Store, 0, &path, format(i + 1));
-                store.evict = Some(Box::new(crate::Evict { path: victim.clone(), reuse }));
+                let mut store = op(i + 1, Direction::Store, 0, &path, format(i + 1));
+                store.op.evict = Some(Box::new(crate::Evict { path: victim.clone(), reuse }));
                 assert_ok(&run_one(&mut exec, store), &what);
                 assert!(!disk.exists(&victim), "{what}: the victim left the namespace");
                 fill(&region, 1, 0, false);
-                assert_ok(&run_one(&mut exec, op(i + 2, OpKind::Load, 1, &path, format(i + 1))), &what);
+                assert_ok(&run_one(&mut exec, op(i + 2, Direction::Load, 1, &path, format(i + 1))), &what);
                 assert!(block(&region, 1) == pattern(i + 1, row_bytes), "{what}: bytes differ");
                 assert_eq!(disk.len(&path).unwrap(), expected_len(&format(i + 1), row_bytes), "{what}");
                 i += 3;
@@ -653,7 +320,7 @@ pub fn failed_store_leaves_nothing<E: Executor>(disk: &dyn Vfs, make: impl Fn(Ar
     disk.write(&dir.path().join("a-file"), b"x").unwrap();
     for (t, path) in [is_dir.clone(), under_file].iter().enumerate() {
         for format in formats(1) {
-            let o = run_one(&mut exec, op(t as u64, OpKind::Store, 0, path, format));
+            let o = run_one(&mut exec, op(t as u64, Direction::Store, 0, path, format));
             assert!(matches!(o, Outcome::Failed(_)), "store to {}: {o:?}", path.display());
             assert_no_temp_files(disk, dir.path());
         }
@@ -672,27 +339,30 @@ pub fn many_ops_in_flight<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<Primary
     let dir = scratch_dir();
     let region = region(2 * N as usize, row_bytes);
     let mut exec = make(Arc::clone(&region), dir.path());
-    let submit_all = |exec: &mut E, ops: Vec<FileOp>, done: &mut Vec<FileOpDone>| {
+    let mut tracker = Tracker::new();
+    let submit_all = |exec: &mut E, tracker: &mut Tracker, ops: Vec<TestOp>, done: &mut Vec<(u64, Outcome)>| {
         for mut op in ops {
-            while let Err(full) = exec.submit(op) {
-                op = full.0;
-                assert!(exec.poll(done, Wait::Forever).unwrap() > 0, "full, yet nothing completes");
+            while let Err(back) = tracker.submit(exec, op) {
+                op = back;
+                assert!(poll_some(exec, tracker, done, Wait::Forever) > 0, "full, yet nothing completes");
             }
         }
     };
-    let drain = |exec: &mut E, done: &mut Vec<FileOpDone>| {
+    let drain = |exec: &mut E, tracker: &mut Tracker, done: &mut Vec<(u64, Outcome)>| {
         while exec.in_flight() > 0 {
-            assert!(exec.poll(done, Wait::Forever).unwrap() > 0, "Wait::Forever returned nothing with ops in flight");
+            let n = poll_some(exec, tracker, done, Wait::Forever);
+            assert!(n > 0, "Wait::Forever returned nothing with ops in flight");
         }
+        tracker.take(done);
     };
     for i in 0..N {
         fill(&region, i as u32, i, false);
     }
     let mut done = Vec::new();
-    let stores: Vec<FileOp> =
-        (0..N).map(|i| op(i, OpKind::Store, i as u32, &block_path(dir.path(), i), native(i))).collect();
-    submit_all(&mut exec, stores, &mut done);
-    drain(&mut exec, &mut done);
+    let stores: Vec<TestOp> =
+        (0..N).map(|i| op(i, Direction::Store, i as u32, &block_path(dir.path(), i), native(i))).collect();
+    submit_all(&mut exec, &mut tracker, stores, &mut done);
+    drain(&mut exec, &mut tracker, &mut done);
     let tokens: Vec<u64> = (0..N).collect();
     for (t, o) in collect(std::mem::take(&mut done), &tokens) {
         assert_ok(&o, &format!("store {t}"));
@@ -700,11 +370,11 @@ pub fn many_ops_in_flight<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<Primary
 
     let mut mixed = Vec::new();
     for i in 0..N {
-        mixed.push(op(N + i, OpKind::Load, (N + i) as u32, &block_path(dir.path(), i), native(i)));
-        mixed.push(op(2 * N + i, OpKind::Store, i as u32, &block_path(dir.path(), N + i), native(N + i)));
+        mixed.push(op(N + i, Direction::Load, (N + i) as u32, &block_path(dir.path(), i), native(i)));
+        mixed.push(op(2 * N + i, Direction::Store, i as u32, &block_path(dir.path(), N + i), native(N + i)));
     }
-    submit_all(&mut exec, mixed, &mut done);
-    drain(&mut exec, &mut done);
+    submit_all(&mut exec, &mut tracker, mixed, &mut done);
+    drain(&mut exec, &mut tracker, &mut done);
     let tokens: Vec<u64> = (N..3 * N).collect();
     for (t, o) in collect(done, &tokens) {
         assert_ok(&o, &format!("op {t}"));
@@ -724,24 +394,26 @@ pub fn poll_waits_as_asked<E: Executor>(_disk: &dyn Vfs, make: impl Fn(Arc<Prima
     let region = region(2, 4096);
     let mut exec = make(Arc::clone(&region), dir.path());
     let mut out = Vec::new();
+    let mut tracker = Tracker::new();
     let t0 = std::time::Instant::now();
-    assert_eq!(exec.poll(&mut out, Wait::Forever).unwrap(), 0);
-    assert_eq!(exec.poll(&mut out, Wait::Timeout(Duration::from_millis(20))).unwrap(), 0);
-    assert_eq!(exec.poll(&mut out, Wait::No).unwrap(), 0);
+    assert_eq!(exec.poll(Wait::Forever).unwrap(), 0);
+    assert_eq!(exec.poll(Wait::Timeout(Duration::from_millis(20))).unwrap(), 0);
+    assert_eq!(exec.poll(Wait::No).unwrap(), 0);
     assert!(t0.elapsed() < Duration::from_secs(10), "poll waited with nothing in flight");
     assert_eq!(exec.in_flight(), 0);
 
     fill(&region, 0, 1, false);
-    exec.submit(op(1, OpKind::Store, 0, &dir.path().join("a.bin"), BlockFormat::Vllm)).unwrap();
-    exec.submit(op(2, OpKind::Load, 1, &dir.path().join("missing.bin"), BlockFormat::Vllm)).unwrap();
+    tracker.submit(&mut exec, op(1, Direction::Store, 0, &dir.path().join("a.bin"), BlockFormat::Vllm)).unwrap();
+    tracker.submit(&mut exec, op(2, Direction::Load, 1, &dir.path().join("missing.bin"), BlockFormat::Vllm)).unwrap();
     assert_eq!(exec.in_flight(), 2);
     while exec.in_flight() > 0 {
-        assert!(poll_some(&mut exec, &mut out, Wait::Forever) > 0);
+        assert!(poll_some(&mut exec, &mut tracker, &mut out, Wait::Forever) > 0);
     }
+    tracker.take(&mut out);
     let by = collect(out, &[1, 2]);
     assert_ok(&by[&1], "store");
     assert!(matches!(by[&2], Outcome::NotFound), "{:?}", by[&2]);
-    assert_eq!(exec.poll(&mut Vec::new(), Wait::Forever).unwrap(), 0);
+    assert_eq!(exec.poll(Wait::Forever).unwrap(), 0);
 }
 
 /// `shutdown` with queued work reports every op exactly once (done or `Cancelled`, nothing
@@ -756,16 +428,18 @@ pub fn shutdown_reports_every_op<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<
     for i in 0..N {
         fill(&region, i as u32, i, false);
     }
+    let mut tracker = Tracker::new();
     let mut tokens = Vec::new();
     for i in 0..N {
-        if exec.submit(op(i, OpKind::Store, i as u32, &block_path(dir.path(), i), native(i))).is_err() {
+        if tracker.submit(&mut exec, op(i, Direction::Store, i as u32, &block_path(dir.path(), i), native(i))).is_err()
+        {
             break;
         }
         tokens.push(i);
     }
     exec.shutdown();
     let mut done = Vec::new();
-    poll_some(&mut exec, &mut done, Wait::No);
+    poll_some(&mut exec, &mut tracker, &mut done, Wait::No);
     assert_eq!(exec.in_flight(), 0, "after shutdown, every op must be reported by one poll");
     let mut cancelled = 0;
     for (t, o) in collect(done, &tokens) {
@@ -785,16 +459,19 @@ pub fn shutdown_reports_every_op<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<
     }
     assert_no_temp_files(disk, dir.path());
 
-    exec.submit(op(1000, OpKind::Load, 0, &block_path(dir.path(), 0), native(0))).expect("accepted after shutdown");
+    tracker
+        .submit(&mut exec, op(1000, Direction::Load, 0, &block_path(dir.path(), 0), native(0)))
+        .expect("accepted after shutdown");
     let mut late = Vec::new();
-    poll_some(&mut exec, &mut late, Wait::Forever);
+    poll_some(&mut exec, &mut tracker, &mut late, Wait::Forever);
     assert!(matches!(collect(late, &[1000])[&1000], Outcome::Cancelled));
     exec.shutdown();
     assert_eq!(exec.in_flight(), 0);
 }
 
-/// Dropping an executor with work in flight is sound: no panic, every lease is released, no
-/// temp file is left, and every published file is complete.
+/// Dropping an executor with work in flight is sound: no panic, every op it accepted is
+/// reported (once), every lease is released, no temp file is left, and every published file is
+/// complete.
 pub fn drop_with_work_in_flight_is_sound<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
     const N: u64 = 128;
     let row_bytes = 64 * 1024;
@@ -806,16 +483,26 @@ pub fn drop_with_work_in_flight_is_sound<E: Executor>(disk: &dyn Vfs, make: impl
             fill(&region, i as u32, i, false);
         }
         let stores =
-            (0..N / 2).map(|i| op(i, OpKind::Store, i as u32, &block_path(dir.path(), i), native(i))).collect();
+            (0..N / 2).map(|i| op(i, Direction::Store, i as u32, &block_path(dir.path(), i), native(i))).collect();
         run_ops(&mut exec, stores);
+        let mut tracker = Tracker::new();
+        let mut accepted = Vec::new();
         for i in 0..N / 2 {
-            let _ = exec.submit(op(N + i, OpKind::Load, (N + i) as u32, &block_path(dir.path(), i), native(i)));
             let j = N / 2 + i;
-            let _ = exec.submit(op(j, OpKind::Store, j as u32, &block_path(dir.path(), j), native(j)));
+            let load = op(N + i, Direction::Load, (N + i) as u32, &block_path(dir.path(), i), native(i));
+            let store = op(j, Direction::Store, j as u32, &block_path(dir.path(), j), native(j));
+            for o in [load, store] {
+                let token = o.token;
+                if tracker.submit(&mut exec, o).is_ok() {
+                    accepted.push(token);
+                }
+            }
         }
-        let mut some = Vec::new();
-        let _ = exec.poll(&mut some, Wait::No);
+        let _ = exec.poll(Wait::No);
         drop(exec);
+        let mut done = Vec::new();
+        tracker.take(&mut done);
+        collect(done, &accepted);
     }
     for slot in 0..2 * N as u32 {
         assert!(region.lease(SlotId(slot), Access::Write).is_ok(), "slot {slot} still leased after drop");
@@ -842,26 +529,29 @@ pub fn lease_conflicts_fail_the_op<E: Executor>(disk: &dyn Vfs, make: impl Fn(Ar
     let path = store_block(&mut exec, &region, dir.path(), 1, 0, native(1));
 
     let reader = region.lease(SlotId(0), Access::Read).unwrap();
-    let o = run_one(&mut exec, op(2, OpKind::Load, 0, &path, native(1)));
+    let o = run_one(&mut exec, op(2, Direction::Load, 0, &path, native(1)));
     assert!(matches!(o, Outcome::Failed(_)), "load into a read-leased slot: {o:?}");
     let other = dir.path().join("shared-read.bin");
-    assert_ok(&run_one(&mut exec, op(3, OpKind::Store, 0, &other, BlockFormat::Vllm)), "store from a read-leased slot");
+    assert_ok(
+        &run_one(&mut exec, op(3, Direction::Store, 0, &other, BlockFormat::Vllm)),
+        "store from a read-leased slot",
+    );
     drop(reader);
 
     let writer = region.lease(SlotId(1), Access::Write).unwrap();
     let never = dir.path().join("never.bin");
-    let o = run_one(&mut exec, op(4, OpKind::Store, 1, &never, BlockFormat::Vllm));
+    let o = run_one(&mut exec, op(4, Direction::Store, 1, &never, BlockFormat::Vllm));
     assert!(matches!(o, Outcome::Failed(_)), "store from a write-leased slot: {o:?}");
     assert!(!disk.exists(&never));
-    let o = run_one(&mut exec, op(5, OpKind::Load, 1, &path, native(1)));
+    let o = run_one(&mut exec, op(5, Direction::Load, 1, &path, native(1)));
     assert!(matches!(o, Outcome::Failed(_)), "load into a write-leased slot: {o:?}");
     drop(writer);
 
-    let o = run_one(&mut exec, op(6, OpKind::Load, 3, &path, native(1)));
+    let o = run_one(&mut exec, op(6, Direction::Load, 3, &path, native(1)));
     assert!(matches!(o, Outcome::Failed(_)), "load into an out-of-range slot: {o:?}");
 
     fill(&region, 2, 0xbad, false);
-    let twice = vec![op(7, OpKind::Load, 2, &path, native(1)), op(8, OpKind::Load, 2, &path, native(1))];
+    let twice = vec![op(7, Direction::Load, 2, &path, native(1)), op(8, Direction::Load, 2, &path, native(1))];
     let by = run_ops(&mut exec, twice);
     assert!(by.values().any(Outcome::is_ok), "two loads into one slot: {by:?}");
     assert!(by.values().all(|o| o.is_ok() || matches!(o, Outcome::Failed(_))), "{by:?}");
@@ -893,7 +583,7 @@ pub fn transient_errors_keep_the_file<E: Executor>(test_path: &str, make: impl F
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(&nat, fs::Permissions::from_mode(0o000)).unwrap();
     if fs::File::open(&nat).is_err() {
-        let o = run_one(&mut exec, op(3, OpKind::Load, 1, &nat, native(2)));
+        let o = run_one(&mut exec, op(3, Direction::Load, 1, &nat, native(2)));
         assert!(matches!(o, Outcome::Transient(_)), "load of a mode-000 file: {o:?}");
         assert!(nat.is_file(), "a transient failure must keep the file");
     } else {
@@ -941,7 +631,7 @@ fn emfile_child<E: Executor>(dir: &Path, row_bytes: usize, make: impl Fn(Arc<Pri
         assert!(hold.len() < 100_000, "RLIMIT_NOFILE was not lowered");
     }
     for (t, (path, format, _)) in files.iter().enumerate() {
-        let o = run_one(&mut exec, op(t as u64, OpKind::Load, 1, path, *format));
+        let o = run_one(&mut exec, op(t as u64, Direction::Load, 1, path, *format));
         match &o {
             Outcome::Transient(_) => {}
             Outcome::Ok => {
@@ -952,7 +642,7 @@ fn emfile_child<E: Executor>(dir: &Path, row_bytes: usize, make: impl Fn(Arc<Pri
         assert!(path.is_file(), "a transient failure must keep the file");
     }
     fill(&region, 0, 3, false);
-    let o = run_one(&mut exec, op(5, OpKind::Store, 0, &fresh, BlockFormat::Vllm));
+    let o = run_one(&mut exec, op(5, Direction::Store, 0, &fresh, BlockFormat::Vllm));
     assert!(matches!(o, Outcome::Transient(_) | Outcome::Ok), "store with no descriptor left: {o:?}");
     drop(hold);
     assert_no_temp_files(&HostFs, dir);
@@ -963,39 +653,11 @@ fn emfile_child<E: Executor>(dir: &Path, row_bytes: usize, make: impl Fn(Arc<Pri
     for (t, (path, format, seed)) in files.iter().enumerate() {
         fill(&region, 1, 0xbad, false);
         assert_ok(
-            &run_one(&mut exec, op(10 + t as u64, OpKind::Load, 1, path, *format)),
+            &run_one(&mut exec, op(10 + t as u64, Direction::Load, 1, path, *format)),
             "load once descriptors are free",
         );
         assert!(block(&region, 1) == pattern(*seed, row_bytes));
     }
     exec.shutdown();
     fs::write(dir.join(CHILD_MARKER), b"ok").unwrap();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fixtures_are_deterministic_and_distinct() {
-        assert_eq!(pattern(1, 5000), pattern(1, 5000));
-        assert_ne!(pattern(1, 64), pattern(2, 64));
-        assert_eq!(pattern(3, 4097).len(), 4097);
-        assert_ne!(key(1), key(2));
-        let root = Path::new("/r");
-        let p = block_path(root, 1);
-        let h: String = key(1).hash().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(p, root.join(&h[..3]).join(format!("{}_g1", &h[3..5])).join(format!("{h}.bin")));
-    }
-
-    #[test]
-    fn temp_files_are_found_at_any_depth() {
-        let dir = scratch_dir();
-        let deep = dir.path().join("a/b");
-        fs::create_dir_all(&deep).unwrap();
-        let t = tmpname::temp_path(&deep.join("x.bin"), 7);
-        fs::write(&t, b"").unwrap();
-        fs::write(deep.join("x.bin"), b"").unwrap();
-        assert_eq!(temp_files(dir.path()), vec![t]);
-    }
 }

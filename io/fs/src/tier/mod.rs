@@ -3,22 +3,19 @@
 //! It owns the namespace directory, an in-memory index of the blocks on disk (lookups never
 //! make a syscall, unless probe-on-miss is turned on for directories shared with other
 //! processes), and turns each store or load job into one [`FileOp`] per block for its
-//! [`Executor`], folding the ops' outcomes back into job results with the keys that succeeded.
+//! [`Executor`]. Each job is a job of the core's job table (see the private `jobs` module),
+//! each op one of its parts: the executor reports every op from whichever thread finished it,
+//! and the tier's poll takes whole finished jobs, folding their ops' outcomes into the index,
+//! the counters and the job's result with the keys that succeeded.
 //!
-//! - A store skips blocks already on disk; a block becomes visible to lookups only once its
-//!   file is published.
+//! - A store skips blocks already on disk; a block becomes visible to lookups once its job
+//!   has finished (its file was published before).
 //! - A load of a block that turned out missing or corrupt drops it from the index (the
 //!   executor already removed a corrupt file); a transient failure keeps both.
 //! - Every job is reported exactly once, a job with no block included; an op the executor
 //!   cannot take fails its key rather than vanish.
-//! - **Crashes.** An open tier keeps a marker file in its rank directory
-//!   (`.kvtier-open.{pid}.{n}`: the boot it was written in, and whether blocks are synced);
-//!   a clean shutdown removes it. A marker left by a dead process means that process crashed:
-//!   if the machine rebooted since (another boot id) and blocks were not `fsync`ed, files it
-//!   published may have lost their data, so start-up reads and verifies every native block and
-//!   removes those that fail before indexing them. A process crash alone loses nothing (the
-//!   page cache survives it): only its stale temp files are swept. vLLM-format blocks carry no
-//!   checksum and cannot be verified; a load still catches a wrong length.
+//! - **Start-up** rebuilds the index from the directory and deals with what crashed runs left
+//!   behind ([`startup`]).
 //! - With a capacity bound ([`FsTierConfig::max_blocks`]), a store that needs room evicts the
 //!   least recently used block (stored or loaded) that no load in flight is reading: it leaves
 //!   the index at once (a "removed" STORAGE event with events on), and the store's op takes its
@@ -27,21 +24,28 @@
 //!   store that finds no block to evict fails its key; so does a store of a block whose own
 //!   eviction is still in flight.
 
+mod jobs;
+pub mod startup;
+
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use kvtier_core::{Completions, EventLog, Job, JobId, Medium, OffloadKey, ReqContext, SecondaryTier, TierLookup};
+use kvtier_core::{
+    Completions, Direction, EventLog, Job, JobTableStats, Medium, OffloadKey, ReqContext, SecondaryTier, SlotId,
+    TierLookup,
+};
 
 use crate::direct::DirectMode;
-use crate::format;
 use crate::index::BlockIndex;
 use crate::namespace::{self, Layout, RunConfig, NATIVE_STORAGE_FORMAT};
-use crate::op::{BlockFormat, Evict, Executor, FileOp, FileOpDone, OpKind, Outcome, Wait};
-use crate::tmpname;
+use crate::op::{BlockFormat, Evict, Executor, FileOp, Full, Target, Wait};
+use crate::outcome::{OpError, Outcome};
 use crate::vfs::{HostFs, Vfs};
+
+use jobs::{JobRef, KeyState, Record, TierJobs};
+pub use startup::StartupReport;
 
 /// How blocks are written (spelled `native` and `vllm` in configuration files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -105,30 +109,6 @@ impl FsTierConfig {
     }
 }
 
-/// What start-up found.
-#[derive(Debug, Clone, Default)]
-pub struct StartupReport {
-    /// Blocks indexed by the scan.
-    pub blocks_indexed: usize,
-    /// Stale temp files of dead processes removed.
-    pub stale_temps_removed: usize,
-    /// Files in the namespace that are neither blocks nor temp files (left alone).
-    pub foreign_files: usize,
-    /// Blocks beyond [`FsTierConfig::max_blocks`] removed.
-    pub evicted: usize,
-    /// Markers of runs that did not shut down cleanly (their processes are gone).
-    pub crashed_runs: usize,
-    /// Whether every native block was read and verified (after a crashed run in an earlier
-    /// boot that did not sync its blocks).
-    pub verified: bool,
-    /// Blocks that failed that verification (removed, never indexed).
-    pub torn_removed: usize,
-    /// How long the scan took.
-    pub scan_time: Duration,
-    /// Whether O_DIRECT is used.
-    pub o_direct: bool,
-}
-
 /// Counters since start-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FsStats {
@@ -153,15 +133,6 @@ pub struct FsStats {
     pub refused: u64,
 }
 
-#[derive(Debug)]
-struct FsJob {
-    id: JobId,
-    kind: OpKind,
-    keys: Vec<OffloadKey>,
-    ok: Vec<bool>,
-    remaining: usize,
-}
-
 /// The file-system tier over an [`Executor`].
 pub struct FsTier {
     fs: Arc<dyn Vfs>,
@@ -177,14 +148,14 @@ pub struct FsTier {
     storing: usize,
     /// Loads in flight, per block: such a block is never evicted.
     reading: HashMap<OffloadKey, u32>,
-    /// Evictions in flight: the store op (token) that takes the victim's file, and the victims.
-    evicting: HashMap<u64, OffloadKey>,
+    /// Blocks whose eviction (by a store in flight) may still take their file.
     evicting_keys: HashSet<OffloadKey>,
     exec: Box<dyn Executor>,
-    jobs: HashMap<u64, FsJob>,
+    jobs: TierJobs,
+    /// Whether each key of the job being reported succeeded (a buffer reused across polls).
+    key_ok: Vec<bool>,
     finished: Completions,
     events: EventLog,
-    done: Vec<FileOpDone>,
     startup: StartupReport,
     stats: FsStats,
     closed: bool,
@@ -199,21 +170,12 @@ impl std::fmt::Debug for FsTier {
             .field("format", &self.format)
             .field("blocks", &self.index.len())
             .field("executor", &self.exec.name())
-            .field("jobs_in_flight", &self.jobs.len())
+            .field("jobs", &self.jobs)
             .finish_non_exhaustive()
     }
 }
 
-/// Packs a job id and a key position into an op token.
-fn token(job: JobId, index: usize) -> u64 {
-    (job.0 << 24) | index as u64
-}
-
-fn untoken(token: u64) -> (u64, usize) {
-    (token >> 24, (token & 0xff_ffff) as usize)
-}
-
-/// The most blocks one job may hold (positions must fit the op token).
+/// The most blocks one job may hold; a larger job fails as a whole.
 pub const MAX_JOB_BLOCKS: usize = 1 << 24;
 
 impl FsTier {
@@ -241,56 +203,10 @@ impl FsTier {
         let rank_dir = layout.rank_dir().to_path_buf();
         fs.create_dir_all(&rank_dir)?;
         let o_direct = crate::direct::resolve_with(config.o_direct, &rank_dir, |dir| fs.probe_o_direct(dir))?;
-        let started = Instant::now();
-        let mut index = BlockIndex::new();
-        let mut startup = StartupReport { o_direct, ..StartupReport::default() };
-        let boot = fs.boot_id();
-        let mut stale = Stale::default();
-        scan(&*fs, &layout, &rank_dir, &mut index, &mut startup, boot.as_deref(), &mut stale)?;
-        startup.crashed_runs = stale.markers.len();
-        if stale.verify && config.format == StorageFormat::Native {
-            startup.verified = true;
-            let namespace = layout.namespace_bytes();
-            let keys: Vec<OffloadKey> = index.keys_by_recency().collect();
-            for key in keys {
-                let path = layout.block_path(&key);
-                let intact = fs.read(&path).is_ok_and(|bytes| format::verify_file(&bytes, &namespace, &key).is_ok());
-                if !intact {
-                    let _ = fs.remove_file(&path);
-                    index.remove(&key);
-                    startup.torn_removed += 1;
-                }
-            }
-        }
-        if let Some(max) = config.max_blocks {
-            while index.len() > max {
-                let Some(victim) = index.pop_victim(|_| false) else { break };
-                if fs.remove_file(&layout.block_path(&victim)).is_ok() {
-                    startup.evicted += 1;
-                }
-            }
-        }
-        if stale.sync {
-            fs.sync_fs(&rank_dir)?;
-        }
-        startup.blocks_indexed = index.len();
-        startup.scan_time = started.elapsed();
+        let (index, mut startup, stale) = startup::recover(&*fs, &layout, config)?;
+        startup.o_direct = o_direct;
         let exec = make_executor(o_direct)?;
-        // Synced, and before the stale markers go: a crash from here on leaves it behind.
-        let synced = if config.fsync { "synced" } else { "unsynced" };
-        let content = format!("{}\n{synced}\n", boot.as_deref().unwrap_or("unknown"));
-        let mut attempt = 0;
-        let marker = loop {
-            let marker = rank_dir.join(tmpname::marker_name(fs.process_id(), tmpname::next_seq()));
-            match fs.write_new_synced(&marker, content.as_bytes()) {
-                Ok(()) => break marker,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
-                Err(e) => return Err(e),
-            }
-        };
-        for path in &stale.markers {
-            let _ = fs.remove_file(path);
-        }
+        let marker = startup::mark_open(&*fs, &rank_dir, config.fsync, &stale)?;
         Ok(FsTier {
             fs,
             namespace: layout.namespace_bytes(),
@@ -303,13 +219,12 @@ impl FsTier {
             max_blocks: config.max_blocks,
             storing: 0,
             reading: HashMap::new(),
-            evicting: HashMap::new(),
             evicting_keys: HashSet::new(),
             exec,
-            jobs: HashMap::new(),
+            jobs: TierJobs::new(),
+            key_ok: Vec::new(),
             finished: Completions::new(),
             events: EventLog::new(),
-            done: Vec::new(),
             startup,
             stats: FsStats::default(),
             closed: false,
@@ -325,6 +240,12 @@ impl FsTier {
     /// Counters since start-up.
     pub fn stats(&self) -> &FsStats {
         &self.stats
+    }
+
+    /// What the tier's job tables did: every job the tier is given goes through them, and its
+    /// block ops are their parts.
+    pub fn job_table_stats(&self) -> JobTableStats {
+        self.jobs.stats()
     }
 
     /// The namespace's paths.
@@ -359,79 +280,79 @@ impl FsTier {
         }
     }
 
-    fn submit(&mut self, kind: OpKind, job: Job<'_>) {
-        let mut rec =
-            FsJob { id: job.id, kind, keys: job.keys.to_vec(), ok: vec![false; job.keys.len()], remaining: 0 };
-        if self.closed || job.keys.len() > MAX_JOB_BLOCKS {
-            self.report(rec);
-            return;
+    fn submit(&mut self, dir: Direction, job: Job<'_>) {
+        let handle = self.jobs.open(job.id, dir, job.keys);
+        let refuse = self.closed || job.keys.len() > MAX_JOB_BLOCKS;
+        for (key, &slot) in job.keys.iter().zip(job.slots) {
+            let state = if refuse { KeyState::Decided(false) } else { self.submit_key(handle, dir, key, slot) };
+            self.jobs.record(handle).states.push(state);
         }
-        for (i, (key, &slot)) in job.keys.iter().zip(job.slots).enumerate() {
-            let on_disk = self.index.contains(key);
-            match kind {
-                OpKind::Store if on_disk => {
-                    rec.ok[i] = true;
-                    self.stats.blocks_skipped += 1;
-                    continue;
-                }
-                OpKind::Load if !on_disk => continue,
-                _ => {}
+        self.jobs.close(handle);
+    }
+
+    /// What becomes of `key` (in `slot`) of job `handle`: decided here, or an op for the
+    /// executor, a part of the job.
+    fn submit_key(&mut self, handle: JobRef, dir: Direction, key: &OffloadKey, slot: SlotId) -> KeyState {
+        let on_disk = self.index.contains(key);
+        match dir {
+            Direction::Store if on_disk => {
+                self.stats.blocks_skipped += 1;
+                return KeyState::Decided(true);
             }
-            let victim = match kind {
-                OpKind::Store => match self.make_room(key) {
-                    Ok(victim) => victim,
-                    Err(()) => {
-                        self.stats.refused += 1;
-                        continue;
-                    }
-                },
-                OpKind::Load => None,
-            };
-            let op = FileOp {
-                token: token(job.id, i),
-                kind,
-                slot,
-                path: self.layout.block_path(key),
-                format: self.block_format(key),
-                sync: self.fsync,
-                evict: victim.map(|v| {
-                    // Another process may be reading the victim in a shared directory: its file is
-                    // only reused where this tier is alone.
-                    let reuse = self.format == StorageFormat::Native && !self.probe_on_miss;
-                    Box::new(Evict { path: self.layout.block_path(&v), reuse })
-                }),
-            };
-            match self.exec.submit(op) {
-                Ok(()) => {
-                    rec.remaining += 1;
-                    match kind {
-                        OpKind::Store => self.storing += 1,
-                        OpKind::Load => {
-                            self.index.touch(key);
-                            *self.reading.entry(*key).or_insert(0) += 1;
-                        }
-                    }
-                    if let Some(victim) = victim {
-                        self.evicting.insert(token(job.id, i), victim);
-                        self.evicting_keys.insert(victim);
-                        self.stats.evicted += 1;
-                        if self.events_enabled {
-                            self.events.push(Medium::Storage, true, [&victim]);
-                        }
-                    }
-                }
-                Err(_full) => {
-                    if let Some(victim) = victim {
-                        self.index.insert(victim);
-                    }
-                    self.stats.failed += 1;
-                }
-            }
+            Direction::Load if !on_disk => return KeyState::Decided(false),
+            _ => {}
         }
-        if rec.remaining == 0 {
-            self.report(rec);
-        } else {
-            self.jobs.insert(job.id.0, rec);
+        let victim = match dir {
+            Direction::Store => match self.make_room(key) {
+                Ok(victim) => victim,
+                Err(()) => {
+                    self.stats.refused += 1;
+                    return KeyState::Decided(false);
+                }
+            },
+            Direction::Load => None,
+        };
+        let op = FileOp {
+            dir,
+            slot,
+            target: Target::Path(self.layout.block_path(key)),
+            format: self.block_format(key),
+            sync: self.fsync,
+            evict: victim.map(|v| {
+                // Another process may be reading the victim in a shared directory: its file is
+                // only reused where this tier is alone.
+                let reuse = self.format == StorageFormat::Native && !self.probe_on_miss;
+                Box::new(Evict { path: self.layout.block_path(&v), reuse })
+            }),
+        };
+        let part = self.jobs.add_part(handle);
+        match self.exec.submit(op, part) {
+            Ok(()) => {
+                match dir {
+                    Direction::Store => self.storing += 1,
+                    Direction::Load => {
+                        self.index.touch(key);
+                        *self.reading.entry(*key).or_insert(0) += 1;
+                    }
+                }
+                if let Some(victim) = victim {
+                    self.evicting_keys.insert(victim);
+                    self.stats.evicted += 1;
+                    if self.events_enabled {
+                        self.events.push(Medium::Storage, true, [&victim]);
+                    }
+                }
+                KeyState::Running { victim }
+            }
+            Err(Full { part, .. }) => {
+                // The tier reports the op itself, so its job does not wait for it.
+                part.finish(Outcome::Failed(OpError::Busy).code());
+                if let Some(victim) = victim {
+                    self.index.insert(victim);
+                }
+                self.stats.failed += 1;
+                KeyState::Refused
+            }
         }
     }
 
@@ -450,18 +371,15 @@ impl FsTier {
         self.index.pop_victim(|k| reading.contains_key(k)).map(Some).ok_or(())
     }
 
-    fn report(&mut self, rec: FsJob) {
-        if rec.ok.iter().all(|&ok| ok) {
+    /// Reports a finished job, with whether each of its keys succeeded.
+    fn report(&mut self, rec: &Record, key_ok: &[bool]) {
+        if key_ok.iter().all(|&ok| ok) {
             self.finished.push(rec.id, true);
         } else {
-            self.finished.push_partial(rec.id, rec.ok.iter().copied());
+            self.finished.push_partial(rec.id, key_ok.iter().copied());
         }
-        if rec.kind == OpKind::Store && self.events_enabled {
-            self.events.push(
-                Medium::Storage,
-                false,
-                rec.keys.iter().zip(&rec.ok).filter(|(_, &ok)| ok).map(|(k, _)| k),
-            );
+        if rec.dir == Direction::Store && self.events_enabled {
+            self.events.push(Medium::Storage, false, rec.keys.iter().zip(key_ok).filter(|(_, &ok)| ok).map(|(k, _)| k));
         }
     }
 
@@ -482,27 +400,50 @@ impl FsTier {
         }
     }
 
-    /// Folds the ops the executor finished into their jobs.
-    fn collect(&mut self, wait: Wait) {
-        let mut done = std::mem::take(&mut self.done);
-        done.clear();
-        // A failing poll leaves the ops in flight; they are collected by a later poll.
-        let _ = self.exec.poll(&mut done, wait);
-        for d in done.drain(..) {
-            self.fold(d);
+    /// Lets the executor move its ops on (waiting as `wait` allows), if it has any in flight.
+    fn drive(&mut self, wait: Wait) {
+        if self.exec.in_flight() > 0 {
+            // A failing poll leaves the ops in flight; they are reported by a later poll.
+            let _ = self.exec.poll(wait);
         }
-        self.done = done;
     }
 
-    fn fold(&mut self, done: FileOpDone) {
-        if let Some(victim) = self.evicting.remove(&done.token) {
+    /// Takes every finished job from the job tables and folds it in: the work is per finished
+    /// job and its keys, never per op still in flight.
+    fn collect(&mut self) {
+        let mut key_ok = std::mem::take(&mut self.key_ok);
+        while let Some((job, rec)) = self.jobs.take_finished() {
+            let codes = std::mem::take(&mut self.jobs.codes);
+            key_ok.clear();
+            for (key, state, code) in rec.with_codes(&codes) {
+                let ok = match (state, code) {
+                    (KeyState::Decided(ok), _) => ok,
+                    (KeyState::Refused, _) => false,
+                    (KeyState::Running { victim }, code) => {
+                        let outcome = code.map_or(Outcome::Failed(OpError::Lost), Outcome::from_code);
+                        self.fold(rec.dir, key, victim, outcome)
+                    }
+                };
+                key_ok.push(ok);
+            }
+            self.jobs.codes = codes;
+            self.report(&rec, &key_ok);
+            self.jobs.put_back(job, rec);
+        }
+        self.key_ok = key_ok;
+    }
+
+    /// Folds one op's outcome into the index and the counters; returns whether its key
+    /// succeeded.
+    fn fold(&mut self, dir: Direction, key: OffloadKey, victim: Option<OffloadKey>, outcome: Outcome) -> bool {
+        if let Some(victim) = victim {
             self.evicting_keys.remove(&victim);
-            if !matches!(done.outcome, Outcome::Ok | Outcome::Cancelled) {
+            if !matches!(outcome, Outcome::Ok | Outcome::Cancelled) {
                 // The store failed, maybe before its eviction ran: the victim's file goes all
                 // the same (no store of that key could publish while its eviction was in flight).
                 let _ = self.fs.remove_file(&self.layout.block_path(&victim));
             }
-            if matches!(done.outcome, Outcome::Cancelled) {
+            if matches!(outcome, Outcome::Cancelled) {
                 // The op never ran, so neither did its eviction: the victim is still on disk,
                 // and indexed (and announced) again.
                 self.index.insert(victim);
@@ -512,16 +453,9 @@ impl FsTier {
                 }
             }
         }
-        let (job, i) = untoken(done.token);
-        let Some(rec) = self.jobs.get_mut(&job) else {
-            return;
-        };
-        let Some(key) = rec.keys.get(i).copied() else {
-            return;
-        };
-        match done.kind {
-            OpKind::Store => self.storing = self.storing.saturating_sub(1),
-            OpKind::Load => {
+        match dir {
+            Direction::Store => self.storing = self.storing.saturating_sub(1),
+            Direction::Load => {
                 if let Some(n) = self.reading.get_mut(&key) {
                     *n -= 1;
                     if *n == 0 {
@@ -530,16 +464,15 @@ impl FsTier {
                 }
             }
         }
-        let ok = done.outcome.is_ok();
-        match (&done.outcome, done.kind) {
+        match (&outcome, dir) {
             // A block chosen as a victim while this (duplicate) store ran is not indexed: its
             // eviction may take the file.
-            (Outcome::Ok, OpKind::Store) if self.evicting_keys.contains(&key) => self.stats.blocks_stored += 1,
-            (Outcome::Ok, OpKind::Store) => {
+            (Outcome::Ok, Direction::Store) if self.evicting_keys.contains(&key) => self.stats.blocks_stored += 1,
+            (Outcome::Ok, Direction::Store) => {
                 self.index.insert(key);
                 self.stats.blocks_stored += 1;
             }
-            (Outcome::Ok, OpKind::Load) => self.stats.blocks_loaded += 1,
+            (Outcome::Ok, Direction::Load) => self.stats.blocks_loaded += 1,
             (Outcome::NotFound, _) => {
                 self.index.remove(&key);
                 self.stats.missing += 1;
@@ -551,97 +484,8 @@ impl FsTier {
             (Outcome::Transient(_), _) => self.stats.transient += 1,
             (Outcome::Failed(_) | Outcome::Cancelled, _) => self.stats.failed += 1,
         }
-        rec.ok[i] = ok;
-        rec.remaining -= 1;
-        if rec.remaining == 0 {
-            if let Some(rec) = self.jobs.remove(&job) {
-                self.report(rec);
-            }
-        }
+        outcome.is_ok()
     }
-}
-
-/// What start-up learned from the open markers of runs that did not shut down cleanly.
-#[derive(Debug, Default)]
-struct Stale {
-    /// Their markers, removed only once start-up has dealt with them (so a crash during the
-    /// verification leaves them for the next start-up).
-    markers: Vec<PathBuf>,
-    /// A run of another boot (or an unknown one) did not sync its blocks: verify them.
-    verify: bool,
-    /// A run of this boot did not sync its blocks: their data is in the page cache, not on
-    /// disk yet. Sync the file system before the markers go.
-    sync: bool,
-}
-
-/// An open marker of process `pid` found at start-up. Stale unless that process is alive (a
-/// process of another boot never is, and neither is this process, whose marker comes later;
-/// a pid reused by another process after a crash must not keep a marker alive).
-fn stale_marker(fs: &dyn Vfs, path: &Path, pid: u32, boot: Option<&str>, stale: &mut Stale) {
-    let content = fs.read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&content);
-    let mut lines = text.lines();
-    let (marker_boot, synced) = (lines.next(), lines.next() == Some("synced"));
-    let same_boot = matches!((marker_boot, boot), (Some(a), Some(b)) if a == b && a != "unknown");
-    if same_boot && pid != fs.process_id() && fs.is_process_alive(pid) {
-        return;
-    }
-    stale.markers.push(path.to_path_buf());
-    if !synced {
-        if same_boot {
-            stale.sync = true;
-        } else {
-            stale.verify = true;
-        }
-    }
-}
-
-/// Walks the rank directory (`{h[0:3]}/{h[3:5]}_g{group}/{h}.bin`, shallower for hashes of
-/// fewer than 3 bytes): indexes block files, removes temp files and open markers of processes
-/// that are gone (never one a live process may still be writing), counts everything else as
-/// foreign. Collects the open markers of runs that did not shut down cleanly (see
-/// [`stale_marker`]).
-fn scan(
-    fs: &dyn Vfs,
-    layout: &Layout,
-    rank_dir: &Path,
-    index: &mut BlockIndex,
-    report: &mut StartupReport,
-    boot: Option<&str>,
-    stale: &mut Stale,
-) -> io::Result<()> {
-    let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
-    while let Some((dir, depth)) = dirs.pop() {
-        for entry in fs.read_dir(&dir)? {
-            let path = dir.join(&entry.name);
-            if let Some(pid) = tmpname::parse_marker(&entry.name).filter(|_| depth == 0 && entry.is_file) {
-                stale_marker(fs, &path, pid, boot, stale);
-                continue;
-            }
-            if entry.is_dir {
-                if depth < 2 {
-                    dirs.push((path, depth + 1));
-                } else {
-                    report.foreign_files += 1;
-                }
-                continue;
-            }
-            if let Some(pid) = tmpname::parse_temp(&entry.name) {
-                if !fs.is_process_alive(pid) && fs.remove_file(&path).is_ok() {
-                    report.stale_temps_removed += 1;
-                }
-                continue;
-            }
-            let rel = path.strip_prefix(rank_dir).unwrap_or(&path);
-            match layout.parse_block_path(rel) {
-                Some(key) if entry.is_file => {
-                    index.insert(key);
-                }
-                _ => report.foreign_files += 1,
-            }
-        }
-    }
-    Ok(())
 }
 
 impl SecondaryTier for FsTier {
@@ -662,17 +506,16 @@ impl SecondaryTier for FsTier {
     }
 
     fn submit_store(&mut self, job: Job<'_>) {
-        self.submit(OpKind::Store, job);
+        self.submit(Direction::Store, job);
     }
 
     fn submit_load(&mut self, job: Job<'_>) {
-        self.submit(OpKind::Load, job);
+        self.submit(Direction::Load, job);
     }
 
     fn poll_finished(&mut self, out: &mut Completions) {
-        if !self.jobs.is_empty() {
-            self.collect(Wait::No);
-        }
+        self.drive(Wait::No);
+        self.collect();
         out.append(&mut self.finished);
     }
 
@@ -681,9 +524,10 @@ impl SecondaryTier for FsTier {
     }
 
     fn wait_idle(&mut self) {
-        while !self.jobs.is_empty() && self.exec.in_flight() > 0 {
-            self.collect(Wait::Forever);
+        while self.exec.in_flight() > 0 {
+            self.drive(Wait::Forever);
         }
+        self.collect();
     }
 
     fn shutdown(&mut self, out: &mut Completions) {
@@ -692,18 +536,19 @@ impl SecondaryTier for FsTier {
             self.exec.shutdown();
             while self.exec.in_flight() > 0 {
                 let before = self.exec.in_flight();
-                self.collect(Wait::Forever);
+                self.drive(Wait::Forever);
                 if self.exec.in_flight() == before {
                     break;
                 }
             }
-            // An executor that lost ops must not make their jobs vanish: fail what is left.
-            let mut left: Vec<u64> = self.jobs.keys().copied().collect();
-            left.sort_unstable();
-            for id in left {
-                if let Some(rec) = self.jobs.remove(&id) {
-                    self.report(rec);
-                }
+            self.collect();
+            // An executor that lost ops without even dropping their parts must not make their
+            // jobs vanish: fail what is left.
+            let mut left = self.jobs.drain_unfinished();
+            left.sort_unstable_by_key(|r| r.id);
+            for rec in left {
+                let key_ok: Vec<bool> = rec.states.iter().map(|s| *s == KeyState::Decided(true)).collect();
+                self.report(&rec, &key_ok);
             }
             // A clean shutdown: the next start-up has nothing to verify, once unsynced blocks
             // have reached the disk (if that fails, the marker stays and says so).

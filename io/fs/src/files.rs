@@ -1,0 +1,115 @@
+//! The files a kernel executor opens for extent ops ([`crate::Target::Extent`], through
+//! [`crate::Executor::open_file`]): each is opened read-write twice when the executor uses
+//! `O_DIRECT` (once with it, for aligned transfers, once without, for the rest; a file cannot
+//! switch per transfer), once otherwise. Files stay open while the executor lives; an op holds
+//! an [`Arc`] of its file, so a file outlives every op on it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::op::FileId;
+
+/// Most files one executor opens for extent ops.
+pub const MAX_FILES: usize = 64;
+
+/// One opened file.
+#[derive(Debug)]
+pub struct ExtentFile {
+    buffered: File,
+    direct: Option<File>,
+}
+
+impl ExtentFile {
+    /// Opens the existing file at `path` read-write, and a second time with `O_DIRECT` if
+    /// `o_direct`.
+    pub fn open(path: &Path, o_direct: bool) -> io::Result<ExtentFile> {
+        let open = |flags| OpenOptions::new().read(true).write(true).custom_flags(flags).open(path);
+        let buffered = open(0)?;
+        let direct = if o_direct { Some(open(libc::O_DIRECT)?) } else { None };
+        Ok(ExtentFile { buffered, direct })
+    }
+
+    /// The descriptor for a transfer: the `O_DIRECT` one when there is one and the transfer is
+    /// `aligned` (see [`crate::layout::BlockLayout::direct_ok`]).
+    pub fn fd(&self, aligned: bool) -> BorrowedFd<'_> {
+        match (&self.direct, aligned) {
+            (Some(direct), true) => direct.as_fd(),
+            _ => self.buffered.as_fd(),
+        }
+    }
+
+    /// The buffered descriptor, and the `O_DIRECT` one if any (to register them with a ring).
+    pub fn fds(&self) -> (BorrowedFd<'_>, Option<BorrowedFd<'_>>) {
+        (self.buffered.as_fd(), self.direct.as_ref().map(|f| f.as_fd()))
+    }
+}
+
+/// The files an executor opened, by [`FileId`] (their order of opening).
+#[derive(Debug, Default)]
+pub struct ExtentFiles {
+    files: Vec<Arc<ExtentFile>>,
+}
+
+impl ExtentFiles {
+    /// No file.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Opens `path` (see [`ExtentFile::open`]) and gives it the next id.
+    ///
+    /// # Errors
+    ///
+    /// The open's error, or `Unsupported` beyond [`MAX_FILES`].
+    pub fn open(&mut self, path: &Path, o_direct: bool) -> io::Result<FileId> {
+        let id = self.next_id()?;
+        self.files.push(Arc::new(ExtentFile::open(path, o_direct)?));
+        Ok(id)
+    }
+
+    /// The id the next file gets, or `Unsupported` beyond [`MAX_FILES`].
+    pub fn next_id(&self) -> io::Result<FileId> {
+        if self.files.len() >= MAX_FILES {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("an executor opens at most {MAX_FILES} files for extent ops"),
+            ));
+        }
+        Ok(FileId(self.files.len() as u32))
+    }
+
+    /// Adds an opened file under [`next_id`](Self::next_id).
+    pub fn push(&mut self, file: ExtentFile) -> FileId {
+        self.files.push(Arc::new(file));
+        FileId(self.files.len() as u32 - 1)
+    }
+
+    /// File `id`.
+    pub fn get(&self, id: FileId) -> Option<&Arc<ExtentFile>> {
+        self.files.get(id.0 as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn files_open_existing_paths_only_and_get_ids_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = ExtentFiles::new();
+        assert!(files.open(&dir.path().join("missing"), false).is_err());
+        std::fs::write(dir.path().join("a"), [0u8; 8192]).unwrap();
+        let a = files.open(&dir.path().join("a"), false).unwrap();
+        let b = files.open(&dir.path().join("a"), false).unwrap();
+        assert_eq!((a, b), (FileId(0), FileId(1)));
+        let f = files.get(a).unwrap();
+        assert_eq!(f.fd(true).as_raw_fd(), f.fd(false).as_raw_fd(), "buffered only");
+        assert!(files.get(FileId(2)).is_none());
+    }
+}
