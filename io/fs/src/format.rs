@@ -465,18 +465,14 @@ mod tests {
         );
     }
 
-    /// splitmix64, so the test needs no extra crate.
-    struct Rng(u64);
+    /// The crate's SplitMix64, with `usize` bounds.
+    struct Rng(crate::rng::SplitMix64);
     impl Rng {
         fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
+            self.0.next_u64()
         }
         fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
+            self.0.below(n as u64) as usize
         }
     }
 
@@ -486,7 +482,7 @@ mod tests {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
         });
         println!("seed = {seed}");
-        let mut rng = Rng(seed);
+        let mut rng = Rng(crate::rng::SplitMix64::new(seed));
         let (k, p) = (key(), payload());
         let good = encoded(&k, &p);
         for _ in 0..20_000 {
