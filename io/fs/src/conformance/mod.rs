@@ -35,9 +35,9 @@
 //! across `shutdown` and `Drop`; leases held while an op runs and released before it is
 //! reported.
 //!
-//! The cases are in [`cases`] and [`extents`]; what they are built from (blocks, keys, ops
-//! named by a token, the [`Tracker`] that reads outcomes back from a job table) in
-//! [`fixtures`], re-exported here.
+//! The cases are in the private modules `cases` (block files) and `extents`; what they are
+//! built from (blocks, keys, ops named by a token, the [`Tracker`] that reads outcomes back
+//! from a job table) in `fixtures`; all re-exported here.
 //!
 //! [`transient_errors_keep_the_file`] re-runs its own test in a child process with a lowered
 //! `RLIMIT_NOFILE` (through `sh -c 'ulimit -n ...'`) to make `open` fail with `EMFILE`: that
