@@ -17,5 +17,4 @@ pub mod args;
 pub mod bench;
 pub mod cputime;
 pub mod inspect;
-pub mod rng;
 pub mod simulate;

@@ -14,7 +14,7 @@
 use kvtier_core::OffloadKey;
 use sha2::{Digest, Sha256};
 
-use crate::rng::{mix64, SplitMix64};
+use kvtier_fs::rng::{mix64, SplitMix64};
 
 /// Tokens per KV block (vLLM's default block size).
 pub const TOKENS_PER_BLOCK: u64 = 16;

@@ -1,7 +1,8 @@
-//! [`SplitMix64`]: the one seeded generator of kvtier's simulations and randomized tests (the
-//! simulated executor's latencies and faults, the simulated disk's crash fates, test
-//! workloads). Tiny, fast, and the same sequence on every platform for a given seed; not for
-//! anything that needs unpredictability.
+//! [`SplitMix64`]: the one seeded generator of kvtier's simulations, benchmarks and randomized
+//! tests (the simulated executor's latencies and faults, the simulated disk's crash fates, the
+//! CLI's simulated workloads and benchmark streams, test workloads). Tiny, fast, and the same
+//! sequence on every platform for a given seed (the CLI's Python peers implement it too); not
+//! for anything that needs unpredictability.
 
 /// SplitMix64 (Steele, Lea, Flood 2014).
 #[derive(Debug, Clone)]
@@ -32,6 +33,19 @@ impl SplitMix64 {
     pub fn chance(&mut self, ppm: u32) -> bool {
         ppm > 0 && self.below(1_000_000) < u64::from(ppm)
     }
+
+    /// Uniform in `[0, 1)`.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `lo..=hi` (`lo` when `hi < lo`).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        if hi <= lo {
+            return lo;
+        }
+        lo + self.next_u64() % (hi - lo + 1)
+    }
 }
 
 /// SplitMix64's output function: a bijective 64-bit mixer (`mix64(seed + k * golden)` is the
@@ -54,5 +68,9 @@ mod tests {
         assert_eq!(r.next_u64(), 0x6e78_9e6a_a1b9_65f4);
         assert_eq!(SplitMix64::new(5).below(0), 0);
         assert!(!SplitMix64::new(5).chance(0) && SplitMix64::new(5).chance(1_000_000));
+        let mut r = SplitMix64::new(9);
+        assert!((0..1000).map(|_| r.next_f64()).all(|x| (0.0..1.0).contains(&x)));
+        assert!((0..1000).map(|_| r.range(3, 5)).all(|x| (3..=5).contains(&x)));
+        assert_eq!(r.range(7, 2), 7);
     }
 }

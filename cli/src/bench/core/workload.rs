@@ -3,7 +3,7 @@
 
 use kvtier_core::OffloadKey;
 
-use crate::rng::{mix64, SplitMix64};
+use kvtier_fs::rng::{mix64, SplitMix64};
 
 /// Keys per `touch`, load and store call in the single-operation rows.
 pub(super) const BATCH: usize = 16;

@@ -4,7 +4,7 @@
 use kvtier_core::OffloadKey;
 
 use super::BoxError;
-use crate::rng::SplitMix64;
+use kvtier_fs::rng::SplitMix64;
 
 /// Fills `buf` (a multiple of 8 bytes) with the pattern of `seed`.
 pub(super) fn fill_pattern(buf: &mut [u8], seed: u64) {
