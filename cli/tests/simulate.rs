@@ -6,7 +6,7 @@
 //! promotion lands depends on the disk, and with it which step a request is admitted in.)
 
 use clap::Parser;
-use kvtier_cli::simulate::{simulate, Outcome, SimulateArgs};
+use kvtier_cli::simulate::{simulate, SimulateArgs, Simulation};
 use serde_json::Value;
 
 fn small(dir: &std::path::Path, extra: &[&str]) -> SimulateArgs {
@@ -27,7 +27,7 @@ fn small(dir: &std::path::Path, extra: &[&str]) -> SimulateArgs {
     SimulateArgs::try_parse_from(argv).expect("valid arguments")
 }
 
-fn run(dir: &std::path::Path, extra: &[&str]) -> Outcome {
+fn run(dir: &std::path::Path, extra: &[&str]) -> Simulation {
     simulate(&small(dir, extra)).expect("simulate runs")
 }
 

@@ -192,7 +192,7 @@ pub fn cache_config(args: &SimulateArgs, root: Option<&Path>) -> Result<CacheCon
 
 /// What a simulation produced: the report and, when asked for, the metrics text.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Simulation {
     /// The report.
     pub report: Report,
     /// The Prometheus text exposition (with `--metrics-file`; also written there).
@@ -297,7 +297,7 @@ fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
 
 /// Runs the simulation of `args`: the workload without offloading, then with kvtier. Writes the
 /// plot and the metrics file when asked for.
-pub fn simulate(args: &SimulateArgs) -> Result<Outcome, Box<dyn Error>> {
+pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
     let params = WorkloadParams {
         seed: args.seed,
         sessions: args.sessions,
@@ -441,7 +441,7 @@ pub fn simulate(args: &SimulateArgs) -> Result<Outcome, Box<dyn Error>> {
     if let (Some(path), Some(text)) = (&args.metrics_file, &metrics_text) {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    Ok(Outcome { report, metrics: metrics_text, scratch: tmp })
+    Ok(Simulation { report, metrics: metrics_text, scratch: tmp })
 }
 
 /// `kvtier simulate`: runs [`simulate`] and prints the report (text, or JSON with `--json`).
