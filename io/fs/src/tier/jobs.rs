@@ -114,12 +114,12 @@ impl TierJobs {
         self.slabs.iter_mut().find(|s| s.generation == table).expect("a job's table lives until the job is taken")
     }
 
-    /// Opens job `id` of `keys`, with room for a part per key, and records it.
-    pub fn open(&mut self, id: JobId, dir: Direction, keys: &[OffloadKey]) -> JobRef {
+    /// Opens job `id` of `keys`, with room for `parts` parts, and records it.
+    pub fn open(&mut self, id: JobId, dir: Direction, keys: &[OffloadKey], parts: usize) -> JobRef {
         let current = self.slabs.last().expect("a current table");
-        if current.table.free_jobs() == 0 || current.table.free_parts() < keys.len() {
+        if current.table.free_jobs() == 0 || current.table.free_parts() < parts {
             let jobs = current.table.jobs_capacity() * 2;
-            let parts = (current.table.parts_capacity() * 2).max(keys.len().next_power_of_two());
+            let parts = (current.table.parts_capacity() * 2).max(parts.next_power_of_two());
             let generation = current.generation + 1;
             self.slabs.push(Slab::new(generation, jobs, parts));
         }
@@ -141,7 +141,7 @@ impl TierJobs {
         &mut slab.records[job.handle.index()]
     }
 
-    /// A new part of open job `job` (room was reserved by [`open`](Self::open)).
+    /// A new part of open job `job` (room for it was reserved by [`open`](Self::open)).
     pub fn add_part(&mut self, job: JobRef) -> Part {
         self.slab(job.table).table.add_part(job.handle).expect("room for a part per key was reserved")
     }

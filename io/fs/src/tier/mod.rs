@@ -281,8 +281,9 @@ impl FsTier {
     }
 
     fn submit(&mut self, dir: Direction, job: Job<'_>) {
-        let handle = self.jobs.open(job.id, dir, job.keys);
         let refuse = self.closed || job.keys.len() > MAX_JOB_BLOCKS;
+        // At most one op per key, none for a refused job.
+        let handle = self.jobs.open(job.id, dir, job.keys, if refuse { 0 } else { job.keys.len() });
         for (key, &slot) in job.keys.iter().zip(job.slots) {
             let state = if refuse { KeyState::Decided(false) } else { self.submit_key(handle, dir, key, slot) };
             self.jobs.record(handle).states.push(state);
