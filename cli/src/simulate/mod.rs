@@ -35,6 +35,7 @@
 //!   instead of a loop that spins through the deadline. `--sync-io` waits for every tier job at
 //!   each step end instead, which makes the hit and miss counts independent of disk timing.
 
+pub mod cost;
 pub mod driver;
 pub mod gpu;
 pub mod plot;
