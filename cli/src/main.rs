@@ -17,9 +17,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a simulated multi-turn chat workload through kvtier (GPU -> CPU -> disk and back)
-    /// and report whether offloading pays, against the same workload without it.
-    Simulate(kvtier_cli::simulate::SimulateArgs),
+    /// Serve a chat workload or a request trace through kvtier (GPU -> CPU -> disk and back) on
+    /// a simulated GPU and report whether offloading pays, in time to first token and
+    /// throughput, against its CPU tier alone and against no offloading.
+    Simulate(Box<kvtier_cli::simulate::SimulateArgs>),
     /// Run a JSON-lines trace through the engine (stdin if no file); one JSON line out per line in.
     Replay {
         /// Trace file (JSON lines); standard input when absent.

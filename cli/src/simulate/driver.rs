@@ -1,28 +1,51 @@
-//! The simulated engine: a scheduler that admits requests step by step, reuses the GPU prefix
-//! cache, and drives kvtier the way vLLM's offloading connector drives its manager.
+//! The simulated engine: a vLLM-like scheduler on a virtual clock, driving kvtier the way
+//! vLLM's offloading connector drives its manager.
 //!
-//! Per step: requests whose arrival step has come join the waiting queue; running requests
-//! whose answer is complete store their answer blocks and release their GPU buffers; then
-//! waiting requests are admitted in order (at most `max_batch` per step). Admitting a request:
+//! # The clock
 //!
-//! 1. the longest prefix of its prompt cached on the GPU is reused;
-//! 2. the next blocks are looked up in kvtier, in order, until one is neither Ready nor
-//!    Pending. A Pending block (a promotion from disk reserved by that lookup, or one in flight)
-//!    makes the request wait, and it asks again next step, as vLLM defers a request whose
-//!    blocks are still being loaded. A request whose predecessor in its session has not
-//!    finished is skipped; one that does not fit in the GPU's free buffers stops admission for
-//!    the step (head-of-line, as vLLM's scheduler);
-//! 3. the Ready blocks are pinned (`prepare_load`), copied row -> GPU buffer and checked
-//!    against the bytes the block must hold, then unpinned (`complete_load`), and the reused
-//!    prefix is `touch`ed;
-//! 4. the other blocks are "computed" (filled with their content) and offloaded:
-//!    `prepare_store`, copy GPU buffer -> row, `complete_store`;
-//! 5. the request runs one step per answer block, then its answer blocks are stored the same
-//!    way.
+//! Time is virtual (seconds of the simulated server, not of this machine): the scheduler
+//! iterates at virtual instants; an iteration that gives the GPU work is a step whose duration
+//! is the cost model's ([`GpuCost`]: tokens computed, requests decoding); an idle one jumps to
+//! the next event (an arrival, a KV transfer or a promotion landing). Everything kvtier does
+//! is real (real rows, real files, real I/O threads), and the one figure taken from this
+//! machine is the disk: a promotion's virtual latency is its measured latency (see
+//! [`DiskTime`]).
 //!
-//! The step ends with `end_step` (which submits the promotions reserved during the step) and
-//! `take_events`. A block counts as a disk hit when it became ready through a promotion and this
-//! is its first load since; any other kvtier hit is a CPU hit.
+//! # An iteration at virtual time `now`
+//!
+//! 1. Arrivals up to `now` join the waiting queue.
+//! 2. Running requests get their tokens first (one per decoding request, prefill chunks for the
+//!    others, in admission order, within `batch_tokens`), then waiting requests are admitted in
+//!    order while the budget and `max_seqs` allow (vLLM V1's order; chunked prefill). A request
+//!    whose previous chat turn has not finished, or whose promotions have not landed, is passed
+//!    over; one that does not fit in the GPU's free blocks stops admission (head of line).
+//! 3. Admitting a request: the longest prefix of its prompt's full blocks cached on the GPU is
+//!    reused; the next blocks are looked up in kvtier in order until one is neither Ready nor
+//!    Pending (at most `prompt_tokens - 1` tokens are reused, so at least one is computed, as in
+//!    vLLM). Ready blocks are pinned (`prepare_load`) and held until admission; Pending blocks
+//!    (promotions from disk reserved by the lookup) make the request wait. Once admitted, its
+//!    tier blocks are copied row -> GPU buffer and checked against the bytes their key implies,
+//!    unpinned, and cross PCIe: the request starts computing when that transfer ends (the link
+//!    is shared, one transfer at a time). The reused prefix is `touch`ed.
+//! 4. The step runs: `now` advances by its cost. A request whose prefill completes gets its
+//!    first token (TTFT = now - arrival); its computed blocks are filled with their content,
+//!    published to the GPU prefix cache and offloaded (`prepare_store`, copy, `complete_store`).
+//!    A request with all its tokens finishes: a chat answer's blocks are stored the same way,
+//!    and its GPU blocks are released (tail first).
+//! 5. `end_step` submits the promotions reserved in step 3. The driver then waits (really) until
+//!    they land, polling with `end_step` and measuring each one, then until the iteration's
+//!    cascaded stores are on disk too, and charges the simulated disk with that time (see
+//!    [`DiskTime`]): promotions land at `start + measured latency x byte scale`, and the disk
+//!    stays busy for the stores after them, so that later promotions queue behind them. Landed
+//!    blocks are pinned for the requests that wait for them. Waiting on the real clock while the
+//!    virtual one stands still keeps the measurement honest (the latency is the disk's and the
+//!    tier's, with the stores competing for the disk, not the simulator's own pace) and makes the
+//!    disk's bandwidth in virtual time its real bandwidth at the model's block size. Stores
+//!    never wait for the disk here (a real tier whose disk falls behind keeps CPU slots pinned
+//!    and refuses offloads); their cost shows as disk time that delays promotions.
+//!
+//! A block counts as a disk hit when it was promoted and this is its first load since; any
+//! other kvtier hit is a CPU hit.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -34,30 +57,49 @@ use kvtier_fs::region::Access;
 use kvtier_fs::FsTier;
 use metrics::{counter, gauge, histogram};
 
+use super::cost::GpuCost;
 use super::gpu::GpuCache;
-use super::workload::{count_mismatches, fill_block, Workload};
+use super::workload::{count_mismatches, fill_block, Request, Workload};
 use crate::cputime::thread_cpu;
+
+/// Longest real wait for one iteration's promotions before the run gives up.
+const PROMOTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How the simulated disk's time is found. Either way the disk is a FIFO server: it starts an
+/// iteration's I/O (its promotions, then its cascaded stores) when it has finished the earlier
+/// iterations' and no sooner than the iteration's lookups, and a promotion lands when its own
+/// time has passed after that start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DiskTime {
+    /// Measured on this machine: each promotion's real latency, and the real time until the
+    /// iteration's stores are on disk too, x the byte scale.
+    Measured,
+    /// Modelled (with `--sync-io`, so that outcomes depend on the inputs alone): the
+    /// iteration's promoted, then stored, bytes at the model's size at this rate.
+    Rate {
+        /// Bytes per second.
+        bytes_per_s: f64,
+    },
+}
 
 /// The scheduler's settings.
 #[derive(Debug, Clone, Copy)]
 pub struct SchedConfig {
     /// GPU block buffers.
     pub gpu_blocks: usize,
-    /// Bytes per block.
+    /// Bytes per block moved here.
     pub block_bytes: usize,
-    /// Most requests admitted per step.
-    pub max_batch: usize,
-    /// Shortest wall time of a step with work, so I/O has engine-like time to complete.
-    pub step_time: Duration,
-    /// Most promotions in flight at once: past it, lookups of blocks absent from the CPU tier
-    /// wait, so that promotions do not evict each other before their requests load them.
-    pub promotion_budget: usize,
-    /// Requests that may hold pinned or promoted blocks across steps at once; others wait
-    /// without calling kvtier. Bounds how much of the CPU tier waiting requests pin.
-    pub promoting_requests: usize,
-    /// Steps a request waits for promotions at most; then it takes the blocks that are ready
-    /// and recomputes the rest.
-    pub max_wait_steps: u32,
+    /// The GPU cost model.
+    pub cost: GpuCost,
+    /// KV bytes per token of the model (what transfers cost in virtual time).
+    pub model_bytes_per_token: u64,
+    /// Model bytes per byte moved here (1 when not scaled): measured disk latencies are
+    /// multiplied by it.
+    pub byte_scale: f64,
+    /// Most CPU-tier blocks held for waiting requests (pinned, or being promoted) at once.
+    pub max_held: usize,
+    /// How promotions are timed.
+    pub disk_time: DiskTime,
 }
 
 /// Counters of one run.
@@ -65,16 +107,38 @@ pub struct SchedConfig {
 pub struct Tally {
     /// Requests finished.
     pub requests: u64,
-    /// Scheduler steps.
+    /// GPU steps.
     pub steps: u64,
+    /// Scheduler iterations (steps and idle jumps).
+    pub iterations: u64,
     /// Prompt blocks reused from the GPU prefix cache.
     pub gpu: u64,
     /// Prompt blocks loaded from the CPU tier.
     pub cpu: u64,
     /// Prompt blocks promoted from disk, then loaded.
     pub disk: u64,
-    /// Prompt blocks computed.
+    /// Full prompt blocks computed.
     pub miss: u64,
+    /// Prompt tokens computed (misses and partial blocks).
+    pub prefill_tokens: u64,
+    /// Tokens decoded after the first.
+    pub decode_tokens: u64,
+    /// Virtual seconds the GPU was busy (sum of step costs).
+    pub gpu_busy_s: f64,
+    /// First arrival, virtual seconds.
+    pub first_arrival: f64,
+    /// Last finish, virtual seconds.
+    pub last_finish: f64,
+    /// Time to first token of each request, seconds.
+    pub ttft: Vec<f64>,
+    /// Arrival to last token of each request, seconds.
+    pub e2e: Vec<f64>,
+    /// Virtual seconds of CPU -> GPU transfers.
+    pub transfer_s: f64,
+    /// Requests that waited for promotions.
+    pub promo_waits: u64,
+    /// Virtual seconds requests spent waiting for promotions.
+    pub promo_wait_s: f64,
     /// Blocks written GPU -> CPU tier.
     pub cpu_stored: u64,
     /// Blocks read CPU tier -> GPU.
@@ -85,25 +149,37 @@ pub struct Tally {
     pub disk_loaded: u64,
     /// Blocks `prepare_store` could not take (every slot pinned).
     pub store_rejected: u64,
+    /// Blocks not offloaded because the simulated disk had not written enough of the earlier
+    /// ones (their CPU slots count as pinned).
+    pub disk_behind: u64,
     /// Ready blocks that could not be loaded (recomputed instead).
     pub load_failed: u64,
     /// Bytes that differed from what a loaded block must hold.
     pub mismatched_bytes: u64,
-    /// Request-steps spent waiting for a promotion.
-    pub waits: u64,
     /// Lookup answers: ready, pending, retry, miss.
     pub lookups: [u64; 4],
     /// Blocks evicted from the CPU tier.
     pub cpu_evictions: u64,
-    /// Promotion latencies, steps.
-    pub promo_steps: Vec<u64>,
-    /// Promotion latencies, ms.
-    pub promo_ms: Vec<f64>,
+    /// Iterations that promoted blocks.
+    pub promo_batches: u64,
+    /// Promotion latencies measured here, ms.
+    pub promo_real_ms: Vec<f64>,
+    /// Promotion latencies in virtual time (after scaling, queueing excluded), ms.
+    pub promo_virtual_ms: Vec<f64>,
+    /// Virtual seconds the simulated disk was busy (promotions and stores).
+    pub disk_busy_s: f64,
+    /// Bytes promoted here, and the real seconds the iterations waited for them.
+    pub read_here: (u64, f64),
+    /// Bytes cascaded to the tiers here, and the real seconds the iterations waited for them
+    /// after their promotions.
+    pub written_here: (u64, f64),
 }
 
-/// What happened in one step (blocks).
+/// What happened in one iteration (blocks), at virtual time `t`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct StepSample {
+pub struct Sample {
+    /// Virtual time of the iteration, seconds.
+    pub t: f64,
     /// Prompt blocks reused from the GPU.
     pub gpu: u32,
     /// Prompt blocks loaded from the CPU tier.
@@ -126,9 +202,6 @@ pub struct StepSample {
 pub struct Offload {
     /// The cache.
     pub cache: TieredCache,
-    /// Wait for every tier job at the end of each step: hit and miss outcomes then no longer
-    /// depend on disk timing.
-    pub sync_io: bool,
     /// Scheduler-thread CPU time spent inside kvtier calls.
     pub kv_cpu: Duration,
     plan: StorePlan,
@@ -136,36 +209,53 @@ pub struct Offload {
     ok: Vec<OffloadKey>,
     bad: Vec<OffloadKey>,
     events: EventLog,
-    inflight: HashMap<OffloadKey, (u64, Instant)>,
-    promoted: HashSet<OffloadKey>,
-    last_loaded: u64,
+    /// Promotions reserved in this iteration, with the requests waiting for them.
+    batch: Vec<OffloadKey>,
+    /// Promoted blocks not loaded since, with their virtual landing time.
+    promoted: HashMap<OffloadKey, f64>,
+    /// Blocks that became ready in the CPU tier since the last look (filled by events).
+    readied: Vec<OffloadKey>,
+    /// When the simulated disk has served the promotions so far (reads go first), virtual s.
+    read_free: f64,
+    /// When it has written the stores so far (they yield to reads), virtual seconds.
+    write_free: f64,
+    /// Stores not yet written in virtual time: (when they will be, blocks), in order.
+    writes: VecDeque<(f64, u64)>,
+    /// Blocks of `writes`.
+    unwritten: u64,
     last_disk_stored: u64,
     last_stats: kvtier_core::EngineStats,
+    /// Blocks cascaded to the tiers when the disk was last charged.
+    last_cascaded: u64,
 }
 
 impl std::fmt::Debug for Offload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Offload").field("cache", &self.cache).field("sync_io", &self.sync_io).finish_non_exhaustive()
+        f.debug_struct("Offload").field("cache", &self.cache).finish_non_exhaustive()
     }
 }
 
 impl Offload {
     /// Wraps an open cache.
-    pub fn new(cache: TieredCache, sync_io: bool) -> Self {
+    pub fn new(cache: TieredCache) -> Self {
         Offload {
             cache,
-            sync_io,
             kv_cpu: Duration::ZERO,
             plan: StorePlan::new(),
             slots: Vec::new(),
             ok: Vec::new(),
             bad: Vec::new(),
             events: EventLog::new(),
-            inflight: HashMap::new(),
-            promoted: HashSet::new(),
-            last_loaded: 0,
+            batch: Vec::new(),
+            promoted: HashMap::new(),
+            readied: Vec::new(),
+            read_free: 0.0,
+            write_free: 0.0,
+            writes: VecDeque::new(),
+            unwritten: 0,
             last_disk_stored: 0,
             last_stats: kvtier_core::EngineStats::default(),
+            last_cascaded: 0,
         }
     }
 
@@ -184,19 +274,29 @@ impl Offload {
     }
 }
 
-struct Running {
+/// An admitted request.
+struct Live {
     id: usize,
-    finish: u64,
     bufs: Vec<u32>,
+    /// Full prompt blocks not computed (GPU and tier hits).
+    hit_blocks: usize,
+    /// Prompt tokens to compute: from `hit_blocks x block_tokens` to the end of the prompt.
+    to_compute: u64,
+    /// Prompt tokens computed so far.
+    computed: u64,
+    /// When its KV transfer ends (virtual seconds).
+    ready_at: f64,
+    /// Output tokens produced (the first one by the prefill).
+    generated: u64,
 }
 
 enum Admit {
-    Admitted(Running),
+    Admitted(Live),
     Waiting,
     NoRoom,
 }
 
-/// One run of the workload: with kvtier (`offload`) or with the GPU prefix cache alone.
+/// One run of the workload: with kvtier (`off`) or with the GPU prefix cache alone.
 pub struct Sim<'a> {
     cfg: SchedConfig,
     wl: &'a Workload,
@@ -204,20 +304,29 @@ pub struct Sim<'a> {
     off: Option<&'a mut Offload>,
     /// Counters.
     pub tally: Tally,
-    /// Per-step samples.
-    pub samples: Vec<StepSample>,
-    sample: StepSample,
-    step: u64,
-    waited: Vec<u32>,
-    held: Vec<Vec<OffloadKey>>,
-    has_slot: Vec<bool>,
-    slots_used: usize,
+    /// Per-iteration samples.
+    pub samples: Vec<Sample>,
+    sample: Sample,
+    /// Blocks pinned for each waiting request.
+    held: Vec<HashSet<u32>>,
+    held_total: usize,
+    /// Blocks each request waits to see promoted (this iteration's batch).
+    awaiting: Vec<Vec<u32>>,
+    awaiting_ids: Vec<usize>,
+    /// When each request's promoted blocks land (virtual seconds).
+    kv_ready: Vec<f64>,
+    /// When each request started waiting for promotions.
+    wait_since: Vec<Option<f64>>,
+    done: Vec<bool>,
+    /// When the PCIe link is free (virtual seconds).
+    link_free: f64,
 }
 
 impl<'a> Sim<'a> {
     /// A run of `wl` (with kvtier when `off` is given).
     pub fn new(cfg: SchedConfig, wl: &'a Workload, off: Option<&'a mut Offload>) -> Self {
         let gpu = GpuCache::new(cfg.gpu_blocks, cfg.block_bytes, off.is_some());
+        let n = wl.requests.len();
         Sim {
             cfg,
             wl,
@@ -225,132 +334,234 @@ impl<'a> Sim<'a> {
             off,
             tally: Tally::default(),
             samples: Vec::new(),
-            sample: StepSample::default(),
-            step: 0,
-            waited: Vec::new(),
-            held: Vec::new(),
-            has_slot: Vec::new(),
-            slots_used: 0,
+            sample: Sample::default(),
+            held: vec![HashSet::new(); n],
+            held_total: 0,
+            awaiting: vec![Vec::new(); n],
+            awaiting_ids: Vec::new(),
+            kv_ready: vec![0.0; n],
+            wait_since: vec![None; n],
+            done: vec![false; n],
+            link_free: 0.0,
         }
+    }
+
+    fn req(&self, id: usize) -> &'a Request {
+        &self.wl.requests[id]
     }
 
     /// Runs every request to completion.
     pub fn run(&mut self, bar: &ProgressBar) -> Result<(), String> {
-        let n = self.wl.requests.len();
-        let last_arrival = self.wl.requests.last().map_or(0, |r| r.arrival);
-        let step_limit = last_arrival + 10_000 + 300 * n as u64;
-        let mut waiting: VecDeque<usize> = VecDeque::new();
-        let mut running: Vec<Running> = Vec::new();
-        let mut done = vec![false; n];
-        self.waited = vec![0; n];
-        self.held = vec![Vec::new(); n];
-        self.has_slot = vec![false; n];
+        let reqs = &self.wl.requests;
+        let n = reqs.len();
+        let mut now = reqs.first().map_or(0.0, |r| r.arrival);
+        self.tally.first_arrival = now;
+        let horizon = reqs.last().map_or(0.0, |r| r.arrival) + 1e7;
         let mut next = 0;
+        let mut waiting: VecDeque<usize> = VecDeque::new();
+        let mut live: Vec<Live> = Vec::new();
+        let mut stalled = 0;
         while (self.tally.requests as usize) < n {
-            let began = Instant::now();
-            self.sample = StepSample::default();
-            while next < n && self.wl.requests[next].arrival <= self.step {
+            while next < n && reqs[next].arrival <= now {
                 waiting.push_back(next);
                 next += 1;
             }
-            for r in std::mem::take(&mut running) {
-                if r.finish <= self.step {
-                    done[r.id] = true;
-                    self.finish(r);
-                } else {
-                    running.push(r);
-                }
+            self.sample = Sample { t: now, ..Sample::default() };
+            let (plan, step_s) = self.schedule(now, &mut waiting, &mut live);
+            let stepped = !plan.is_empty();
+            let start = now;
+            if stepped {
+                now += step_s;
+                self.tally.gpu_busy_s += step_s;
+                self.tally.steps += 1;
+                self.apply(now, &plan, &mut live);
             }
-            let mut admitted = 0;
-            let mut i = 0;
-            while i < waiting.len() && admitted < self.cfg.max_batch {
-                let spec = &self.wl.requests[waiting[i]];
-                if spec.prev.is_some_and(|p| !done[p]) {
-                    i += 1;
-                    continue;
-                }
-                match self.admit(waiting[i]) {
-                    Admit::Admitted(r) => {
-                        running.push(r);
-                        waiting.remove(i);
-                        admitted += 1;
-                    }
-                    Admit::Waiting => {
-                        self.tally.waits += 1;
-                        self.waited[waiting[i]] += 1;
-                        i += 1;
-                    }
-                    Admit::NoRoom => break,
-                }
-            }
-            let mut busy = !(running.is_empty() && waiting.is_empty());
             if self.off.is_some() {
-                busy |= self.end_step();
+                self.end_step();
+                self.settle(start)?;
             }
             self.samples.push(self.sample);
-            self.step += 1;
-            self.tally.steps = self.step;
+            self.tally.iterations += 1;
             bar.set_position(self.tally.requests);
-            if self.off.is_some() && busy {
-                if let Some(rest) = self.cfg.step_time.checked_sub(began.elapsed()) {
-                    std::thread::sleep(rest);
+            if !stepped {
+                let mut t = f64::INFINITY;
+                if next < n {
+                    t = t.min(reqs[next].arrival);
                 }
+                for l in &live {
+                    if l.ready_at > now {
+                        t = t.min(l.ready_at);
+                    }
+                }
+                let mut retry = false;
+                for &id in &waiting {
+                    if self.kv_ready[id] > now {
+                        t = t.min(self.kv_ready[id]);
+                    }
+                    // Its promotions failed: it can look its blocks up again at once.
+                    retry |= self.kv_ready[id] <= now && self.wait_since[id].is_some();
+                }
+                stalled = if retry && !t.is_finite() { stalled + 1 } else { 0 };
+                if retry && !t.is_finite() && stalled < 3 {
+                    continue;
+                }
+                if !t.is_finite() {
+                    return Err(format!(
+                        "no progress at {now:.3} s: {} of {n} requests done, {} running, {} waiting",
+                        self.tally.requests,
+                        live.len(),
+                        waiting.len()
+                    ));
+                }
+                now = t;
             }
-            if self.step > step_limit {
-                return Err(format!(
-                    "no progress: {} of {n} requests done after {} steps",
-                    self.tally.requests, self.step
-                ));
+            if now > horizon {
+                return Err(format!("no progress: {} of {n} requests done at {now:.0} s", self.tally.requests));
             }
         }
         Ok(())
     }
 
-    fn admit(&mut self, id: usize) -> Admit {
-        let wl = self.wl;
-        let spec = &wl.requests[id];
-        let (prompt, output) = (wl.prompt(spec), wl.output(spec));
-        let req = ReqContext::new(id as u64);
-        let n_gpu = self.gpu.prefix_hits(prompt);
-        if self.off.is_some() && !self.has_slot[id] {
-            if self.slots_used >= self.cfg.promoting_requests {
-                return Admit::Waiting;
+    /// Plans the step at `now`: running requests first, then admissions. Returns the (live
+    /// index, prefill tokens; 0 for a decode) of each request with work, and the step's cost.
+    fn schedule(&mut self, now: f64, waiting: &mut VecDeque<usize>, live: &mut Vec<Live>) -> (Vec<(usize, u64)>, f64) {
+        let cost = self.cfg.cost;
+        let mut budget = cost.batch_tokens;
+        let mut plan = Vec::new();
+        let mut step_s = 0.0;
+        for (i, l) in live.iter().enumerate() {
+            if budget == 0 {
+                break;
             }
-            self.has_slot[id] = true;
-            self.slots_used += 1;
+            if l.ready_at > now {
+                continue;
+            }
+            let r = self.req(l.id);
+            if l.computed == l.to_compute {
+                budget -= 1;
+                plan.push((i, 0));
+                step_s += cost.kv_read_s_per_token * (r.prompt_tokens + l.generated) as f64;
+            } else {
+                let chunk = (l.to_compute - l.computed).min(budget);
+                budget -= chunk;
+                plan.push((i, chunk));
+                let from = r.prompt_tokens - l.to_compute + l.computed;
+                step_s += cost.prefill_s(from, from + chunk);
+            }
         }
-        let patient = self.waited[id] < self.cfg.max_wait_steps;
-        let (ready, pending) = self.lookup_walk(id, &prompt[n_gpu..], req, patient);
-        if pending > 0 {
+        let mut i = 0;
+        while i < waiting.len() && budget > 0 && live.len() < cost.max_seqs {
+            let id = waiting[i];
+            if self.req(id).prev.is_some_and(|p| !self.done[p]) || self.kv_ready[id] > now {
+                i += 1;
+                continue;
+            }
+            match self.admit(id, now) {
+                Admit::Admitted(l) => {
+                    waiting.remove(i);
+                    if l.ready_at <= now {
+                        let r = self.req(id);
+                        let chunk = l.to_compute.min(budget);
+                        budget -= chunk;
+                        plan.push((live.len(), chunk));
+                        let from = r.prompt_tokens - l.to_compute;
+                        step_s += cost.prefill_s(from, from + chunk);
+                    }
+                    live.push(l);
+                }
+                Admit::Waiting => i += 1,
+                Admit::NoRoom => break,
+            }
+        }
+        if !plan.is_empty() {
+            step_s += cost.decode_step_s;
+        }
+        (plan, step_s)
+    }
+
+    /// The step of `plan` ended at `now`: first tokens, decodes, stores and finishes.
+    fn apply(&mut self, now: f64, plan: &[(usize, u64)], live: &mut Vec<Live>) {
+        let mut finished = Vec::new();
+        for &(i, chunk) in plan {
+            let id = live[i].id;
+            if chunk == 0 {
+                live[i].generated += 1;
+                self.tally.decode_tokens += 1;
+            } else {
+                live[i].computed += chunk;
+                self.tally.prefill_tokens += chunk;
+                if live[i].computed == live[i].to_compute {
+                    live[i].generated = 1;
+                    let r = self.req(id);
+                    let ttft = now - r.arrival;
+                    self.tally.ttft.push(ttft);
+                    if self.off.is_some() {
+                        histogram!("kvtier_ttft_seconds").record(ttft);
+                    }
+                    let hit = live[i].hit_blocks;
+                    self.publish_and_store(id, &r.prompt[hit..], &live[i].bufs[hit..r.prompt.len()], now);
+                }
+            }
+            if live[i].generated >= self.req(id).output_tokens {
+                finished.push(i);
+            }
+        }
+        finished.sort_unstable();
+        for i in finished.into_iter().rev() {
+            let l = live.remove(i);
+            self.finish(l, now);
+        }
+    }
+
+    fn admit(&mut self, id: usize, now: f64) -> Admit {
+        let wl = self.wl;
+        let r = self.req(id);
+        let bt = wl.block_tokens;
+        // At least one prompt token is computed (it yields the first output token).
+        let reusable = (((r.prompt_tokens - 1) / bt) as usize).min(r.prompt.len());
+        let n_gpu = self.gpu.prefix_hits(&r.prompt[..reusable]);
+        let (ready, pending, lands) = self.lookup_walk(id, &r.prompt[n_gpu..reusable], now);
+        if pending > 0 || lands > now {
+            if self.wait_since[id].is_none() {
+                self.wait_since[id] = Some(now);
+                self.tally.promo_waits += 1;
+            }
+            self.kv_ready[id] = self.kv_ready[id].max(lands);
             return Admit::Waiting;
         }
-        let need = prompt.len() - n_gpu + output.len();
-        if self.gpu.available_besides(&prompt[..n_gpu]) < need {
+        let need = wl.request_blocks(r) - n_gpu;
+        if self.gpu.available_besides(&r.prompt[..n_gpu]) < need {
             return Admit::NoRoom;
         }
-        let mut bufs = Vec::with_capacity(prompt.len() + output.len());
-        for k in &prompt[..n_gpu] {
+        if let Some(t) = self.wait_since[id].take() {
+            self.tally.promo_wait_s += now - t;
+        }
+        let mut bufs = Vec::with_capacity(n_gpu + need);
+        for &k in &r.prompt[..n_gpu] {
             bufs.push(self.gpu.acquire(k));
         }
         for _ in 0..need {
             bufs.push(self.gpu.allocate().expect("room was checked"));
         }
-        let (cpu, disk) = self.load(&prompt[n_gpu..n_gpu + ready], &bufs[n_gpu..n_gpu + ready]);
-        self.release_held(id, req);
         let hit = n_gpu + ready;
-        if self.off.is_some() {
-            for (k, &b) in prompt[hit..].iter().zip(&bufs[hit..prompt.len()]) {
-                fill_block(k, self.gpu.buf_mut(b));
-            }
+        let (cpu, disk) = self.load(&r.prompt[n_gpu..hit], &bufs[n_gpu..hit]);
+        self.release_held(id, ReqContext::new(id as u64));
+        for (&k, &b) in r.prompt[n_gpu..hit].iter().zip(&bufs[n_gpu..hit]) {
+            self.gpu.publish(b, k);
         }
-        for (k, &b) in prompt[n_gpu..].iter().zip(&bufs[n_gpu..prompt.len()]) {
-            self.gpu.publish(b, *k);
+        let mut ready_at = now;
+        if ready > 0 {
+            let bytes = (ready as u64 * bt * self.cfg.model_bytes_per_token) as f64;
+            let start = self.link_free.max(now);
+            ready_at = start + bytes / self.cfg.cost.pcie_bytes_per_s;
+            self.link_free = ready_at;
+            self.tally.transfer_s += ready_at - start;
         }
         if let Some(off) = self.off.as_deref_mut() {
-            off.kv(|o| o.cache.engine().touch(&prompt[..hit], req));
-            self.store(&prompt[hit..], &bufs[hit..prompt.len()], req);
+            let keys: Vec<OffloadKey> = r.prompt[..hit].iter().map(|&k| *wl.key(k)).collect();
+            off.kv(|o| o.cache.engine().touch(&keys, ReqContext::new(id as u64)));
         }
-        let miss = (prompt.len() - hit) as u64;
+        let miss = (r.prompt.len() - hit) as u64;
         let t = &mut self.tally;
         (t.gpu, t.cpu, t.disk, t.miss) = (t.gpu + n_gpu as u64, t.cpu + cpu, t.disk + disk, t.miss + miss);
         let s = &mut self.sample;
@@ -363,75 +574,83 @@ impl<'a> Sim<'a> {
                 counter!("kvtier_prefix_blocks_total", "source" => source).increment(n);
             }
         }
-        Admit::Admitted(Running { id, finish: self.step + output.len() as u64, bufs })
+        Admit::Admitted(Live {
+            id,
+            bufs,
+            hit_blocks: hit,
+            to_compute: r.prompt_tokens - hit as u64 * bt,
+            computed: 0,
+            ready_at,
+            generated: 0,
+        })
     }
 
-    fn finish(&mut self, r: Running) {
-        let wl = self.wl;
-        let spec = &wl.requests[r.id];
-        let output = wl.output(spec);
-        let out_bufs = &r.bufs[spec.prompt_blocks..];
-        for (k, &b) in output.iter().zip(out_bufs) {
+    fn publish_and_store(&mut self, id: usize, keys: &[u32], bufs: &[u32], now: f64) {
+        for (&k, &b) in keys.iter().zip(bufs) {
             if self.off.is_some() {
-                fill_block(k, self.gpu.buf_mut(b));
+                fill_block(self.wl.key(k), self.gpu.buf_mut(b));
             }
-            self.gpu.publish(b, *k);
+            self.gpu.publish(b, k);
         }
-        if self.off.is_some() {
-            self.store(output, out_bufs, ReqContext::new(r.id as u64));
-        }
-        self.gpu.release(r.bufs.iter().rev().copied());
-        self.tally.requests += 1;
+        self.store(keys, bufs, ReqContext::new(id as u64), now);
     }
 
-    /// Looks `keys` up in order until one is neither Ready nor Pending: (ready, pending). An
-    /// impatient walk also stops at the first Pending block and reports none pending.
-    fn lookup_walk(&mut self, id: usize, keys: &[OffloadKey], req: ReqContext, patient: bool) -> (usize, usize) {
-        let Some(off) = self.off.as_deref_mut() else { return (0, 0) };
-        let mut held = std::mem::take(&mut self.held[id]);
-        let step = self.step;
-        let budget = self.cfg.promotion_budget;
+    fn finish(&mut self, l: Live, now: f64) {
+        let r = self.req(l.id);
+        let n = r.prompt.len();
+        self.publish_and_store(l.id, &r.output, &l.bufs[n..n + r.output.len()], now);
+        self.gpu.release(l.bufs.iter().rev().copied());
+        self.done[l.id] = true;
+        self.tally.requests += 1;
+        self.tally.e2e.push(now - r.arrival);
+        self.tally.last_finish = self.tally.last_finish.max(now);
+    }
+
+    /// Looks `keys` up in order until one is neither Ready nor Pending, pinning the Ready ones
+    /// for request `id`: (ready, pending, when the ready ones landed).
+    fn lookup_walk(&mut self, id: usize, keys: &[u32], now: f64) -> (usize, usize, f64) {
+        let wl = self.wl;
+        let Some(off) = self.off.as_deref_mut() else { return (0, 0, now) };
+        let req = ReqContext::new(id as u64);
+        let held = &mut self.held[id];
+        let awaiting = &mut self.awaiting[id];
+        let max_held = self.cfg.max_held;
+        let mut held_total = self.held_total;
         let mut answers = [0u64; 4];
-        let (ready, pending) = off.kv(|o| {
-            let (mut ready, mut pending) = (0, 0);
-            for k in keys {
-                if held.contains(k) {
+        let (ready, pending, lands) = off.kv(|o| {
+            let (mut ready, mut pending, mut lands) = (0, 0, now);
+            for &k in keys {
+                let key = wl.key(k);
+                if held.contains(&k) {
                     ready += 1;
+                    lands = o.promoted.get(key).map_or(lands, |&t| lands.max(t));
                     continue;
                 }
-                let absent = o.cache.engine_ref().primary_lookup(k) == PoolLookup::Miss;
-                if absent && !patient {
-                    break;
-                }
-                if absent && o.inflight.len() >= budget {
-                    // Wait for promotions in flight to land before starting more.
-                    pending += 1;
+                if held_total + o.batch.len() >= max_held {
                     break;
                 }
                 let before = o.cache.engine_ref().stats().promotions_reserved;
-                match o.cache.engine().lookup(k, req) {
+                match o.cache.engine().lookup(key, req) {
                     LookupResult::Ready => {
                         answers[0] += 1;
-                        // Pin it now, so that it stays until the request is admitted.
                         o.slots.clear();
                         let slots = &mut o.slots;
-                        if let Err(e) = o.cache.engine().prepare_load(core::slice::from_ref(k), req, slots) {
+                        if let Err(e) = o.cache.engine().prepare_load(core::slice::from_ref(key), req, slots) {
                             tracing::warn!(error = %e, "prepare_load refused a ready block");
                             break;
                         }
-                        held.push(*k);
+                        held.insert(k);
+                        held_total += 1;
                         ready += 1;
-                    }
-                    LookupResult::Pending if !patient => {
-                        answers[1] += 1;
-                        break;
+                        lands = o.promoted.get(key).map_or(lands, |&t| lands.max(t));
                     }
                     LookupResult::Pending => {
                         answers[1] += 1;
                         pending += 1;
                         if o.cache.engine_ref().stats().promotions_reserved > before {
-                            o.inflight.insert(*k, (step, Instant::now()));
+                            o.batch.push(*key);
                         }
+                        awaiting.push(k);
                     }
                     LookupResult::Retry => {
                         answers[2] += 1;
@@ -443,42 +662,45 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
-            (ready, pending)
+            (ready, pending, lands)
         });
-        self.held[id] = held;
-        // The walk's first lookup polled the tiers: promotions that finished are ready now.
-        self.handle_events();
+        self.held_total = held_total;
+        if !self.awaiting[id].is_empty() && !self.awaiting_ids.contains(&id) {
+            self.awaiting_ids.push(id);
+        }
         for (i, name) in ["ready", "pending", "retry", "miss"].into_iter().enumerate() {
             self.tally.lookups[i] += answers[i];
             counter!("kvtier_lookups_total", "result" => name).increment(answers[i]);
         }
-        (ready, pending)
+        (ready, pending, lands)
     }
 
-    /// Loads ready, pinned `keys` into GPU buffers `bufs` and checks their bytes: (cpu hits,
-    /// disk hits).
-    fn load(&mut self, keys: &[OffloadKey], bufs: &[u32]) -> (u64, u64) {
+    /// Copies ready, pinned blocks `keys` into GPU buffers `bufs` and checks their bytes:
+    /// (cpu hits, disk hits).
+    fn load(&mut self, keys: &[u32], bufs: &[u32]) -> (u64, u64) {
+        let wl = self.wl;
         let Some(off) = self.off.as_deref_mut() else { return (0, 0) };
         let region = off.cache.region().clone();
         let (mut cpu, mut disk) = (0, 0);
-        for (k, &b) in keys.iter().zip(bufs) {
+        for (&k, &b) in keys.iter().zip(bufs) {
+            let key = wl.key(k);
             let dst = self.gpu.buf_mut(b);
-            let slot = off.cache.engine_ref().primary().find(k).map_or(SlotId(u32::MAX), |(s, _)| s);
+            let slot = off.cache.engine_ref().primary().find(key).map_or(SlotId(u32::MAX), |(s, _)| s);
             match region.lease(slot, Access::Read) {
                 Ok(lease) => dst.copy_from_slice(&lease.block()[..dst.len()]),
                 Err(e) => {
                     tracing::error!(slot = slot.0, error = %e, "cannot read a pinned row");
                     self.tally.load_failed += 1;
-                    fill_block(k, dst);
+                    fill_block(key, dst);
                 }
             }
-            let bad = count_mismatches(k, self.gpu.buf(b));
+            let bad = count_mismatches(key, self.gpu.buf(b));
             if bad > 0 {
-                tracing::error!(key = %k, slot = slot.0, bytes = bad, "loaded block has wrong bytes");
+                tracing::error!(key = %key, slot = slot.0, bytes = bad, "loaded block has wrong bytes");
                 self.tally.mismatched_bytes += bad;
                 counter!("kvtier_verify_mismatched_bytes_total").increment(bad);
             }
-            if off.promoted.remove(k) {
+            if off.promoted.remove(key).is_some() {
                 disk += 1;
             } else {
                 cpu += 1;
@@ -492,30 +714,51 @@ impl<'a> Sim<'a> {
         (cpu, disk)
     }
 
-    /// Unpins every block request `id` pinned while it waited.
+    /// Unpins every block request `id` holds.
     fn release_held(&mut self, id: usize, req: ReqContext) {
-        if std::mem::take(&mut self.has_slot[id]) {
-            self.slots_used -= 1;
-        }
         let held = std::mem::take(&mut self.held[id]);
+        self.held_total -= held.len();
         let Some(off) = self.off.as_deref_mut() else { return };
         if held.is_empty() {
             return;
         }
-        if let Err(e) = off.kv(|o| o.cache.engine().complete_load(&held, req)) {
+        let keys: Vec<OffloadKey> = held.iter().map(|&k| *self.wl.key(k)).collect();
+        if let Err(e) = off.kv(|o| o.cache.engine().complete_load(&keys, req)) {
             tracing::error!(error = %e, "complete_load refused");
         }
     }
 
-    /// Offloads computed blocks `keys` held in GPU buffers `bufs`.
-    fn store(&mut self, keys: &[OffloadKey], bufs: &[u32], req: ReqContext) {
+    /// Offloads computed blocks `keys` held in GPU buffers `bufs` at virtual time `now`.
+    ///
+    /// A block cascaded to disk keeps its CPU slot pinned until it is written; here the tier
+    /// writes it within the iteration (see [`Sim::settle`]), but in virtual time the disk may be
+    /// behind. So the slots whose blocks the simulated disk has not written yet count as pinned,
+    /// and blocks beyond the CPU tier's unpinned slots are not offloaded, as kvtier would refuse
+    /// them on a disk that falls behind.
+    fn store(&mut self, keys: &[u32], bufs: &[u32], req: ReqContext, now: f64) {
         let Some(off) = self.off.as_deref_mut() else { return };
         if keys.is_empty() {
             return;
         }
+        while off.writes.front().is_some_and(|&(t, _)| t <= now) {
+            let (_, n) = off.writes.pop_front().expect("checked");
+            off.unwritten -= n;
+        }
+        let capacity = off.cache.engine_ref().primary().capacity() as u64;
+        let room = capacity.saturating_sub(off.unwritten + self.held_total as u64) as usize;
+        if room < keys.len() {
+            let skipped = (keys.len() - room) as u64;
+            self.tally.disk_behind += skipped;
+            counter!("kvtier_sim_offloads_skipped_total").increment(skipped);
+        }
+        let (keys, bufs) = (&keys[..room.min(keys.len())], &bufs[..room.min(keys.len())]);
+        if keys.is_empty() {
+            return;
+        }
+        let full: Vec<OffloadKey> = keys.iter().map(|&k| *self.wl.key(k)).collect();
         let planned = off.kv(|o| {
             let plan = &mut o.plan;
-            o.cache.engine().prepare_store(keys, req, plan)
+            o.cache.engine().prepare_store(&full, req, plan)
         });
         if let Err(e) = planned {
             tracing::debug!(error = %e, blocks = keys.len(), "prepare_store refused");
@@ -529,10 +772,9 @@ impl<'a> Sim<'a> {
         let mut j = 0;
         for (k, &slot) in off.plan.keys.iter().zip(&off.plan.slots) {
             // The plan lists the absent keys in input order.
-            while keys[j] != *k {
+            while full[j] != *k {
                 j += 1;
             }
-            off.inflight.remove(k);
             off.promoted.remove(k);
             match region.lease(slot, Access::Write) {
                 Ok(mut lease) => {
@@ -562,22 +804,17 @@ impl<'a> Sim<'a> {
         counter!("kvtier_bytes_stored_total", "tier" => "cpu").increment(n * self.cfg.block_bytes as u64);
     }
 
-    /// `end_step`, then events and counters. True while kvtier has jobs in flight.
-    fn end_step(&mut self) -> bool {
-        let Some(off) = self.off.as_deref_mut() else { return false };
-        off.kv(|o| {
-            let engine = o.cache.engine();
-            engine.end_step();
-            if o.sync_io {
-                engine.drain();
-            }
-        });
+    /// `end_step` (submits the promotions reserved in this iteration), then events and counters.
+    fn end_step(&mut self) {
+        let Some(off) = self.off.as_deref_mut() else { return };
+        off.kv(|o| o.cache.engine().end_step());
         self.handle_events();
-        let Some(off) = self.off.as_deref_mut() else { return false };
-        // A failed promotion frees its slot without an event: forget it.
-        let engine = off.cache.engine_ref();
-        off.inflight.retain(|k, _| engine.primary_lookup(k) != PoolLookup::Miss);
-        off.promoted.retain(|k| engine.primary_lookup(k) != PoolLookup::Miss);
+        self.count_tier_work();
+    }
+
+    /// Engine and FS-tier counters since the last call, into the tally and the metrics.
+    fn count_tier_work(&mut self) {
+        let Some(off) = self.off.as_deref_mut() else { return };
         let stats = *off.cache.engine_ref().stats();
         let last = off.last_stats;
         for (outcome, now, then) in [
@@ -591,8 +828,7 @@ impl<'a> Sim<'a> {
         counter!("kvtier_cascade_jobs_total").increment(stats.cascade_jobs - last.cascade_jobs);
         counter!("kvtier_cascade_jobs_failed_total").increment(stats.cascade_jobs_failed - last.cascade_jobs_failed);
         off.last_stats = stats;
-        let loaded = stats.promotions_loaded - off.last_loaded;
-        off.last_loaded = stats.promotions_loaded;
+        let loaded = stats.promotions_loaded - last.promotions_loaded;
         let stored_total = off.disk_blocks_stored();
         let stored = stored_total - off.last_disk_stored;
         off.last_disk_stored = stored_total;
@@ -609,18 +845,17 @@ impl<'a> Sim<'a> {
         let engine = off.cache.engine_ref();
         gauge!("kvtier_jobs_in_flight").set(engine.jobs_in_flight() as f64);
         gauge!("kvtier_cpu_blocks_used").set(engine.primary().len() as f64);
-        engine.jobs_in_flight() > 0
     }
 
-    /// Drains kvtier's events: CPU evictions, and promotions that became ready (so that the
-    /// first load of a promoted block counts as a disk hit). Called after every poll.
+    /// Drains kvtier's events: CPU evictions (a promoted block evicted before its load is no
+    /// disk hit), and blocks that became ready (kept in `readied` for [`Sim::settle`]).
     fn handle_events(&mut self) {
         let Some(off) = self.off.as_deref_mut() else { return };
         off.kv(|o| {
             o.events.clear();
             o.cache.engine().take_events(&mut o.events);
         });
-        let now = Instant::now();
+        off.readied.clear();
         for ev in off.events.iter().filter(|e| e.medium == Medium::Cpu) {
             if ev.removed {
                 self.tally.cpu_evictions += ev.keys.len() as u64;
@@ -628,29 +863,133 @@ impl<'a> Sim<'a> {
                 for k in ev.keys {
                     off.promoted.remove(k);
                 }
-                continue;
+            } else if !off.batch.is_empty() {
+                off.readied.extend_from_slice(ev.keys);
             }
-            for k in ev.keys {
-                if let Some((step, at)) = off.inflight.remove(k) {
-                    let (steps, secs) = (self.step - step, now.duration_since(at).as_secs_f64());
-                    self.tally.promo_steps.push(steps);
-                    self.tally.promo_ms.push(secs * 1e3);
-                    histogram!("kvtier_promotion_latency_steps").record(steps as f64);
-                    histogram!("kvtier_promotion_latency_seconds").record(secs);
-                    off.promoted.insert(*k);
+        }
+    }
+
+    /// Waits (really) for the tier I/O of this iteration: first the promotions `end_step` just
+    /// submitted (measuring each), then the cascaded stores. Charges the simulated disk with
+    /// it (see [`DiskTime`]; the iteration's lookups ran at `start`), gives each promotion its
+    /// virtual landing time and pins the landed blocks for the requests that wait for them.
+    fn settle(&mut self, start: f64) -> Result<(), String> {
+        let Some(off) = self.off.as_deref_mut() else { return Ok(()) };
+        let engine = off.cache.engine_ref();
+        if engine.tier_count() == 0 || (off.batch.is_empty() && engine.jobs_in_flight() == 0) {
+            return Ok(());
+        }
+        let cascaded = engine.stats().cascade_blocks - off.last_cascaded;
+        off.last_cascaded = engine.stats().cascade_blocks;
+        let submitted = Instant::now();
+        let mut left: HashSet<OffloadKey> = off.batch.iter().copied().collect();
+        let mut latency: Vec<(OffloadKey, Duration)> = Vec::with_capacity(left.len());
+        loop {
+            let off = self.off.as_deref_mut().expect("checked above");
+            let elapsed = submitted.elapsed();
+            for k in off.readied.drain(..) {
+                if left.remove(&k) {
+                    latency.push((k, elapsed));
+                }
+            }
+            // A failed promotion frees its slot without an event.
+            let engine = off.cache.engine_ref();
+            left.retain(|k| engine.primary_lookup(k) != PoolLookup::Miss);
+            if left.is_empty() {
+                break;
+            }
+            if elapsed > PROMOTION_TIMEOUT {
+                return Err(format!("{} promotions still in flight after {PROMOTION_TIMEOUT:?}", left.len()));
+            }
+            // Poll every ~50 us (x the byte scale: a few ms of virtual time at most, against
+            // promotions of tens of ms or more). These polls are the simulator's way to time
+            // the I/O, not what an engine would do (it polls once per step): their CPU time is
+            // not counted as kvtier's.
+            std::thread::sleep(Duration::from_micros(50));
+            off.cache.engine().end_step();
+            self.handle_events();
+            self.count_tier_work();
+        }
+        let promoting = if latency.is_empty() { Duration::ZERO } else { submitted.elapsed() };
+        let off = self.off.as_deref_mut().expect("checked above");
+        off.kv(|o| o.cache.engine().drain());
+        let writing = submitted.elapsed().saturating_sub(promoting);
+        self.land(start, &latency, (promoting, writing), cascaded);
+        Ok(())
+    }
+
+    /// Charges the simulated disk with an iteration's I/O, measured here: its promotions
+    /// (`latency` each, `busy.0` until the last landed) and then `cascaded` blocks stored
+    /// (`busy.1` more). Reads go first: promotions queue behind earlier promotions only, and
+    /// delay the writes. Gives each promotion its virtual landing time and pins it for the
+    /// requests that wait for it.
+    fn land(&mut self, start: f64, latency: &[(OffloadKey, Duration)], busy: (Duration, Duration), cascaded: u64) {
+        let (cfg, wl) = (self.cfg, self.wl);
+        let Some(off) = self.off.as_deref_mut() else { return };
+        let model_bytes = |blocks: u64| (blocks * wl.block_tokens * cfg.model_bytes_per_token) as f64;
+        let promoted_bytes = model_bytes(latency.len() as u64);
+        let scaled = |d: Duration| d.as_secs_f64() * cfg.byte_scale;
+        let (reading, writing) = match cfg.disk_time {
+            DiskTime::Measured => (scaled(busy.0), scaled(busy.1)),
+            DiskTime::Rate { bytes_per_s } => (promoted_bytes / bytes_per_s, model_bytes(cascaded) / bytes_per_s),
+        };
+        let virtual_s = |d: Duration| match cfg.disk_time {
+            DiskTime::Measured => scaled(d),
+            DiskTime::Rate { .. } => reading,
+        };
+        let begin = off.read_free.max(start);
+        off.read_free = begin + reading;
+        off.write_free = off.write_free.max(start) + reading + writing;
+        if cascaded > 0 {
+            off.writes.push_back((off.write_free, cascaded));
+            off.unwritten += cascaded;
+        }
+        self.tally.disk_busy_s += reading + writing;
+        let bb = cfg.block_bytes as u64;
+        self.tally.read_here.0 += latency.len() as u64 * bb;
+        self.tally.read_here.1 += busy.0.as_secs_f64();
+        self.tally.written_here.0 += cascaded * bb;
+        self.tally.written_here.1 += busy.1.as_secs_f64();
+        for &(k, d) in latency {
+            let v = virtual_s(d);
+            off.promoted.insert(k, begin + v);
+            self.tally.promo_real_ms.push(d.as_secs_f64() * 1e3);
+            self.tally.promo_virtual_ms.push(v * 1e3);
+            histogram!("kvtier_promotion_latency_seconds").record(d.as_secs_f64());
+            histogram!("kvtier_promotion_virtual_seconds").record(v);
+        }
+        if !latency.is_empty() {
+            self.tally.promo_batches += 1;
+        }
+        off.batch.clear();
+        for id in std::mem::take(&mut self.awaiting_ids) {
+            let req = ReqContext::new(id as u64);
+            for k in std::mem::take(&mut self.awaiting[id]) {
+                let key = wl.key(k);
+                if self.held[id].contains(&k) || off.cache.engine_ref().primary_lookup(key) != PoolLookup::Ready {
+                    continue;
+                }
+                let pinned = off.kv(|o| {
+                    o.slots.clear();
+                    let slots = &mut o.slots;
+                    o.cache.engine().prepare_load(core::slice::from_ref(key), req, slots)
+                });
+                if pinned.is_ok() {
+                    self.held[id].insert(k);
+                    self.held_total += 1;
+                    if let Some(&t) = off.promoted.get(key) {
+                        self.kv_ready[id] = self.kv_ready[id].max(t);
+                    }
                 }
             }
         }
     }
 
-    /// Counts what the tiers finished after the last step (call after shutdown).
-    pub fn settle(&mut self) {
+    /// Shuts kvtier down (every tier drains) and counts what the tiers finished after the last
+    /// iteration.
+    pub fn shutdown(&mut self) {
         let Some(off) = self.off.as_deref_mut() else { return };
-        let stats = *off.cache.engine_ref().stats();
-        self.tally.disk_loaded += stats.promotions_loaded - off.last_loaded;
-        off.last_loaded = stats.promotions_loaded;
-        let stored_total = off.disk_blocks_stored();
-        self.tally.disk_stored += stored_total - off.last_disk_stored;
-        off.last_disk_stored = stored_total;
+        off.kv(|o| o.cache.shutdown());
+        self.count_tier_work();
     }
 }

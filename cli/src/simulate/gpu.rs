@@ -7,13 +7,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kvtier_core::OffloadKey;
-
-/// The GPU's block buffers and its prefix cache.
+/// The GPU's block buffers and its prefix cache, over blocks named by their index in the
+/// workload's key table.
 #[derive(Debug)]
 pub struct GpuCache {
-    map: HashMap<OffloadKey, u32>,
-    key_of: Vec<Option<OffloadKey>>,
+    map: HashMap<u32, u32>,
+    key_of: Vec<Option<u32>>,
     refs: Vec<u32>,
     stamp: Vec<u64>,
     lru: BTreeMap<u64, u32>,
@@ -41,19 +40,19 @@ impl GpuCache {
     }
 
     /// How many leading `keys` the prefix cache holds.
-    pub fn prefix_hits(&self, keys: &[OffloadKey]) -> usize {
+    pub fn prefix_hits(&self, keys: &[u32]) -> usize {
         keys.iter().take_while(|k| self.map.contains_key(k)).count()
     }
 
     /// Buffers an allocation could get now, not counting cached `keys` about to be referenced.
-    pub fn available_besides(&self, keys: &[OffloadKey]) -> usize {
+    pub fn available_besides(&self, keys: &[u32]) -> usize {
         let idle_hits = keys.iter().filter(|k| self.map.get(k).is_some_and(|&b| self.refs[b as usize] == 0)).count();
         self.empty.len() + self.lru.len() - idle_hits
     }
 
     /// References the cached block of `key` (which must be cached), returning its buffer.
-    pub fn acquire(&mut self, key: &OffloadKey) -> u32 {
-        let b = self.map[key];
+    pub fn acquire(&mut self, key: u32) -> u32 {
+        let b = self.map[&key];
         if self.refs[b as usize] == 0 {
             self.lru.remove(&self.stamp[b as usize]);
         }
@@ -79,7 +78,7 @@ impl GpuCache {
     }
 
     /// Makes buffer `b` (allocated) the cached copy of `key`, unless another buffer already is.
-    pub fn publish(&mut self, b: u32, key: OffloadKey) {
+    pub fn publish(&mut self, b: u32, key: u32) {
         if let std::collections::hash_map::Entry::Vacant(e) = self.map.entry(key) {
             e.insert(b);
             self.key_of[b as usize] = Some(key);
@@ -110,7 +109,7 @@ impl GpuCache {
         bytes.get(start..start + self.block_bytes).unwrap_or(&[])
     }
 
-    /// The bytes of buffer `b`, writable (empty in the comparison run).
+    /// The bytes of buffer `b`, writable (empty when only hits are counted).
     pub fn buf_mut(&mut self, b: u32) -> &mut [u8] {
         let start = b as usize * self.block_bytes;
         let len = self.block_bytes;
@@ -125,8 +124,8 @@ impl GpuCache {
 mod tests {
     use super::*;
 
-    fn key(i: u8) -> OffloadKey {
-        OffloadKey::new(&[i], 0).unwrap()
+    fn key(i: u8) -> u32 {
+        u32::from(i)
     }
 
     #[test]
@@ -140,7 +139,7 @@ mod tests {
         gpu.release(bufs.iter().rev().copied());
         assert_eq!(gpu.prefix_hits(&[key(0), key(1), key(2), key(3)]), 3);
         assert_eq!(gpu.available_besides(&[key(0)]), 2);
-        let b0 = gpu.acquire(&key(0));
+        let b0 = gpu.acquire(key(0));
         assert_eq!(b0, bufs[0]);
         // The tail (key 2) was released first, so it goes first.
         let n = gpu.allocate().unwrap();

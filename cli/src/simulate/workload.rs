@@ -1,23 +1,17 @@
-//! The simulated chat workload: which requests arrive at which scheduler step, and the block
-//! keys of their prompts and outputs.
+//! What the simulated engine serves: requests with arrival times (virtual seconds), prompt and
+//! answer lengths in tokens and the keys of their full blocks ([`Workload`]), from the built-in
+//! multi-turn chat workload ([`Workload::chat`]) or a trace file (`super::trace`); and the
+//! deterministic content of every block ([`fill_block`], [`count_mismatches`]).
 //!
-//! Multi-turn sessions share a few system prompts; each turn's prompt is the conversation so
-//! far (system prompt, earlier user turns and answers) plus the new user message, so histories
-//! grow turn by turn. Arrivals form a Poisson process in steps; each goes to a session picked
-//! with Zipf popularity, and a session's next turn comes no sooner than its previous answer plus
-//! a think time (an arrival that picks a busy session is passed on to another Zipf pick). A conversation that would outgrow the context limit starts over from its system
-//! prompt (a new chat by the same user).
-//!
-//! Everything derives from the seed through [`SplitMix64`], and nothing here depends on what
-//! the cache does, so the offloading run and the comparison run see the same requests.
+//! Everything derives from the seed (or the trace) through [`SplitMix64`], and nothing here
+//! depends on what the cache does, so every configuration of a run sees the same requests.
+
+use std::collections::HashMap;
 
 use kvtier_core::OffloadKey;
 use sha2::{Digest, Sha256};
 
 use kvtier_fs::rng::{mix64, SplitMix64};
-
-/// Tokens per KV block (vLLM's default block size).
-pub const TOKENS_PER_BLOCK: u64 = 16;
 
 /// Zipf distribution over ranks `0..n` (rank 0 the most popular): `P(k) ~ 1 / (k + 1)^s`.
 #[derive(Debug, Clone)]
@@ -45,9 +39,9 @@ impl Zipf {
     }
 }
 
-/// The workload's shape. Ranges are inclusive, in blocks or steps.
+/// The chat workload's shape. Ranges are inclusive: lengths in blocks, times in seconds.
 #[derive(Debug, Clone)]
-pub struct WorkloadParams {
+pub struct ChatParams {
     /// Seed of every random choice.
     pub seed: u64,
     /// Chat sessions (users).
@@ -58,64 +52,71 @@ pub struct WorkloadParams {
     pub system_prompts: usize,
     /// Zipf exponent of session popularity.
     pub zipf_s: f64,
-    /// Mean arrivals per scheduler step.
-    pub arrivals_per_step: f64,
+    /// Mean arrivals per second (Poisson).
+    pub rate: f64,
+    /// Tokens per block.
+    pub block_tokens: u64,
     /// System prompt length, blocks.
     pub system_blocks: (u64, u64),
     /// User message length, blocks.
     pub user_blocks: (u64, u64),
     /// Answer length, blocks.
     pub output_blocks: (u64, u64),
-    /// Think time between an answer and the next turn, steps.
-    pub think_steps: (u64, u64),
+    /// Think time between an answer's arrival and the next turn, seconds (the answer's own
+    /// decoding time is not known here: a turn also waits for its predecessor to finish).
+    pub think_s: (f64, f64),
     /// Longest conversation (prompt + answer), blocks; a longer one starts over.
     pub max_context_blocks: u64,
 }
 
-impl Default for WorkloadParams {
+impl Default for ChatParams {
     fn default() -> Self {
-        WorkloadParams {
+        ChatParams {
             seed: 1,
             sessions: 64,
-            requests: 800,
+            requests: 600,
             system_prompts: 4,
             zipf_s: 1.0,
-            arrivals_per_step: 0.5,
+            rate: 10.0,
+            block_tokens: 16,
             system_blocks: (8, 40),
             user_blocks: (1, 6),
             output_blocks: (1, 8),
-            think_steps: (10, 60),
+            think_s: (1.0, 6.0),
             max_context_blocks: 128,
         }
     }
 }
 
-/// One request: a turn of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestSpec {
-    /// Its id (index in [`Workload::requests`]; ids follow arrival order).
-    pub id: usize,
-    /// The session (0 is the most popular).
-    pub session: usize,
-    /// The conversation whose key list holds its blocks.
-    pub conversation: usize,
-    /// Prompt length, blocks: the first `prompt_blocks` keys of the conversation.
-    pub prompt_blocks: usize,
-    /// Answer length, blocks: the keys after the prompt. Decoding takes one step per block.
-    pub output_blocks: usize,
-    /// Scheduler step at which it arrives.
-    pub arrival: u64,
-    /// The session's previous request, which must finish first (a user reads the answer).
+/// One request, as the simulated engine serves it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Arrival, seconds of virtual time.
+    pub arrival: f64,
+    /// The prompt's full blocks, as indices into [`Workload::keys`]. Only full blocks are
+    /// cacheable (as in vLLM); the prompt's last `prompt_tokens % block_tokens` tokens are
+    /// always computed.
+    pub prompt: Vec<u32>,
+    /// Prompt length, tokens (at least `prompt.len() x block_tokens`).
+    pub prompt_tokens: u64,
+    /// Answer length, tokens (at least 1: the first one is what prefill produces).
+    pub output_tokens: u64,
+    /// Blocks of the answer stored once it is complete (a chat's next turn reuses them); empty
+    /// for traces, whose next turn names its own blocks.
+    pub output: Vec<u32>,
+    /// A request that must finish first (the previous turn of a chat session).
     pub prev: Option<usize>,
 }
 
-/// The generated workload.
+/// Requests in arrival order and the keys of their blocks.
 #[derive(Debug, Clone)]
 pub struct Workload {
-    /// Block keys of every conversation (each request's prompt and answer are a prefix of it).
-    pub conversations: Vec<Vec<OffloadKey>>,
+    /// Every distinct block's key.
+    pub keys: Vec<OffloadKey>,
     /// Requests, in arrival order.
-    pub requests: Vec<RequestSpec>,
+    pub requests: Vec<Request>,
+    /// Tokens per block.
+    pub block_tokens: u64,
 }
 
 /// Key of the block after `prev` (`None` at the start) holding `tokens`: a chained SHA-256, as
@@ -134,7 +135,7 @@ pub fn chain_key(prev: Option<&OffloadKey>, tokens: &[u32]) -> OffloadKey {
 /// Appends `n` blocks of pseudo-random tokens drawn from `stream` to `keys`.
 fn extend_chain(keys: &mut Vec<OffloadKey>, n: u64, stream: u64) {
     let mut rng = SplitMix64::new(stream);
-    let mut tokens = [0u32; TOKENS_PER_BLOCK as usize];
+    let mut tokens = [0u32; 16];
     for _ in 0..n {
         tokens.iter_mut().for_each(|t| *t = (rng.next_u64() % 128_256) as u32);
         let key = chain_key(keys.last(), &tokens);
@@ -142,9 +143,26 @@ fn extend_chain(keys: &mut Vec<OffloadKey>, n: u64, stream: u64) {
     }
 }
 
+struct Turn {
+    session: usize,
+    conversation: usize,
+    prompt_blocks: usize,
+    output_blocks: usize,
+    arrival: f64,
+    prev: Option<usize>,
+}
+
 impl Workload {
-    /// Generates the workload of `p` (deterministic in `p`).
-    pub fn generate(p: &WorkloadParams) -> Workload {
+    /// The multi-turn chat workload of `p` (deterministic in `p`).
+    ///
+    /// Multi-turn sessions share a few system prompts; each turn's prompt is the conversation so
+    /// far (system prompt, earlier user turns and answers) plus the new user message, so histories
+    /// grow turn by turn. Arrivals form a Poisson process; each goes to a session picked with Zipf
+    /// popularity, and a session's next turn comes no sooner than a think time after its previous
+    /// one (an arrival that picks a busy session is passed on to another Zipf pick; the driver
+    /// also holds a turn until its predecessor finished). A conversation that would outgrow the
+    /// context limit starts over from its system prompt (a new chat by the same user).
+    pub fn chat(p: &ChatParams) -> Workload {
         let sessions = p.sessions.max(1);
         let mut rng = SplitMix64::new(p.seed);
         let zipf = Zipf::new(sessions, p.zipf_s);
@@ -161,20 +179,20 @@ impl Workload {
 
         let mut conversations: Vec<Vec<OffloadKey>> = Vec::new();
         let mut current: Vec<Option<usize>> = vec![None; sessions];
-        let mut free_at = vec![0u64; sessions];
+        let mut free_at = vec![0f64; sessions];
         let mut last: Vec<Option<usize>> = vec![None; sessions];
-        let mut requests = Vec::with_capacity(p.requests);
-        let rate = p.arrivals_per_step.max(1e-6);
+        let mut turns = Vec::with_capacity(p.requests);
+        let rate = p.rate.max(1e-9);
         let mut clock = 0.0f64;
+        let think = |rng: &mut SplitMix64| p.think_s.0 + rng.next_f64() * (p.think_s.1 - p.think_s.0).max(0.0);
         for n in 0..p.requests {
             clock += -(1.0 - rng.next_f64()).ln() / rate;
             // A user waits for the answer and thinks before the next turn: a busy session passes
             // the arrival on to another one (Zipf again), so popular sessions are busy, not
             // backlogged far past the end of the arrivals.
-            let now = clock as u64;
             let mut s = zipf.sample(&mut rng);
             for _ in 0..32 {
-                if free_at[s] <= now {
+                if free_at[s] <= clock {
                     break;
                 }
                 let t = zipf.sample(&mut rng);
@@ -184,7 +202,7 @@ impl Workload {
             }
             let user = rng.range(p.user_blocks.0, p.user_blocks.1);
             let output = rng.range(p.output_blocks.0, p.output_blocks.1);
-            let think = rng.range(p.think_steps.0, p.think_steps.1);
+            let pause = think(&mut rng);
             let fits = |c: usize| (conversations[c].len() as u64 + user + output) <= p.max_context_blocks;
             let conv = match current[s] {
                 Some(c) if fits(c) => c,
@@ -198,10 +216,9 @@ impl Workload {
             extend_chain(keys, user, stream(&[2, n as u64]));
             let prompt_blocks = keys.len();
             extend_chain(keys, output, stream(&[3, n as u64]));
-            let arrival = (clock as u64).max(free_at[s]);
-            free_at[s] = arrival + output + think;
-            requests.push(RequestSpec {
-                id: n,
+            let arrival = clock.max(free_at[s]);
+            free_at[s] = arrival + pause;
+            turns.push(Turn {
                 session: s,
                 conversation: conv,
                 prompt_blocks,
@@ -212,44 +229,77 @@ impl Workload {
             last[s] = Some(n);
         }
         // Arrival order; ids are renumbered so they follow it.
-        requests.sort_by_key(|r| (r.arrival, r.id));
-        let mut new_id = vec![0; requests.len()];
-        for (i, r) in requests.iter().enumerate() {
-            new_id[r.id] = i;
+        let mut order: Vec<usize> = (0..turns.len()).collect();
+        order.sort_by(|&a, &b| turns[a].arrival.total_cmp(&turns[b].arrival).then(a.cmp(&b)));
+        let mut new_id = vec![0; turns.len()];
+        for (i, &t) in order.iter().enumerate() {
+            new_id[t] = i;
         }
-        for (i, r) in requests.iter_mut().enumerate() {
-            r.id = i;
-            r.prev = r.prev.map(|p| new_id[p]);
-        }
-        Workload { conversations, requests }
+        let mut index: HashMap<OffloadKey, u32> = HashMap::new();
+        let mut keys: Vec<OffloadKey> = Vec::new();
+        let mut intern = |k: &OffloadKey| {
+            *index.entry(*k).or_insert_with(|| {
+                keys.push(*k);
+                (keys.len() - 1) as u32
+            })
+        };
+        let bt = p.block_tokens.max(1);
+        let requests = order
+            .iter()
+            .map(|&t| {
+                let turn = &turns[t];
+                debug_assert!(turn.prev.is_none_or(|q| turns[q].session == turn.session));
+                let conv = &conversations[turn.conversation];
+                let end = turn.prompt_blocks + turn.output_blocks;
+                Request {
+                    arrival: turn.arrival,
+                    prompt: conv[..turn.prompt_blocks].iter().map(&mut intern).collect(),
+                    prompt_tokens: turn.prompt_blocks as u64 * bt,
+                    output_tokens: turn.output_blocks as u64 * bt,
+                    output: conv[turn.prompt_blocks..end].iter().map(&mut intern).collect(),
+                    prev: turn.prev.map(|q| new_id[q]),
+                }
+            })
+            .collect();
+        Workload { keys, requests, block_tokens: bt }
     }
 
-    /// The prompt's block keys of `r`.
-    pub fn prompt(&self, r: &RequestSpec) -> &[OffloadKey] {
-        &self.conversations[r.conversation][..r.prompt_blocks]
+    /// The key of block `i`.
+    pub fn key(&self, i: u32) -> &OffloadKey {
+        &self.keys[i as usize]
     }
 
-    /// The answer's block keys of `r`.
-    pub fn output(&self, r: &RequestSpec) -> &[OffloadKey] {
-        &self.conversations[r.conversation][r.prompt_blocks..r.prompt_blocks + r.output_blocks]
-    }
-
-    /// Prompt blocks over all requests.
+    /// Full prompt blocks over all requests.
     pub fn prompt_blocks(&self) -> u64 {
-        self.requests.iter().map(|r| r.prompt_blocks as u64).sum()
+        self.requests.iter().map(|r| r.prompt.len() as u64).sum()
+    }
+
+    /// Prompt tokens over all requests.
+    pub fn prompt_tokens(&self) -> u64 {
+        self.requests.iter().map(|r| r.prompt_tokens).sum()
     }
 
     /// Distinct blocks (prompt or answer) over all requests: the working set.
     pub fn unique_blocks(&self) -> u64 {
-        let mut keys: Vec<&OffloadKey> = self.conversations.iter().flatten().collect();
-        keys.sort_unstable();
-        keys.dedup();
-        keys.len() as u64
+        self.keys.len() as u64
+    }
+
+    /// GPU blocks request `r` needs at once: its prompt and answer, whole blocks.
+    pub fn request_blocks(&self, r: &Request) -> usize {
+        (r.prompt_tokens + r.output_tokens).div_ceil(self.block_tokens) as usize
     }
 
     /// Longest request (prompt + answer), blocks.
     pub fn max_request_blocks(&self) -> usize {
-        self.requests.iter().map(|r| r.prompt_blocks + r.output_blocks).max().unwrap_or(0)
+        self.requests.iter().map(|r| self.request_blocks(r)).max().unwrap_or(0)
+    }
+
+    /// Seconds from the first arrival to the last.
+    pub fn arrival_span(&self) -> f64 {
+        match (self.requests.first(), self.requests.last()) {
+            (Some(a), Some(b)) => b.arrival - a.arrival,
+            _ => 0.0,
+        }
     }
 }
 
@@ -298,52 +348,53 @@ fn word(seed: u64, i: usize) -> u64 {
 mod tests {
     use super::*;
 
-    fn small() -> WorkloadParams {
-        WorkloadParams { seed: 7, sessions: 16, requests: 300, ..WorkloadParams::default() }
+    fn small() -> ChatParams {
+        ChatParams { seed: 7, sessions: 16, requests: 300, ..ChatParams::default() }
     }
 
     #[test]
     fn same_seed_same_workload_other_seed_other() {
-        let a = Workload::generate(&small());
-        let b = Workload::generate(&small());
+        let a = Workload::chat(&small());
+        let b = Workload::chat(&small());
         assert_eq!(a.requests, b.requests);
-        assert_eq!(a.conversations.len(), b.conversations.len());
-        for (x, y) in a.conversations.iter().zip(&b.conversations) {
-            assert_eq!(x, y);
-        }
-        let c = Workload::generate(&WorkloadParams { seed: 8, ..small() });
-        assert_ne!(a.conversations[0], c.conversations[0]);
+        assert_eq!(a.keys.len(), b.keys.len());
+        assert!(a.keys.iter().zip(&b.keys).all(|(x, y)| x == y));
+        let c = Workload::chat(&ChatParams { seed: 8, ..small() });
+        assert_ne!(a.keys[0], c.keys[0]);
     }
 
     #[test]
     fn requests_are_well_formed() {
         let p = small();
-        let w = Workload::generate(&p);
+        let w = Workload::chat(&p);
         assert_eq!(w.requests.len(), p.requests);
-        let mut last_arrival = 0;
+        let mut last_arrival = 0.0;
         for (i, r) in w.requests.iter().enumerate() {
-            assert_eq!(r.id, i);
             assert!(r.arrival >= last_arrival, "arrival order");
             last_arrival = r.arrival;
-            assert!(r.output_blocks >= 1);
-            assert!((r.prompt_blocks + r.output_blocks) as u64 <= p.max_context_blocks);
-            assert_eq!(w.prompt(r).len(), r.prompt_blocks);
+            assert!(r.output_tokens >= p.block_tokens);
+            assert_eq!(r.prompt_tokens, r.prompt.len() as u64 * p.block_tokens);
+            assert_eq!(r.output_tokens, r.output.len() as u64 * p.block_tokens);
+            assert!((r.prompt.len() + r.output.len()) as u64 <= p.max_context_blocks);
             if let Some(prev) = r.prev {
                 let q = &w.requests[prev];
-                assert!(prev < i && q.session == r.session);
-                assert!(r.arrival >= q.arrival + q.output_blocks as u64 + p.think_steps.0);
+                assert!(prev < i);
+                assert!(r.arrival >= q.arrival + p.think_s.0);
                 // The same conversation continues: the previous prompt and answer are a prefix.
-                if q.conversation == r.conversation {
-                    assert!(r.prompt_blocks > q.prompt_blocks + q.output_blocks);
+                if r.prompt.starts_with(&q.prompt) {
+                    assert!(r.prompt[q.prompt.len()..].starts_with(&q.output));
                 }
             }
         }
-        // System prompts are shared: far fewer distinct first blocks than conversations.
-        let mut firsts: Vec<_> = w.conversations.iter().map(|c| c[0]).collect();
+        // System prompts are shared: far fewer distinct first blocks than requests.
+        let mut firsts: Vec<_> = w.requests.iter().map(|r| r.prompt[0]).collect();
         firsts.sort_unstable();
         firsts.dedup();
         assert!(firsts.len() <= p.system_prompts);
         assert!(w.unique_blocks() < w.prompt_blocks());
+        let mut continued =
+            w.requests.iter().filter(|r| r.prev.is_some_and(|q| r.prompt.starts_with(&w.requests[q].prompt)));
+        assert!(continued.next().is_some(), "conversations continue");
     }
 
     #[test]
