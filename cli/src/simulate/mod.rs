@@ -80,6 +80,10 @@ pub const DEFAULT_DISK_BYTES: u64 = 8 << 30;
 pub const CHAT_GPU_BLOCKS: usize = 512;
 /// Requests of the chat workload unless `--requests` says otherwise.
 pub const CHAT_REQUESTS: usize = 600;
+/// Block files smaller than this are dominated by per-file costs on the disks measured here
+/// (`../shared/design/PERFORMANCE.md`: file-per-block stores reach ~0.3 GB/s at 64-256 KiB,
+/// ~1 GB/s from 1 MiB).
+pub const SMALL_FILE: u64 = 256 << 10;
 /// Most memory the simulated GPU's buffers may take here.
 pub const GPU_MEMORY_LIMIT: u64 = 12 << 30;
 
@@ -586,9 +590,18 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
             model.name
         ));
     }
+    let has_fs = cfg.tiers.iter().any(|t| matches!(t, TierConfig::Fs(_)));
+    if has_fs && bb < SMALL_FILE && bpt < model_bpt {
+        scaled.push(format!(
+            "block files of {} here: below ~{} per-file costs dominate, so the disk looks slower than with the model's {} blocks (raise --block-tokens or --bytes-per-token)",
+            size(bb as f64),
+            size(SMALL_FILE as f64),
+            size((bt * model_bpt) as f64)
+        ));
+    }
     for tier in &cfg.tiers {
         if let TierConfig::Fs(fs) = tier {
-            if let Some(n) = fs.max_blocks {
+            if let Some(n) = fs.max_blocks.filter(|_| byte_scale > 1.0) {
                 scaled.push(format!(
                     "disk tier: {n} blocks, {} here = {} at the model's size",
                     size((n as u64 * bb) as f64),
