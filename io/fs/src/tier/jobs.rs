@@ -24,9 +24,6 @@ pub(super) enum KeyState {
     /// Decided by the tier, no op: `true` for a store of a block already on disk, `false` for a
     /// load of a block not on disk or a store refused for want of room.
     Decided(bool),
-    /// An op was made but the executor had no room for it: failed, its part finished by the
-    /// tier (its code is not looked at).
-    Refused,
     /// An op runs it; a store's op evicts `victim` first.
     Running {
         /// The block a store evicts.

@@ -12,8 +12,12 @@
 //!   has finished (its file was published before).
 //! - A load of a block that turned out missing or corrupt drops it from the index (the
 //!   executor already removed a corrupt file); a transient failure keeps both.
-//! - Every job is reported exactly once, a job with no block included; an op the executor
-//!   cannot take fails its key rather than vanish.
+//! - Every job is reported exactly once, a job with no block included.
+//! - **Back-pressure**: an op the executor has no room for waits in the tier's own queue and is
+//!   submitted, oldest first, as the executor frees room (at every poll): nothing a caller
+//!   asked to store or load fails for want of queue space. The queue is as long as the jobs
+//!   the engine submits (each op holds its primary slot, so the primary pool bounds it);
+//!   ops still waiting at shutdown are reported cancelled.
 //! - **Start-up** rebuilds the index from the directory and deals with what crashed runs left
 //!   behind ([`startup`]).
 //! - With a capacity bound ([`FsTierConfig::max_blocks`]), a store that needs room evicts the
@@ -27,13 +31,13 @@
 mod jobs;
 pub mod startup;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use kvtier_core::{
-    Completions, Direction, EventLog, Job, JobTableStats, Medium, OffloadKey, ReqContext, SecondaryTier, SlotId,
+    Completions, Direction, EventLog, Job, JobTableStats, Medium, OffloadKey, Part, ReqContext, SecondaryTier, SlotId,
     TierLookup,
 };
 
@@ -151,6 +155,9 @@ pub struct FsTier {
     /// Blocks whose eviction (by a store in flight) may still take their file.
     evicting_keys: HashSet<OffloadKey>,
     exec: Box<dyn Executor>,
+    /// Ops the executor had no room for, oldest first, with their job parts: submitted as it
+    /// frees room (every poll), cancelled at shutdown.
+    waiting: VecDeque<(FileOp, Part)>,
     jobs: TierJobs,
     /// Whether each key of the job being reported succeeded (a buffer reused across polls).
     key_ok: Vec<bool>,
@@ -221,6 +228,7 @@ impl FsTier {
             reading: HashMap::new(),
             evicting_keys: HashSet::new(),
             exec,
+            waiting: VecDeque::new(),
             jobs: TierJobs::new(),
             key_ok: Vec::new(),
             finished: Completions::new(),
@@ -327,32 +335,49 @@ impl FsTier {
             }),
         };
         let part = self.jobs.add_part(handle);
-        match self.exec.submit(op, part) {
-            Ok(()) => {
-                match dir {
-                    Direction::Store => self.storing += 1,
-                    Direction::Load => {
-                        self.index.touch(key);
-                        *self.reading.entry(*key).or_insert(0) += 1;
-                    }
-                }
-                if let Some(victim) = victim {
-                    self.evicting_keys.insert(victim);
-                    self.stats.evicted += 1;
-                    if self.events_enabled {
-                        self.events.push(Medium::Storage, true, [&victim]);
-                    }
-                }
-                KeyState::Running { victim }
+        self.enqueue(op, part);
+        match dir {
+            Direction::Store => self.storing += 1,
+            Direction::Load => {
+                self.index.touch(key);
+                *self.reading.entry(*key).or_insert(0) += 1;
             }
-            Err(Full { part, .. }) => {
-                // The tier reports the op itself, so its job does not wait for it.
-                part.finish(Outcome::Failed(OpError::Busy).code());
-                if let Some(victim) = victim {
-                    self.index.insert(victim);
+        }
+        if let Some(victim) = victim {
+            self.evicting_keys.insert(victim);
+            self.stats.evicted += 1;
+            if self.events_enabled {
+                self.events.push(Medium::Storage, true, [&victim]);
+            }
+        }
+        KeyState::Running { victim }
+    }
+
+    /// Hands `op` to the executor, or, when it has no room (or ops wait already, which go
+    /// first), to the tier's own queue of waiting ops: nothing a caller asked to store or load
+    /// fails for want of queue space.
+    fn enqueue(&mut self, op: FileOp, part: Part) {
+        if !self.waiting.is_empty() {
+            self.waiting.push_back((op, part));
+            return;
+        }
+        if let Err(Full { op, part }) = self.exec.submit(op, part) {
+            self.waiting.push_back((op, part));
+        }
+    }
+
+    /// Submits the waiting ops, oldest first, as long as the executor takes them.
+    fn submit_waiting(&mut self) {
+        while let Some((op, part)) = self.waiting.pop_front() {
+            if let Err(Full { op, part }) = self.exec.submit(op, part) {
+                if self.exec.in_flight() == 0 {
+                    // An idle executor that takes nothing would never make room: the op fails
+                    // rather than wait forever.
+                    part.finish(Outcome::Failed(OpError::Busy).code());
+                    continue;
                 }
-                self.stats.failed += 1;
-                KeyState::Refused
+                self.waiting.push_front((op, part));
+                return;
             }
         }
     }
@@ -402,11 +427,13 @@ impl FsTier {
     }
 
     /// Lets the executor move its ops on (waiting as `wait` allows), if it has any in flight.
+    /// Then submits the ops waiting for room.
     fn drive(&mut self, wait: Wait) {
         if self.exec.in_flight() > 0 {
             // A failing poll leaves the ops in flight; they are reported by a later poll.
             let _ = self.exec.poll(wait);
         }
+        self.submit_waiting();
     }
 
     /// Takes every finished job from the job tables and folds it in: the work is per finished
@@ -419,7 +446,6 @@ impl FsTier {
             for (key, state, code) in rec.with_codes(&codes) {
                 let ok = match (state, code) {
                     (KeyState::Decided(ok), _) => ok,
-                    (KeyState::Refused, _) => false,
                     (KeyState::Running { victim }, code) => {
                         let outcome = code.map_or(Outcome::Failed(OpError::Lost), Outcome::from_code);
                         self.fold(rec.dir, key, victim, outcome)
@@ -525,6 +551,7 @@ impl SecondaryTier for FsTier {
     }
 
     fn wait_idle(&mut self) {
+        self.submit_waiting();
         while self.exec.in_flight() > 0 {
             self.drive(Wait::Forever);
         }
@@ -534,6 +561,10 @@ impl SecondaryTier for FsTier {
     fn shutdown(&mut self, out: &mut Completions) {
         if !self.closed {
             self.closed = true;
+            // Ops still waiting for room never ran: cancelled, like the executor's queued ones.
+            for (_, part) in self.waiting.drain(..) {
+                part.finish(Outcome::Cancelled.code());
+            }
             self.exec.shutdown();
             while self.exec.in_flight() > 0 {
                 let before = self.exec.in_flight();
