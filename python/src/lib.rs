@@ -202,7 +202,7 @@ impl Tier {
         let region = Arc::new(region_of(primary)?);
         let row_bytes = region.stride();
         let aligned = region.rows_direct_aligned();
-        let settings = fs.tier_config();
+        let settings = fs.tier_config(region.row_bytes());
         let native = settings.format == StorageFormat::Native;
         if native && row_bytes % DIRECT_ALIGN != 0 {
             return Err(value_error(format!(

@@ -90,14 +90,16 @@ pub fn open_tier(config: &TierConfig, region: &Arc<PrimaryRegion>) -> io::Result
             // A fresh in-memory disk (seed 0, no faults) holds the whole namespace, config.json
             // included: nothing reaches `root_dir` on the host, and nothing outlives the tier.
             let disk = kvtier_io_sim::SimDisk::new(0);
-            let tier = FsTier::open_on(&fs.tier_config(), Arc::new(disk.clone()), |o_direct| {
+            let tier = FsTier::open_on(&fs.tier_config(region.row_bytes()), Arc::new(disk.clone()), |o_direct| {
                 let config = kvtier_io_sim::SimConfig { o_direct, ..Default::default() };
                 Ok(Box::new(kvtier_io_sim::SimExecutor::new(region.clone(), disk, config)) as Box<dyn Executor>)
             })?;
             Ok(Box::new(tier))
         }
         TierConfig::Fs(fs) => {
-            let tier = FsTier::open(&fs.tier_config(), |o_direct| make_executor(fs.executor, fs, region, o_direct))?;
+            let tier = FsTier::open(&fs.tier_config(region.row_bytes()), |o_direct| {
+                make_executor(fs.executor, fs, region, o_direct)
+            })?;
             Ok(Box::new(tier))
         }
     }

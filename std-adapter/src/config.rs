@@ -191,8 +191,8 @@ impl FsConfig {
         }
     }
 
-    /// The FS tier's settings.
-    pub fn tier_config(&self) -> FsTierConfig {
+    /// The FS tier's settings, for blocks of `block_bytes` (the primary region's rows).
+    pub fn tier_config(&self, block_bytes: usize) -> FsTierConfig {
         let d = RunConfig::default();
         let run = RunConfig {
             model_name: self.model_name.clone().unwrap_or(d.model_name),
@@ -209,7 +209,7 @@ impl FsConfig {
             canonical_format: self.canonical_format.clone().or(d.canonical_format),
             ..d
         };
-        let mut cfg = FsTierConfig::new(&self.root_dir, run);
+        let mut cfg = FsTierConfig::new(&self.root_dir, run, block_bytes);
         cfg.rank = self.rank;
         cfg.format = self.format;
         cfg.o_direct = self.o_direct;
@@ -279,7 +279,7 @@ mod tests {
         assert_eq!(cfg.policy, PolicyKind::Arc);
         assert_eq!(cfg.promotion_deadline_steps, 64);
         let TierConfig::Fs(fs) = &cfg.tiers[1] else { panic!("fs tier expected") };
-        let t = fs.tier_config();
+        let t = fs.tier_config(4096);
         assert_eq!((t.rank, t.format, t.run.model_name.as_str()), (2, StorageFormat::Vllm, "m/n"));
         assert!(CacheConfig::from_toml("num_blocks = 1\nnum_blokcs = 2").unwrap_err().contains("num_blokcs"));
         let bad = "num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\nexecutr = \"uring\"";
@@ -293,7 +293,7 @@ mod tests {
         let fs = |line: &str| {
             let text = format!("num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\n{line}");
             CacheConfig::from_toml(&text).map(|c| match &c.tiers[0] {
-                TierConfig::Fs(fs) => fs.tier_config(),
+                TierConfig::Fs(fs) => fs.tier_config(4096),
                 TierConfig::Memory(_) => unreachable!(),
             })
         };

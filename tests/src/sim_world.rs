@@ -150,7 +150,7 @@ pub fn boot(setup: &SimSetup, boots: u64, disk: &SimDisk) -> (Arc<PrimaryRegion>
         fsync: setup.fsync,
         o_direct: DirectMode::Auto,
         max_blocks: setup.max_blocks,
-        ..FsTierConfig::new(ROOT, run)
+        ..FsTierConfig::new(ROOT, run, setup.row_bytes)
     };
     let fs = FsTier::open_on(&config, Arc::new(disk.clone()), move |o_direct| {
         Ok(Box::new(SimExecutor::new(exec_region, exec_disk, SimConfig { o_direct, ..sim })))

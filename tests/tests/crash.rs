@@ -101,7 +101,7 @@ impl ExecKind {
 }
 
 fn tier_config(root: &Path, format: StorageFormat, fsync: bool) -> FsTierConfig {
-    let mut config = FsTierConfig::new(root, RunConfig::default());
+    let mut config = FsTierConfig::new(root, RunConfig::default(), BLOCK);
     config.format = format;
     config.fsync = fsync;
     config

@@ -154,7 +154,7 @@ fn corrupt_and_foreign_blocks_are_never_served() {
 fn vllm_format_reads_what_vllm_writes() {
     let dir = tempfile::tempdir().unwrap();
     // Raw rows at vLLM's paths, as its FS tier writes them, before the cache starts.
-    let run = fs_config(dir.path(), StorageFormat::Vllm).tier_config().effective_run_config();
+    let run = fs_config(dir.path(), StorageFormat::Vllm).tier_config(BLOCK).effective_run_config();
     let layout = Layout::new(dir.path(), &run, 0);
     for i in 100..104 {
         let path = layout.block_path(&key(i));
@@ -353,4 +353,76 @@ fn a_bounded_tier_keeps_the_most_recently_used_blocks() {
         assert_eq!((startup.blocks_indexed, startup.evicted), (5, 3), "{executor:?}");
         assert_eq!(count_files(dir.path()), (5, 0), "{executor:?}");
     }
+}
+
+/// A cache whose blocks are `block_bytes` long (the tests above use `BLOCK`).
+fn cache_sized(root: &Path, block_bytes: usize, max_blocks: Option<usize>) -> Result<TieredCache, kvtier::CacheError> {
+    let mut fs = fs_config(root, StorageFormat::Native);
+    fs.max_blocks = max_blocks;
+    let config = CacheConfig {
+        num_blocks: 8,
+        block_bytes,
+        policy: Default::default(),
+        promotion_deadline_steps: 0,
+        shared_memory: None,
+        tiers: vec![TierConfig::Fs(Box::new(fs))],
+    };
+    TieredCache::new(&config)
+}
+
+/// Issue 11, item 2, as reported: a directory filled with one block size and reopened with
+/// another. The block size is part of the native run config, so the second cache finds none
+/// of the first's blocks (before, it indexed them and every load failed and deleted one), and
+/// the first size finds all of its blocks again afterwards.
+#[test]
+fn two_block_sizes_never_share_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut c = cache_sized(dir.path(), BLOCK, None).unwrap();
+        store(&mut c, 0..8);
+    }
+    {
+        let mut c = cache_sized(dir.path(), BLOCK / 2, None).unwrap();
+        assert_eq!(fs_tier(&mut c).startup().blocks_indexed, 0, "blocks of another size are not this cache's");
+        for i in 0..8 {
+            assert_eq!(c.engine().lookup(&key(i), REQ), LookupResult::Miss);
+        }
+    }
+    let mut c = cache_sized(dir.path(), BLOCK, None).unwrap();
+    assert_eq!(fs_tier(&mut c).startup().blocks_indexed, 8);
+    for i in 0..8 {
+        assert!(promote_and_check(&mut c, i), "block {i}");
+    }
+}
+
+/// Issue 11, item 4: `max_blocks = 0` is refused with an error that names it and deletes
+/// nothing (before, it opened and deleted every block); a bound below what is on disk keeps
+/// the most recently stored blocks, by the files' modification times (not directory order),
+/// and the start-up report says how many it evicted.
+#[test]
+fn a_zero_bound_is_refused_and_a_lower_bound_keeps_the_newest_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = {
+        let mut c = cache_sized(dir.path(), BLOCK, None).unwrap();
+        for i in 0..20 {
+            store(&mut c, i..i + 1);
+        }
+        (0..20).map(|i| fs_tier(&mut c).layout().block_path(&key(i))).collect()
+    };
+    // Block 0 the newest, block 19 the oldest: the reverse of the order they were stored in.
+    let base = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for (i, path) in paths.iter().enumerate() {
+        let when = base + std::time::Duration::from_secs(100 - i as u64);
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(when).unwrap();
+    }
+    let e = cache_sized(dir.path(), BLOCK, Some(0)).unwrap_err();
+    assert!(e.to_string().contains("max_blocks"), "{e}");
+    assert!(paths.iter().all(|p| p.exists()), "a refused bound deletes nothing");
+
+    let mut c = cache_sized(dir.path(), BLOCK, Some(10)).unwrap();
+    let startup = fs_tier(&mut c).startup().clone();
+    assert_eq!((startup.blocks_indexed, startup.evicted), (10, 10));
+    let kept: Vec<u64> = (0..20).filter(|&i| fs_tier(&mut c).contains(&key(i))).collect();
+    assert_eq!(kept, (0..10).collect::<Vec<_>>(), "the ten newest files are kept");
+    assert_eq!(paths.iter().filter(|p| p.exists()).count(), 10);
 }

@@ -175,6 +175,29 @@ impl BlockIndex {
         self.table.insert_unique(hash(&key), i, |&j| hash(&chunks[j as usize / CHUNK][j as usize % CHUNK].key));
     }
 
+    /// Indexes `key`, which is not indexed yet, as the most recently used block; returns its
+    /// entry number (for [`reorder`](Self::reorder)), or `None` if it was indexed already.
+    pub fn insert_new(&mut self, key: OffloadKey) -> Option<u32> {
+        if self.contains(&key) {
+            return None;
+        }
+        self.insert(key);
+        Some(self.tail)
+    }
+
+    /// Puts every indexed block in recency order by `stamps` (entry numbers from
+    /// [`insert_new`](Self::insert_new) with a stamp each, e.g. a file's modification time):
+    /// least recent first, equal stamps by key, so the order depends only on the stamps and
+    /// the keys. `stamps` must name every indexed entry exactly once.
+    pub fn reorder(&mut self, stamps: &mut [(u64, u32)]) {
+        debug_assert_eq!(stamps.len(), self.len(), "every entry gets a stamp");
+        stamps.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| self.entry(a.1).key.cmp(&self.entry(b.1).key)));
+        (self.head, self.tail) = (NIL, NIL);
+        for &(_, i) in stamps.iter() {
+            self.push_back(i);
+        }
+    }
+
     /// Marks `key` as the most recently used block, if it is indexed.
     pub fn touch(&mut self, key: &OffloadKey) {
         if let Some(i) = self.find(key) {
@@ -295,5 +318,18 @@ mod tests {
         }
         assert_eq!(index.keys_by_recency().collect::<Vec<_>>(), model);
         assert!(index.used as usize <= 64, "freed entries are reused");
+    }
+
+    #[test]
+    fn a_scan_orders_by_stamp_then_key() {
+        let mut index = BlockIndex::new();
+        let mut stamps = Vec::new();
+        for (i, stamp) in [(5u8, 30u64), (1, 10), (4, 20), (2, 20), (3, 0)] {
+            stamps.push((stamp, index.insert_new(key(i)).unwrap()));
+        }
+        assert_eq!(index.insert_new(key(5)), None);
+        index.reorder(&mut stamps);
+        assert_eq!(index.keys_by_recency().collect::<Vec<_>>(), [key(3), key(1), key(2), key(4), key(5)]);
+        assert_eq!(index.pop_victim(|_| false), Some(key(3)));
     }
 }

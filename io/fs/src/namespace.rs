@@ -57,8 +57,9 @@ pub struct KvCacheGroup {
 /// The run config that names a namespace (vLLM's `FileMapper` run config).
 ///
 /// Serialized with serde exactly as vLLM writes it: `parallel_agnostic` only when `false`,
-/// `replicated_layout` only when `true`, `canonical_format` and `storage_format` only when set.
-/// Unknown fields are ignored when deserializing.
+/// `replicated_layout` only when `true`, `canonical_format` and `storage_format` only when set;
+/// kvtier's own `block_bytes` (native format) only when set. Unknown fields are ignored when
+/// deserializing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunConfig {
     /// GPU blocks per offloaded block (file).
@@ -88,6 +89,11 @@ pub struct RunConfig {
     /// `Some(`[`NATIVE_STORAGE_FORMAT`]`)` for the native format, `None` for the vllm format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_format: Option<String>,
+    /// kvtier's native format: the size of one block (a primary row), so that two block sizes
+    /// never share a namespace (a block of one size is never read as one of another). `None`
+    /// for the vllm format, whose run config must stay vLLM's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_bytes: Option<u64>,
     /// vLLM 0.33: every worker's bytes of a block are identical and stored once; serialized (as
     /// `true`) only when set, so older namespaces keep their digest.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -127,6 +133,7 @@ impl Default for RunConfig {
             tokens_per_hash: 16,
             tp_size: 1,
             storage_format: None,
+            block_bytes: None,
             replicated_layout: false,
             canonical_format: None,
         }
@@ -583,6 +590,10 @@ mod tests {
             (weird, "9ecd7ba2c088"),
             (RunConfig { parallel_agnostic: false, tp_size: 4, pp_size: 2, ..llama() }, "2c88ed302836"),
             (RunConfig { storage_format: Some(NATIVE_STORAGE_FORMAT.into()), ..llama() }, "a5d936f11adf"),
+            (
+                RunConfig { storage_format: Some(NATIVE_STORAGE_FORMAT.into()), block_bytes: Some(131_072), ..llama() },
+                "8cfb775a77be",
+            ),
             (RunConfig { model_name: String::new(), kv_cache_groups: vec![], ..llama() }, "4c17c68ba794"),
             (RunConfig { replicated_layout: true, ..llama() }, "5f644ae7accf"),
             (RunConfig { canonical_format: Some("canonical-v1/NHD".into()), ..llama() }, "a737c009f5f9"),

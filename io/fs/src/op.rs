@@ -100,8 +100,8 @@ pub struct FileOp {
 /// kernel CPU, a rename ~23 us), then publishes it as usual; otherwise it unlinks the victim
 /// and creates a fresh file. A victim that is already gone is not an error: the store creates
 /// a fresh file. The victim's path leaves the namespace either way, even if the store then
-/// fails. A reused file keeps its length: a store of the same format and block size (the
-/// tier's own) overwrites it exactly; anything else is caught as corrupt when loaded.
+/// fails. A reused file gets the new block's length (cut or extended when it had another), so
+/// no byte of the victim outlives the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evict {
     /// The victim's final path.

@@ -10,7 +10,9 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::time::SystemTime;
 
 /// One entry of [`Vfs::read_dir`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,22 @@ pub struct DirEntry {
     pub is_dir: bool,
     /// A regular file.
     pub is_file: bool,
+    /// A regular file's length (0 for anything else).
+    pub len: u64,
+    /// A regular file's last modification (`None` for anything else, or where unknown).
+    pub modified: Option<SystemTime>,
+    /// A regular file's identity (its inode), `None` for anything else.
+    pub identity: Option<Identity>,
+}
+
+/// A file's identity: the device and inode a name resolved to. Two names with the same identity
+/// are the same file; a name whose identity changed was replaced (renamed over, recreated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The device.
+    pub dev: u64,
+    /// The inode number.
+    pub ino: u64,
 }
 
 /// A file system as the FS tier and the conformance suite see it. Paths are absolute (or
@@ -123,7 +141,27 @@ impl Vfs for HostFs {
         for entry in fs::read_dir(path)? {
             let entry = entry?;
             let kind = entry.file_type()?;
-            out.push(DirEntry { name: entry.file_name(), is_dir: kind.is_dir(), is_file: kind.is_file() });
+            let (mut len, mut modified, mut identity) = (0, None, None);
+            if kind.is_file() {
+                // One `statx` per file (the scan's only cost beyond the listing). A file gone
+                // since the listing is left out.
+                let meta = match entry.metadata() {
+                    Ok(meta) => meta,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                len = meta.len();
+                modified = meta.modified().ok();
+                identity = Some(Identity { dev: meta.dev(), ino: meta.ino() });
+            }
+            out.push(DirEntry {
+                name: entry.file_name(),
+                is_dir: kind.is_dir(),
+                is_file: kind.is_file(),
+                len,
+                modified,
+                identity,
+            });
         }
         Ok(out)
     }

@@ -21,7 +21,7 @@ fn key(i: usize) -> OffloadKey {
 
 fn open(disk: &SimDisk, region: &Arc<PrimaryRegion>) -> FsTier {
     let run = RunConfig { model_name: "sim/back-pressure".into(), ..RunConfig::default() };
-    let config = FsTierConfig::new("/root", run);
+    let config = FsTierConfig::new("/root", run, region.row_bytes());
     let (exec_region, exec_disk) = (Arc::clone(region), disk.clone());
     FsTier::open_on(&config, Arc::new(disk.clone()), move |o_direct| {
         let sim = SimConfig { o_direct, queue_capacity: QUEUE, max_latency: 3, ..SimConfig::default() };

@@ -20,7 +20,11 @@ fn key(i: u8) -> OffloadKey {
 
 fn open(disk: &SimDisk, region: &Arc<PrimaryRegion>, max_blocks: usize) -> FsTier {
     let run = RunConfig { model_name: "sim/bounded".into(), ..RunConfig::default() };
-    let config = FsTierConfig { max_blocks: Some(max_blocks), events: true, ..FsTierConfig::new("/root", run) };
+    let config = FsTierConfig {
+        max_blocks: Some(max_blocks),
+        events: true,
+        ..FsTierConfig::new("/root", run, region.row_bytes())
+    };
     let (exec_region, exec_disk) = (Arc::clone(region), disk.clone());
     FsTier::open_on(&config, Arc::new(disk.clone()), move |o_direct| {
         let sim = SimConfig { o_direct, max_latency: 4, ..SimConfig::default() };

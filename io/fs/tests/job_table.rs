@@ -95,7 +95,7 @@ fn key(i: u32) -> OffloadKey {
 fn jobs_complete_through_the_job_table() {
     let dir = tempfile::tempdir().unwrap();
     let run = RunConfig { model_name: "t/job-table".into(), ..RunConfig::default() };
-    let config = FsTierConfig { o_direct: DirectMode::Off, ..FsTierConfig::new(dir.path(), run) };
+    let config = FsTierConfig { o_direct: DirectMode::Off, ..FsTierConfig::new(dir.path(), run, 4096) };
     let counting = Arc::new(AtomicBool::new(false));
     let exec_counting = Arc::clone(&counting);
     let mut tier = FsTier::open(&config, move |_| Ok(Box::new(OffThread::new(exec_counting)))).unwrap();

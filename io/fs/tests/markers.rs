@@ -14,7 +14,7 @@ fn open(disk: &SimDisk) -> FsTier {
     let region = Arc::new(PrimaryRegion::anonymous(2, 4096).unwrap());
     let run = RunConfig { model_name: "sim/markers".into(), ..RunConfig::default() };
     let disk2 = disk.clone();
-    FsTier::open_on(&FsTierConfig::new("/root", run), Arc::new(disk.clone()), move |o_direct| {
+    FsTier::open_on(&FsTierConfig::new("/root", run, 4096), Arc::new(disk.clone()), move |o_direct| {
         Ok(Box::new(SimExecutor::new(region, disk2, SimConfig { o_direct, ..SimConfig::default() })))
     })
     .unwrap()

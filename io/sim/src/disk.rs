@@ -41,7 +41,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvtier_fs::vfs::{DirEntry, Vfs};
+use kvtier_fs::vfs::{DirEntry, Identity, Vfs};
 
 use kvtier_fs::rng::SplitMix64;
 
@@ -62,6 +62,8 @@ struct Inode {
     /// Ranges written in place since the file was last durable (`start..end`).
     dirty: Vec<(usize, usize)>,
     links: u32,
+    /// When its data last changed, on the disk's clock (see [`State::tick`]).
+    mtime: u64,
 }
 
 /// Counters of what crashes did.
@@ -93,6 +95,9 @@ struct State {
     inodes: BTreeMap<u64, Inode>,
     next_ino: u64,
     next_seq: u64,
+    /// The disk's clock: one tick per data change, so modification times order the changes
+    /// (what `read_dir` reports as a file's `modified`: this many nanoseconds after the epoch).
+    clock: u64,
     generation: u32,
     o_direct: bool,
     rng: SplitMix64,
@@ -114,6 +119,12 @@ fn is_root(path: &Path) -> bool {
 }
 
 impl State {
+    /// The next tick of the disk's clock.
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
     fn entry(&self, path: &Path) -> Option<Entry> {
         if is_root(path) {
             return Some(Entry::Dir);
@@ -158,7 +169,8 @@ impl State {
         }
         let ino = self.next_ino;
         self.next_ino += 1;
-        self.inodes.insert(ino, Inode { data, durable, dirty: Vec::new(), links: 1 });
+        let mtime = self.tick();
+        self.inodes.insert(ino, Inode { data, durable, dirty: Vec::new(), links: 1, mtime });
         self.entries.insert(path.to_path_buf(), Entry::File(ino));
         Ok(())
     }
@@ -228,6 +240,7 @@ impl SimDisk {
             inodes: BTreeMap::new(),
             next_ino: 1,
             next_seq: 1,
+            clock: 0,
             generation: 0,
             o_direct: true,
             rng: SplitMix64::new(seed ^ 0xd15c_d15c_d15c_d15c),
@@ -454,7 +467,9 @@ impl SimDisk {
         if s.generation != generation {
             return Err(err(libc::ESRCH));
         }
+        let now = s.tick();
         let inode = s.inodes.get_mut(&ino).ok_or_else(|| err(libc::EBADF))?;
+        inode.mtime = now;
         let start = usize::try_from(offset).map_err(|_| err(libc::EFBIG))?;
         let end = start + data.len();
         if inode.data.len() < end {
@@ -527,8 +542,10 @@ impl Vfs for SimDisk {
 
     fn write(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let mut s = self.lock();
+        let now = s.tick();
         match s.file_mut(path) {
             Ok(inode) => {
+                inode.mtime = now;
                 inode.data = bytes.to_vec();
                 inode.durable = false;
                 inode.dirty.clear();
@@ -541,7 +558,9 @@ impl Vfs for SimDisk {
 
     fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut s = self.lock();
+        let now = s.tick();
         let inode = s.file_mut(path)?;
+        inode.mtime = now;
         inode.data.resize(usize::try_from(len).map_err(|_| err(libc::EFBIG))?, 0);
         inode.durable = false;
         inode.dirty.clear();
@@ -616,7 +635,18 @@ impl Vfs for SimDisk {
             }
             if p.parent() == Some(path) {
                 let name: OsString = p.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-                out.push(DirEntry { name, is_dir: *e == Entry::Dir, is_file: *e != Entry::Dir });
+                let file = match e {
+                    Entry::File(ino) => s.inodes.get(ino).map(|i| (*ino, i)),
+                    Entry::Dir => None,
+                };
+                out.push(DirEntry {
+                    name,
+                    is_dir: *e == Entry::Dir,
+                    is_file: *e != Entry::Dir,
+                    len: file.map_or(0, |(_, i)| i.data.len() as u64),
+                    modified: file.map(|(_, i)| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(i.mtime)),
+                    identity: file.map(|(ino, _)| Identity { dev: 0, ino }),
+                });
             }
         }
         Ok(out)

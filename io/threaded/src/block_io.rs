@@ -137,7 +137,7 @@ impl BlockIo {
             Err(e) => return Outcome::Failed(e),
         };
         let mut reused = match &op.evict {
-            Some(evict) => match evict_victim(&mut self.victim, &mut self.temp, evict, path, direct) {
+            Some(evict) => match evict_victim(&mut self.victim, &mut self.temp, evict, path, direct, layout) {
                 Ok(fd) => fd,
                 Err(e) => return Outcome::Failed(e),
             },
@@ -289,15 +289,17 @@ fn verify(format: &BlockFormat, header: &[u8], block: &[u8]) -> Result<(), &'sta
 
 /// Takes `evict`'s victim out of the namespace before a store to `final_path`: with `reuse`,
 /// renames it to a fresh temp name (left in `temp`, creating the new block's directory if
-/// need be) and opens it for overwriting; otherwise, or if that fails (the victim is gone),
-/// unlinks it. Returns the reused file, or `None` when the store must create a fresh one.
-/// `Err` only for a path that cannot be a C string.
+/// need be) and opens it for overwriting, cut to the new block's length if it has another (no
+/// byte of a longer victim may outlive the store); otherwise, or if that fails (the victim is
+/// gone), unlinks it. Returns the reused file, or `None` when the store must create a fresh
+/// one. `Err` only for a path that cannot be a C string.
 fn evict_victim(
     victim_buf: &mut Vec<u8>,
     temp_buf: &mut Vec<u8>,
     evict: &Evict,
     final_path: &Path,
     direct: libc::c_int,
+    layout: &BlockLayout,
 ) -> Result<Option<OwnedFd>, OpError> {
     let victim = c_path(victim_buf, evict.path.as_os_str())?;
     if evict.reuse {
@@ -312,7 +314,14 @@ fn evict_victim(
             }
         }
         if renamed.is_ok() {
-            match sys::open(temp, libc::O_WRONLY | direct, 0) {
+            let opened = sys::open(temp, libc::O_WRONLY | direct, 0).and_then(|fd| {
+                let len = sys::fstat(fd.as_fd())?.size;
+                if len != layout.file_len() {
+                    sys::ftruncate(fd.as_fd(), layout.file_len())?;
+                }
+                Ok(fd)
+            });
+            match opened {
                 Ok(fd) => return Ok(Some(fd)),
                 Err(_) => {
                     let _ = sys::unlink(temp);

@@ -60,6 +60,18 @@ pub fn fdatasync(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// `ftruncate(fd, len)`, retrying `EINTR`.
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    loop {
+        // SAFETY: `fd` is an open descriptor borrowed for the call; no memory is passed.
+        match cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), len) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
 /// What [`fstat`] reports of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStat {

@@ -22,9 +22,11 @@
 //!   failure is reported. Errors map as in every executor ([`kvtier_fs::Outcome`]'s
 //!   `store_failure`, `load_open_failure` and `load_read_failure`).
 //!
-//! A store that evicts a block ([`kvtier_fs::Evict`]) runs one step first. Reusing the
-//! victim's file: `renameat(victim, temp)` alone (see above), then the store chain opening the
-//! temp file `O_WRONLY[|O_DIRECT]` to overwrite it in place. A rename that finds no new
+//! A store that evicts a block ([`kvtier_fs::Evict`]) runs one chain first. Reusing the
+//! victim's file: `renameat(victim, temp)` hard-linked to `statx(temp)` (each posting its CQE:
+//! see above), then the store chain opening the temp file `O_WRONLY[|O_DIRECT]` to overwrite
+//! it in place, with `O_TRUNC` unless it already has the new block's length (a longer victim
+//! must not keep its tail). A rename that finds no new
 //! block's directory creates it (as a store does) and is tried once more; if it still fails
 //! (the victim is gone), `unlinkat(victim)`, and if the open fails, `unlinkat(temp)`, then a
 //! fresh store. Not reusing it: `unlinkat(victim)`, then a
@@ -381,19 +383,23 @@ impl Flow {
     // Store
     // -----------------------------------------------------------------------------------------
 
-    /// Renames the victim to a fresh temp name. A chain of its own: a failed `renameat` does
-    /// not break a soft link (see the module docs).
+    /// Renames the victim to a fresh temp name, then `statx`es it for its length (hard-linked,
+    /// each step posting its CQE: a failed `renameat` does not break a soft link, see the
+    /// module docs).
     fn reclaim_chain(&mut self, rec: &mut Idle<'_>) -> Result<(), Outcome> {
         rec.set_temp_path(tmpname::next_seq()).map_err(|_| Outcome::Failed(OpError::BadPath))?;
         let mut c = Chain::new();
-        c.add(Step::Reclaim, Sqe::Rename { from: PathSel::Victim, to: PathSel::Temp }, Link::End, 0);
+        c.add(Step::Reclaim, Sqe::Rename { from: PathSel::Victim, to: PathSel::Temp }, Link::Hard, 0);
+        c.add(Step::StatBefore, Sqe::Statx { path: PathSel::Temp, into: 0 }, Link::End, 0);
         self.chain = c;
         self.phase = Phase::Evict;
         Ok(())
     }
 
-    /// The victim is under the temp name: overwrite it. Otherwise (gone, or the new block's
-    /// directory does not exist yet) it is unlinked and the store creates a fresh file.
+    /// The victim is under the temp name: overwrite it (truncated first unless it has the new
+    /// block's length, so no byte of a longer victim outlives the store). Otherwise (gone, or
+    /// the new block's directory does not exist yet) it is unlinked and the store creates a
+    /// fresh file.
     fn reclaim_done(&mut self, rec: &mut Idle<'_>) -> Next {
         match rec.results[0] {
             0 => match self.store_chain(rec, true) {
@@ -430,7 +436,8 @@ impl Flow {
         let mut c = Chain::new();
         self.reclaimed = reclaimed;
         let flags = if reclaimed {
-            libc::O_WRONLY | l.direct
+            let same_length = rec.results[1] == 0 && rec.statx(0).size == l.block.file_len();
+            libc::O_WRONLY | l.direct | if same_length { 0 } else { libc::O_TRUNC }
         } else {
             rec.set_temp_path(tmpname::next_seq()).map_err(|_| Outcome::Failed(OpError::BadPath))?;
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | l.direct
@@ -648,7 +655,7 @@ impl Flow {
             Outcome::Ok => Next::Done(Outcome::Ok),
             Outcome::Corrupt(reason) => {
                 self.reason = reason;
-                if r[after] == 0 && rec.statx(0) == rec.statx(1) {
+                if r[after] == 0 && rec.statx(0).same_file(&rec.statx(1)) {
                     let mut c = Chain::new();
                     c.add(Step::Unlink, Sqe::Unlink { path: PathSel::Final }, Link::End, 0);
                     self.chain = c;

@@ -39,13 +39,22 @@ impl RecId {
     }
 }
 
-/// A file's identity as `statx` reported it.
+/// A file's identity as `statx` reported it, and its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
     /// Device (major, minor).
     pub dev: (u32, u32),
     /// Inode number.
     pub ino: u64,
+    /// Length in bytes (not part of the identity: a file keeps its identity as it grows).
+    pub size: u64,
+}
+
+impl Identity {
+    /// Whether both name the same file (device and inode).
+    pub fn same_file(&self, other: &Identity) -> bool {
+        self.dev == other.dev && self.ino == other.ino
+    }
 }
 
 /// Where in the scratch pages `statx` buffer `which` (0 or 1) is: page 2, 256 bytes each.
@@ -64,11 +73,16 @@ const _: () = assert!(iov_at(MAX_STEPS) <= SCRATCH_PAGES * PAGE);
 /// Offsets in a `struct statx` (checked against `libc` by a test), read by offset so no
 /// `unsafe` cast is needed.
 const STATX_INO: usize = 32;
+const STATX_SIZE: usize = 40;
 const STATX_DEV_MAJOR: usize = 136;
 const STATX_DEV_MINOR: usize = 140;
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_ne_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_ne_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
 /// An op running in the ring. The lease is declared first: dropped before the part.
@@ -167,7 +181,8 @@ impl Idle<'_> {
         let b = &self.scratch[statx_at(which)..statx_at(which) + 256];
         Identity {
             dev: (u32_at(b, STATX_DEV_MAJOR), u32_at(b, STATX_DEV_MINOR)),
-            ino: u64::from(u32_at(b, STATX_INO)) | (u64::from(u32_at(b, STATX_INO + 4)) << 32),
+            ino: u64_at(b, STATX_INO),
+            size: u64_at(b, STATX_SIZE),
         }
     }
 }
@@ -285,6 +300,7 @@ mod tests {
     fn statx_offsets_match_libc() {
         assert_eq!(std::mem::size_of::<libc::statx>(), 256);
         assert_eq!(std::mem::offset_of!(libc::statx, stx_ino), STATX_INO);
+        assert_eq!(std::mem::offset_of!(libc::statx, stx_size), STATX_SIZE);
         assert_eq!(std::mem::offset_of!(libc::statx, stx_dev_major), STATX_DEV_MAJOR);
         assert_eq!(std::mem::offset_of!(libc::statx, stx_dev_minor), STATX_DEV_MINOR);
     }

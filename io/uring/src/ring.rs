@@ -433,8 +433,9 @@ mod tests {
 
     #[test]
     fn identities_compare_devices_and_inodes() {
-        let a = Identity { dev: (8, 1), ino: 7 };
-        assert_ne!(a, Identity { ino: 8, ..a });
+        let a = Identity { dev: (8, 1), ino: 7, size: 10 };
+        assert!(!a.same_file(&Identity { ino: 8, ..a }));
+        assert!(a.same_file(&Identity { size: 20, ..a }), "a file keeps its identity as it grows");
     }
 
     #[test]

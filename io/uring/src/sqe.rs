@@ -279,7 +279,7 @@ fn entry(reg: &Registration, index: u32, rec: &Record, step: usize, sqe: Sqe) ->
         Sqe::Statx { path: p, into } => {
             let buf = rec.scratch.as_ptr().wrapping_add(statx_at(into));
             opcode::Statx::new(cwd, path(rec, p)?, buf.cast::<types::statx>())
-                .mask(libc::STATX_TYPE | libc::STATX_INO)
+                .mask(libc::STATX_TYPE | libc::STATX_INO | libc::STATX_SIZE)
                 .build()
         }
     })

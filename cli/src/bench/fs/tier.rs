@@ -204,7 +204,7 @@ pub(super) fn measure_kvtier(
     let root = ctx.scratch.join(format!("kvtier-{executor}-{}-{}", state.name(), size_name(bs)));
     std::fs::create_dir(&root)?;
     let run = RunConfig { model_name: format!("kvtier-bench-fs-{bs}"), ..RunConfig::default() };
-    let mut config = FsTierConfig::new(&root, run);
+    let mut config = FsTierConfig::new(&root, run, region.row_bytes());
     config.format = StorageFormat::Native;
     config.o_direct = DirectMode::Auto;
     config.max_blocks = (state == State::Full).then_some(rows as usize);

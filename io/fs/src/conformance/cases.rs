@@ -306,6 +306,38 @@ pub fn stores_evict_their_victims<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc
     assert_no_temp_files(disk, dir.path());
 }
 
+/// Issue 11, item 2: a store that reuses a victim's file of another length (written for
+/// another block size, or torn) publishes a file of exactly its own block's length, which
+/// loads: the reused file is cut (or extended), never left with the victim's tail.
+pub fn a_reused_victim_gets_the_new_length<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    let row_bytes = 8192;
+    let dir = scratch_dir();
+    let region = region(2, row_bytes);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let mut i = 40;
+    for native_format in [false, true] {
+        let format = |i| if native_format { native(i) } else { BlockFormat::Vllm };
+        let want = expected_len(&format(i), row_bytes);
+        for victim_len in [3 * want + 100, want / 2, 0] {
+            let what = format!("native {native_format}, victim of {victim_len} bytes");
+            let victim = block_path(dir.path(), i);
+            disk.create_dir_all(victim.parent().unwrap()).unwrap();
+            disk.write(&victim, &vec![0xa5; victim_len as usize]).unwrap();
+            let path = block_path(dir.path(), i + 1);
+            fill(&region, 0, i + 1, true);
+            let mut store = op(i + 1, Direction::Store, 0, &path, format(i + 1));
+            store.op.evict = Some(Box::new(crate::Evict { path: victim.clone(), reuse: true }));
+            assert_ok(&run_one(&mut exec, store), &what);
+            assert_eq!(disk.len(&path).unwrap(), want, "{what}: the published file's length");
+            fill(&region, 1, 0, false);
+            assert_ok(&run_one(&mut exec, op(i + 2, Direction::Load, 1, &path, format(i + 1))), &what);
+            assert!(block(&region, 1) == pattern(i + 1, row_bytes), "{what}: bytes differ");
+            i += 3;
+        }
+    }
+    assert_no_temp_files(disk, dir.path());
+}
+
 /// A store that cannot publish (the final name is a directory; a path component is a file)
 /// fails and leaves no temp file and no final file.
 pub fn failed_store_leaves_nothing<E: Executor>(disk: &dyn Vfs, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {

@@ -99,6 +99,7 @@ macro_rules! executor_conformance {
             drop_with_work_in_flight_is_sound,
             lease_conflicts_fail_the_op,
             stores_evict_their_victims,
+            a_reused_victim_gets_the_new_length,
             extents_round_trip,
             damaged_extents_are_corrupt_and_kept,
             extent_ops_are_checked,
@@ -140,6 +141,7 @@ pub fn run_all_on<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(disk: &dyn
     drop_with_work_in_flight_is_sound(disk, &make);
     lease_conflicts_fail_the_op(disk, &make);
     stores_evict_their_victims(disk, &make);
+    a_reused_victim_gets_the_new_length(disk, &make);
     extents_round_trip(disk, &make);
     damaged_extents_are_corrupt_and_kept(disk, &make);
     extent_ops_are_checked(disk, &make);

@@ -21,7 +21,7 @@
 //! - **Start-up** rebuilds the index from the directory and deals with what crashed runs left
 //!   behind ([`startup`]).
 //! - With a capacity bound ([`FsTierConfig::max_blocks`]), a store that needs room evicts the
-//!   least recently used block (stored or loaded) that no load in flight is reading: it leaves
+//!   least recently used block (stored, loaded or touched) that no load in flight is reading: it leaves
 //!   the index at once (a "removed" STORAGE event with events on), and the store's op takes its
 //!   file out of the namespace, reusing it in the native format unless probe-on-miss says
 //!   other processes share the directory (see [`crate::op::Evict`]). A
@@ -69,6 +69,10 @@ pub struct FsTierConfig {
     pub root: PathBuf,
     /// The run config that names the namespace.
     pub run: RunConfig,
+    /// The size of one block (the primary region's `row_bytes`). The native format names it in
+    /// its run config, so two block sizes never share a namespace; in either format start-up
+    /// removes block files of any other length (no load could use them).
+    pub block_bytes: usize,
     /// This process's rank (`{base}_r{rank}`).
     pub rank: u32,
     /// Block file format.
@@ -81,16 +85,20 @@ pub struct FsTierConfig {
     pub probe_on_miss: bool,
     /// Raise a STORAGE event for each store job that stored blocks, and for evictions.
     pub events: bool,
-    /// Most blocks kept on disk (`None`: no bound). Start-up removes what is beyond it.
+    /// Most blocks kept on disk (`None`: no bound; 0 is refused). Start-up removes what is
+    /// beyond it, least recently stored first, and says how many in
+    /// [`StartupReport::evicted`].
     pub max_blocks: Option<usize>,
 }
 
 impl FsTierConfig {
-    /// Defaults for a tier under `root`: native format, O_DIRECT auto, no fsync, no probe, no events.
-    pub fn new(root: impl Into<PathBuf>, run: RunConfig) -> Self {
+    /// Defaults for a tier of `block_bytes` blocks under `root`: native format, O_DIRECT auto,
+    /// no fsync, no probe, no events, no bound.
+    pub fn new(root: impl Into<PathBuf>, run: RunConfig, block_bytes: usize) -> Self {
         FsTierConfig {
             root: root.into(),
             run,
+            block_bytes,
             rank: 0,
             format: StorageFormat::Native,
             o_direct: DirectMode::Auto,
@@ -102,14 +110,31 @@ impl FsTierConfig {
     }
 
     /// The run config as written to disk: the native format adds its `storage_format`, so
-    /// neither system ever reads the other's format.
+    /// neither system ever reads the other's format, and its `block_bytes`, so two block sizes
+    /// never share a namespace.
     pub fn effective_run_config(&self) -> RunConfig {
         let mut run = self.run.clone();
-        run.storage_format = match self.format {
-            StorageFormat::Native => Some(NATIVE_STORAGE_FORMAT.to_string()),
-            StorageFormat::Vllm => None,
+        (run.storage_format, run.block_bytes) = match self.format {
+            StorageFormat::Native => (Some(NATIVE_STORAGE_FORMAT.to_string()), Some(self.block_bytes as u64)),
+            StorageFormat::Vllm => (None, None),
         };
         run
+    }
+
+    /// Refuses settings no tier can run with, naming the field.
+    fn validate(&self) -> io::Result<()> {
+        let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        if self.block_bytes == 0 {
+            return invalid("fs tier: block_bytes must be at least 1".into());
+        }
+        if self.max_blocks == Some(0) {
+            return invalid(format!(
+                "fs tier at {}: max_blocks must be at least 1 (0 would delete every block on disk); leave it out \
+                 for no bound",
+                self.root.display()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -204,6 +229,7 @@ impl FsTier {
         fs: Arc<dyn Vfs>,
         make_executor: impl FnOnce(bool) -> io::Result<Box<dyn Executor>>,
     ) -> io::Result<FsTier> {
+        config.validate()?;
         let run = config.effective_run_config();
         let layout = Layout::new(&config.root, &run, config.rank);
         namespace::ensure_config_on(&*fs, &layout, &run).map_err(|e| io::Error::other(e.to_string()))?;
@@ -544,6 +570,15 @@ impl SecondaryTier for FsTier {
         self.drive(Wait::No);
         self.collect();
         out.append(&mut self.finished);
+    }
+
+    /// Moves the indexed `keys` to the most recently used end of the disk's LRU, walking them in
+    /// reverse as the primary does: the first key ends most recent, so a request's prefix
+    /// blocks are evicted last.
+    fn touch(&mut self, keys: &[OffloadKey]) {
+        for key in keys.iter().rev() {
+            self.index.touch(key);
+        }
     }
 
     fn take_events(&mut self, out: &mut EventLog) {

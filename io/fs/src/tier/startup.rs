@@ -4,7 +4,11 @@
 //! - **The scan** walks the rank directory (`{h[0:3]}/{h[3:5]}_g{group}/{h}.bin`, shallower for
 //!   hashes of fewer than 3 bytes): it indexes block files, removes temp files of processes
 //!   that are gone (never one a live process may still be writing), and counts everything else
-//!   as foreign.
+//!   as foreign. A block file of a length no block of this tier has (a torn file, or one
+//!   written for another block size) is removed: no load could use it.
+//! - **Recency** after a restart is the files' modification times (a store writes its file, a
+//!   reuse overwrites it): the oldest is the least recently used, ties broken by key. Loads
+//!   and touches of the previous run are not remembered (they write nothing to disk).
 //! - **Crash markers.** An open tier keeps a marker file in its rank directory
 //!   (`.kvtier-open.{pid}.{n}`: the boot it was written in, and whether blocks are synced); a
 //!   clean shutdown removes it. A marker left by a dead process means that process crashed: if
@@ -16,20 +20,22 @@
 //!   are swept. vLLM-format blocks carry no checksum and cannot be verified; a load still
 //!   catches a wrong length.
 //! - **The bound**: blocks beyond [`FsTierConfig::max_blocks`] are removed, least recently used
-//!   first.
+//!   (oldest) first; [`StartupReport::evicted`] counts them, and a line on stderr says so.
 //!
 //! Stale markers are removed only once all this is done and the new marker is written, so a
 //! crash during start-up leaves them for the next one.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvtier_core::OffloadKey;
 
 use crate::format;
 use crate::index::BlockIndex;
+use crate::layout::BlockLayout;
 use crate::namespace::Layout;
+use crate::op::BlockFormat;
 use crate::tmpname;
 use crate::vfs::Vfs;
 
@@ -44,8 +50,10 @@ pub struct StartupReport {
     pub stale_temps_removed: usize,
     /// Files in the namespace that are neither blocks nor temp files (left alone).
     pub foreign_files: usize,
-    /// Blocks beyond [`FsTierConfig::max_blocks`] removed.
+    /// Blocks beyond [`FsTierConfig::max_blocks`] removed (the least recently stored).
     pub evicted: usize,
+    /// Block files of the wrong length removed (torn, or of another block size).
+    pub wrong_length_removed: usize,
     /// Markers of runs that did not shut down cleanly (their processes are gone).
     pub crashed_runs: usize,
     /// Whether every native block was read and verified (after a crashed run in an earlier
@@ -87,7 +95,12 @@ pub(super) fn recover(
     let mut report = StartupReport::default();
     let boot = fs.boot_id();
     let mut stale = Stale::default();
-    scan(fs, layout, rank_dir, &mut index, &mut report, boot.as_deref(), &mut stale)?;
+    let file_len = block_file_len(config);
+    let mut stamps = Vec::new();
+    let found = Found { index: &mut index, stamps: &mut stamps, file_len };
+    scan(fs, layout, rank_dir, found, &mut report, boot.as_deref(), &mut stale)?;
+    index.reorder(&mut stamps);
+    drop(stamps);
     report.crashed_runs = stale.markers.len();
     if stale.verify && config.format == StorageFormat::Native {
         report.verified = true;
@@ -109,6 +122,14 @@ pub(super) fn recover(
             if fs.remove_file(&layout.block_path(&victim)).is_ok() {
                 report.evicted += 1;
             }
+        }
+        if report.evicted > 0 {
+            eprintln!(
+                "kvtier: fs tier at {}: {} blocks on disk, max_blocks = {max}: removed the {} least recently stored",
+                rank_dir.display(),
+                index.len() + report.evicted,
+                report.evicted
+            );
         }
     }
     if stale.sync {
@@ -162,13 +183,38 @@ fn stale_marker(fs: &dyn Vfs, path: &Path, pid: u32, boot: Option<&str>, stale: 
     }
 }
 
+/// The length of this tier's block files.
+fn block_file_len(config: &FsTierConfig) -> u64 {
+    let format = match config.format {
+        StorageFormat::Native => {
+            BlockFormat::Native { namespace: [0; 12], key: OffloadKey::new(&[], 0).expect("a key") }
+        }
+        StorageFormat::Vllm => BlockFormat::Vllm,
+    };
+    BlockLayout::new(&format, config.block_bytes, usize::MAX).map_or(u64::MAX, |l| l.file_len())
+}
+
+/// A file's modification time as a recency stamp (nanoseconds since the epoch; 0 if unknown).
+fn stamp(modified: Option<SystemTime>) -> u64 {
+    let since = modified.and_then(|m| m.duration_since(UNIX_EPOCH).ok());
+    since.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Where the scan puts the blocks it finds: the index, each entry's stamp, and the length a
+/// block file must have.
+struct Found<'a> {
+    index: &'a mut BlockIndex,
+    stamps: &'a mut Vec<(u64, u32)>,
+    file_len: u64,
+}
+
 /// The scan (see the module docs); collects the open markers of runs that did not shut down
 /// cleanly (see [`stale_marker`]).
 fn scan(
     fs: &dyn Vfs,
     layout: &Layout,
     rank_dir: &Path,
-    index: &mut BlockIndex,
+    found: Found<'_>,
     report: &mut StartupReport,
     boot: Option<&str>,
     stale: &mut Stale,
@@ -197,8 +243,15 @@ fn scan(
             }
             let rel = path.strip_prefix(rank_dir).unwrap_or(&path);
             match layout.parse_block_path(rel) {
+                Some(_) if entry.is_file && entry.len != found.file_len => {
+                    if fs.remove_file(&path).is_ok() {
+                        report.wrong_length_removed += 1;
+                    }
+                }
                 Some(key) if entry.is_file => {
-                    index.insert(key);
+                    if let Some(i) = found.index.insert_new(key) {
+                        found.stamps.push((stamp(entry.modified), i));
+                    }
                 }
                 _ => report.foreign_files += 1,
             }
