@@ -174,6 +174,8 @@ fn inspect_rank(
                 report.temp_files += 1;
             } else if depth == 0 && tmpname::parse_marker(&entry.file_name()).is_some() {
                 report.open_markers += 1;
+            } else if depth == 0 && entry.file_name() == tmpname::SHARE_FILE {
+                // The lock file open tiers share: neither a block nor foreign.
             } else if let Some(key) =
                 path.strip_prefix(rank_dir).ok().and_then(parse_block_path).filter(|_| kind.is_file())
             {

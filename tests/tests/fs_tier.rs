@@ -426,3 +426,156 @@ fn a_zero_bound_is_refused_and_a_lower_bound_keeps_the_newest_blocks() {
     assert_eq!(kept, (0..10).collect::<Vec<_>>(), "the ten newest files are kept");
     assert_eq!(paths.iter().filter(|p| p.exists()).count(), 10);
 }
+
+/// The open markers in `rank_dir` (file names).
+fn open_markers(rank_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(rank_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| kvtier_fs::tmpname::parse_marker(std::ffi::OsStr::new(n)).is_some())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Issue 11, item 9: two tiers of one process on one directory. Liveness was a pid, and the
+/// second tier took the first's marker (same pid) for a crashed predecessor's: it reported a
+/// crashed run and deleted the marker. Now each holds a lock on its own marker, and a locked
+/// marker is live whatever its pid.
+#[test]
+fn two_tiers_of_one_process_keep_each_others_markers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = cache(dir.path(), 8, StorageFormat::Native, false);
+    store(&mut a, 0..4);
+    let rank_dir = fs_tier(&mut a).layout().rank_dir().to_path_buf();
+    assert_eq!(open_markers(&rank_dir).len(), 1);
+    {
+        let mut b = cache(dir.path(), 8, StorageFormat::Native, false);
+        assert_eq!(fs_tier(&mut b).startup().crashed_runs, 0, "the first tier is alive");
+        assert_eq!(open_markers(&rank_dir).len(), 2, "both markers are there");
+        store(&mut b, 4..8);
+    }
+    assert_eq!(open_markers(&rank_dir).len(), 1, "the second tier removed only its own marker");
+    for i in 0..4 {
+        assert!(promote_and_check(&mut a, i));
+    }
+    drop(a);
+    assert!(open_markers(&rank_dir).is_empty());
+    let mut c = cache(dir.path(), 8, StorageFormat::Native, false);
+    assert_eq!(fs_tier(&mut c).startup().crashed_runs, 0, "two clean shutdowns");
+}
+
+/// Child side of `a_tier_in_another_pid_namespace_sees_the_first_alive` (does nothing when run
+/// on its own): runs as pid 1 of a new PID namespace, where the parent's pid names no process.
+#[test]
+fn pid_namespace_child() {
+    let Ok(root) = std::env::var("KVTIER_PIDNS_ROOT") else { return };
+    assert_eq!(std::process::id(), 1, "the child runs in a PID namespace of its own");
+    let mut c = cache(Path::new(&root), 8, StorageFormat::Native, false);
+    let startup = fs_tier(&mut c).startup().clone();
+    assert_eq!(startup.crashed_runs, 0, "the parent's tier is alive: its marker is locked");
+    assert_eq!(startup.stale_temps_removed, 0, "the parent's temp file is a live store's");
+    store(&mut c, 100..104);
+    for i in 100..104 {
+        assert!(promote_and_check(&mut c, i));
+    }
+}
+
+/// Issue 11, item 9: containers sharing a volume. A tier opened in another PID namespace (as
+/// root, `unshare --pid --fork`; skipped where that is not possible) used to take this
+/// process's marker for a crashed run's (its pid names no process there): it deleted the
+/// marker, and the temp files of this process's stores in flight. The lock on the marker is
+/// seen across namespaces.
+#[test]
+fn a_tier_in_another_pid_namespace_sees_the_first_alive() {
+    let unshare = Command::new("unshare").args(["--pid", "--fork", "true"]).status();
+    if !unshare.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: `unshare --pid --fork` is not available here (it needs root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cache(dir.path(), 8, StorageFormat::Native, false);
+    store(&mut c, 0..4);
+    let rank_dir = fs_tier(&mut c).layout().rank_dir().to_path_buf();
+    let markers = open_markers(&rank_dir);
+    // A store of this process in flight: its temp file, named with this process's pid.
+    let block = fs_tier(&mut c).layout().block_path(&key(50));
+    std::fs::create_dir_all(block.parent().unwrap()).unwrap();
+    let temp = kvtier_fs::tmpname::temp_path(&block, kvtier_fs::tmpname::next_seq());
+    std::fs::write(&temp, b"in flight").unwrap();
+
+    let status = Command::new("unshare")
+        .args(["--pid", "--fork"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "pid_namespace_child", "--nocapture", "--test-threads=1"])
+        .env("KVTIER_PIDNS_ROOT", dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the child in the other PID namespace failed");
+    assert_eq!(open_markers(&rank_dir), markers, "this tier's marker is still there");
+    assert!(temp.exists(), "the temp file of a live store is kept");
+    std::fs::remove_file(&temp).unwrap();
+    for i in 0..4 {
+        assert!(promote_and_check(&mut c, i), "block {i}");
+    }
+}
+
+/// Stores block `new`, which evicts block `victim`; returns whether the victim's file was
+/// reused for it (the victim's inode lives on under the new name) rather than unlinked.
+fn store_reuses(c: &mut TieredCache, victim: u64, new: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let held = std::fs::File::open(fs_tier(c).layout().block_path(&key(victim))).unwrap();
+    store(c, new..new + 1);
+    assert!(!fs_tier(c).contains(&key(victim)), "block {victim} was evicted");
+    let new_file = std::fs::metadata(fs_tier(c).layout().block_path(&key(new))).unwrap();
+    let held = held.metadata().unwrap();
+    let reused = held.nlink() == 1 && held.ino() == new_file.ino();
+    assert!(reused || held.nlink() == 0, "the victim's file is either reused or gone");
+    reused
+}
+
+/// Child side of `no_reuse_while_another_process_has_the_directory_open`: opens a tier on the
+/// directory and keeps it open until told to go.
+#[test]
+fn reuse_child() {
+    let Ok(root) = std::env::var("KVTIER_REUSE_ROOT") else { return };
+    let root = Path::new(&root);
+    let c = bounded_cache(root, ExecutorKind::Threaded, 2);
+    std::fs::write(root.join("child-open"), b"").unwrap();
+    while !root.join("child-go").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    drop(c);
+}
+
+/// Issue 11, item 11: a bounded native tier reuses an evicted block's file (an exception to
+/// "a published file is never modified", for speed), but never while another process may read
+/// the directory: here, while a second process has a tier open on it (before, only
+/// probe-on-miss stopped it). Reuse shows as the new block having the victim's inode.
+#[test]
+fn no_reuse_while_another_process_has_the_directory_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = bounded_cache(dir.path(), ExecutorKind::Threaded, 2);
+    store(&mut c, 0..1);
+    store(&mut c, 1..2);
+    assert!(store_reuses(&mut c, 0, 2), "alone: the victim's file is reused");
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "reuse_child", "--nocapture", "--test-threads=1"])
+        .env("KVTIER_REUSE_ROOT", dir.path())
+        .spawn()
+        .unwrap();
+    while !dir.path().join("child-open").exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the child exited early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let reused = store_reuses(&mut c, 1, 3);
+    std::fs::write(dir.path().join("child-go"), b"").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!reused, "another process has the directory open: a fresh file");
+    assert!(store_reuses(&mut c, 2, 4), "alone again: reuse resumes");
+    for i in 3..5 {
+        assert!(promote_and_check(&mut c, i));
+    }
+}

@@ -1,17 +1,46 @@
-//! The two syscalls the tier makes itself without a safe wrapper in `std`: `kill(pid, 0)` (is
-//! a process alive?) and `syncfs`. The one module of the tier proper with `unsafe`.
+//! The syscalls the tier makes itself without a safe wrapper in `std`: `syncfs`, and the
+//! open-file-description record locks of open markers (`fcntl(F_OFD_SETLK / F_OFD_GETLK)`).
+//! The one module of the tier proper with `unsafe`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// Whether process `pid` (> 0: a single process, never a group) exists: `kill(pid, 0)`
-/// succeeds, or fails with `EPERM` (it exists but belongs to someone else).
-pub(crate) fn process_exists(pid: libc::pid_t) -> bool {
-    debug_assert!(pid > 0);
-    // SAFETY: `kill` with signal 0 sends nothing and touches no memory of ours; it only checks
-    // that `pid` exists and may be signalled.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+/// A whole-file lock request of type `kind` (`F_RDLCK`, `F_WRLCK`).
+fn whole_file(kind: libc::c_int) -> libc::flock {
+    libc::flock {
+        l_type: kind as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        // Open-file-description locks require 0.
+        l_pid: 0,
+    }
+}
+
+/// Takes an open-file-description lock on the whole of `fd`'s file, shared or `exclusive`,
+/// without waiting (`EAGAIN` when someone holds a conflicting one). The lock belongs to the
+/// open file description: it is released when its last descriptor closes (or the process
+/// dies), and it conflicts with locks taken through any other open of the file, in this
+/// process too. An exclusive lock needs `fd` opened for writing, a shared one for reading.
+pub(crate) fn ofd_lock(fd: BorrowedFd<'_>, exclusive: bool) -> io::Result<()> {
+    let lock = whole_file(if exclusive { libc::F_WRLCK } else { libc::F_RDLCK });
+    // SAFETY: `lock` is a valid `flock` the kernel only reads; `fd` is open for the call.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &lock) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether any other open file description (of this process or another) holds a lock on
+/// `fd`'s file, of either kind: `F_OFD_GETLK` for an exclusive lock, which takes nothing.
+pub(crate) fn ofd_locked_elsewhere(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut lock = whole_file(libc::F_WRLCK);
+    // SAFETY: `lock` is a valid, writable `flock` for the duration of the call; `fd` is open.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// `syncfs(fd)`: makes everything written on `fd`'s file system durable.

@@ -1,12 +1,15 @@
-//! Temp-file names: unique per operation, recognizable after a crash.
+//! Temp-file names: unique per operation, recognizable after a crash; and the names of the
+//! files open tiers keep in their rank directory.
 //!
 //! A store writes `{final}.{pid}.{seq:x}.tmp` next to its final path and renames it onto the
 //! final path when complete. `pid` is the writing process and `seq` a process-wide counter
-//! ([`next_seq`]), so no two operations of live processes ever share a temp name (vLLM uses one
+//! ([`next_seq`]), so no two operations of a process ever share a temp name (vLLM uses one
 //! fixed suffix per thread: a stale temp file of a crashed run blocks that thread's later
 //! writes of the same key). A process that dies mid-store leaves its temp file behind;
-//! [`parse_temp`] and [`is_process_alive`] let start-up remove exactly the temp files of dead
-//! processes, and nothing else.
+//! [`parse_temp`] gives the pid it was written by, and start-up removes it once no open tier
+//! of that pid holds its marker's lock (see [`crate::tier::startup`]): liveness is a lock, never
+//! a `kill(pid, 0)`, which is wrong across PID namespaces (a pid means another process in
+//! another container) and cannot tell two tiers of one process apart.
 //!
 //! This module never touches the file system.
 
@@ -76,22 +79,9 @@ pub fn parse_marker(name: &OsStr) -> Option<u32> {
     (n_ok && pid_ok).then(|| pid.parse().ok()).flatten()
 }
 
-/// Whether a process with id `pid` exists (`kill(pid, 0)` succeeds or fails with `EPERM`).
-///
-/// A pid may have been reused by an unrelated process since the temp file was written; such a
-/// file is kept (conservatively) until that process is gone too. A start-up sweep should also
-/// treat its own pid as dead for files it did not write itself (a crashed predecessor may have
-/// had the same pid). Pid 0 and pids above `i32::MAX` (which `kill` would read as process
-/// groups) are reported as not alive.
-pub fn is_process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    crate::sys::process_exists(pid)
-}
+/// The file every open tier of a rank directory holds a shared lock on, so that a tier can
+/// tell whether it is alone there (see [`crate::tier`]: a block file is reused only then).
+pub const SHARE_FILE: &str = ".kvtier-share";
 
 #[cfg(test)]
 mod tests {
@@ -136,17 +126,5 @@ mod tests {
             assert_eq!(ok(bad), None, "{bad}");
         }
         assert_eq!(parse_temp(OsStr::from_bytes(b"h\xff.1.1.tmp")), None);
-    }
-
-    #[test]
-    fn liveness() {
-        assert!(is_process_alive(std::process::id()));
-        assert!(is_process_alive(1));
-        assert!(!is_process_alive(0));
-        assert!(!is_process_alive(u32::MAX));
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        assert!(!is_process_alive(pid));
     }
 }

@@ -73,8 +73,16 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     /// Whether files in directory `dir` can be written with `O_DIRECT` (see
     /// [`crate::direct::probe_o_direct`]).
     fn probe_o_direct(&self, dir: &Path) -> io::Result<bool>;
-    /// Whether the process with id `pid` (from a temp file's name) is alive.
-    fn is_process_alive(&self, pid: u32) -> bool;
+    /// Creates `path` (it must not exist: `AlreadyExists`), takes an exclusive lock on it,
+    /// writes `bytes` and syncs them. The lock is held until the returned [`FileLock`] is
+    /// dropped, or the process dies; other names of the file (hard links) share it.
+    fn create_locked(&self, path: &Path, bytes: &[u8]) -> io::Result<Box<dyn FileLock>>;
+    /// Opens `path`, creating it (empty) if need be, and takes a shared lock on it, held until
+    /// the returned [`FileLock`] is dropped or the process dies.
+    fn lock_shared(&self, path: &Path) -> io::Result<Box<dyn FileLock>>;
+    /// Whether anyone (another process, or another open of the file in this one) holds a lock
+    /// on the file at `path`. Takes no lock.
+    fn is_locked(&self, path: &Path) -> io::Result<bool>;
     /// Makes every file written on the file system holding `dir` durable (`syncfs`).
     fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     /// This process's id, as temp-file names and open markers carry it.
@@ -89,9 +97,34 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A lock held on a file (see [`Vfs::create_locked`], [`Vfs::lock_shared`]); dropping it
+/// releases the lock.
+pub trait FileLock: Send + Sync + std::fmt::Debug {
+    /// Whether anyone else (another process, or another open of the file in this one) holds
+    /// a lock on the same file too.
+    fn held_elsewhere(&self) -> io::Result<bool>;
+}
+
 /// The host's file system, through `std::fs`.
+///
+/// Locks are open-file-description record locks (`fcntl(F_OFD_SETLK)`) on the whole file:
+/// like `flock`, they belong to one open of the file, conflict with every other open (two
+/// tiers of one process included), are released by the kernel when the process dies, and work
+/// across PID namespaces (containers sharing a volume); unlike `flock`, they can be tested
+/// without being taken (`F_OFD_GETLK`), so a test never gets in the way of the lock's owner.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostFs;
+
+/// A lock [`HostFs`] holds: its open of the file.
+#[derive(Debug)]
+struct HostLock(fs::File);
+
+impl FileLock for HostLock {
+    fn held_elsewhere(&self) -> io::Result<bool> {
+        use std::os::fd::AsFd;
+        crate::sys::ofd_locked_elsewhere(self.0.as_fd())
+    }
+}
 
 impl Vfs for HostFs {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -178,8 +211,28 @@ impl Vfs for HostFs {
         crate::direct::probe_o_direct(dir)
     }
 
-    fn is_process_alive(&self, pid: u32) -> bool {
-        crate::tmpname::is_process_alive(pid)
+    fn create_locked(&self, path: &Path, bytes: &[u8]) -> io::Result<Box<dyn FileLock>> {
+        use std::os::fd::AsFd;
+        let mut f = fs::OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let written =
+            crate::sys::ofd_lock(f.as_fd(), true).and_then(|()| f.write_all(bytes)).and_then(|()| f.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(Box::new(HostLock(f)))
+    }
+
+    fn lock_shared(&self, path: &Path) -> io::Result<Box<dyn FileLock>> {
+        use std::os::fd::AsFd;
+        let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        crate::sys::ofd_lock(f.as_fd(), false)?;
+        Ok(Box::new(HostLock(f)))
+    }
+
+    fn is_locked(&self, path: &Path) -> io::Result<bool> {
+        use std::os::fd::AsFd;
+        crate::sys::ofd_locked_elsewhere(fs::File::open(path)?.as_fd())
     }
 
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {

@@ -31,9 +31,10 @@
 //! | lost: the range reads as zeros | 30 % |
 //! | torn: one random 4 KiB page of it is zeros | 30 % |
 //!
-//! After the crash every surviving byte is durable, the disk's process id changes (so temp
-//! files of the crashed "process" are stale: [`Vfs::is_process_alive`] says they are dead), and
-//! every executor of the old process is dead: its ops do nothing and complete `Cancelled`.
+//! After the crash every surviving byte is durable, the disk's process id changes, every lock
+//! the crashed "process" held is released (as the kernel releases a dead process's locks: its
+//! open markers, and so its temp files, are stale), and every executor of the old process is
+//! dead: its ops do nothing and complete `Cancelled`.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -41,7 +42,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvtier_fs::vfs::{DirEntry, Identity, Vfs};
+use kvtier_fs::vfs::{DirEntry, FileLock, Identity, Vfs};
 
 use kvtier_fs::rng::SplitMix64;
 
@@ -102,6 +103,39 @@ struct State {
     o_direct: bool,
     rng: SplitMix64,
     crash_stats: CrashStats,
+    /// Locks held ([`Vfs::create_locked`], [`Vfs::lock_shared`]); a crash releases them all.
+    locks: Vec<LockEntry>,
+    next_lock: u64,
+}
+
+/// One lock a [`SimLock`] holds.
+#[derive(Debug, Clone, Copy)]
+struct LockEntry {
+    id: u64,
+    ino: u64,
+    exclusive: bool,
+}
+
+/// A lock on a [`SimDisk`] file; dropping it releases the lock.
+#[derive(Debug)]
+struct SimLock {
+    state: Arc<Mutex<State>>,
+    id: u64,
+    ino: u64,
+}
+
+impl FileLock for SimLock {
+    fn held_elsewhere(&self) -> io::Result<bool> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(s.locks.iter().any(|l| l.ino == self.ino && l.id != self.id))
+    }
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.locks.retain(|l| l.id != self.id);
+    }
 }
 
 /// A handle on an in-memory disk; clones share it. See the module docs.
@@ -245,6 +279,8 @@ impl SimDisk {
             o_direct: true,
             rng: SplitMix64::new(seed ^ 0xd15c_d15c_d15c_d15c),
             crash_stats: CrashStats::default(),
+            locks: Vec::new(),
+            next_lock: 0,
         };
         SimDisk { state: Arc::new(Mutex::new(state)) }
     }
@@ -274,6 +310,8 @@ impl SimDisk {
         let mut s = self.lock();
         let before = s.crash_stats;
         s.generation += 1;
+        // The crashed process's locks die with it.
+        s.locks.clear();
         s.crash_stats.crashes += 1;
         // One fate per dirty inode, drawn in path order (the first name of each inode).
         let mut seen = Vec::new();
@@ -391,6 +429,13 @@ impl SimDisk {
     }
 
     // ---- What the executor does (each call is one atomic step of an op). ----
+
+    fn take_lock(&self, s: &mut State, ino: u64, exclusive: bool) -> Box<dyn FileLock> {
+        let id = s.next_lock;
+        s.next_lock += 1;
+        s.locks.push(LockEntry { id, ino, exclusive });
+        Box::new(SimLock { state: Arc::clone(&self.state), id, ino })
+    }
 
     /// Whether `generation`'s process is still alive (not crashed).
     pub(crate) fn alive(&self, generation: u32) -> bool {
@@ -669,8 +714,36 @@ impl Vfs for SimDisk {
         }
     }
 
-    fn is_process_alive(&self, pid: u32) -> bool {
-        pid == FIRST_PID + self.lock().generation
+    fn create_locked(&self, path: &Path, bytes: &[u8]) -> io::Result<Box<dyn FileLock>> {
+        let mut s = self.lock();
+        s.create_file(path, bytes.to_vec(), true)?;
+        let Some(Entry::File(ino)) = s.entry(path) else { return Err(err(libc::EIO)) };
+        Ok(self.take_lock(&mut s, ino, true))
+    }
+
+    fn lock_shared(&self, path: &Path) -> io::Result<Box<dyn FileLock>> {
+        let mut s = self.lock();
+        if s.entry(path).is_none() {
+            s.create_file(path, Vec::new(), true)?;
+        }
+        let ino = match s.entry(path) {
+            Some(Entry::File(ino)) => ino,
+            Some(Entry::Dir) => return Err(err(libc::EISDIR)),
+            None => return Err(err(libc::ENOENT)),
+        };
+        if s.locks.iter().any(|l| l.ino == ino && l.exclusive) {
+            return Err(err(libc::EAGAIN));
+        }
+        Ok(self.take_lock(&mut s, ino, false))
+    }
+
+    fn is_locked(&self, path: &Path) -> io::Result<bool> {
+        let s = self.lock();
+        match s.entry(path) {
+            Some(Entry::File(ino)) => Ok(s.locks.iter().any(|l| l.ino == ino)),
+            Some(Entry::Dir) => Err(err(libc::EISDIR)),
+            None => Err(err(libc::ENOENT)),
+        }
     }
 
     /// Every file becomes durable.
@@ -753,9 +826,17 @@ mod tests {
             d.publish(g, &t, &PathBuf::from(format!("/r/u{i}"))).unwrap();
         }
         let pid = d.pid();
-        assert!(d.is_process_alive(pid));
+        let marker = d.create_locked(Path::new("/r/marker"), b"x").unwrap();
+        let shared = d.lock_shared(Path::new("/r/share")).unwrap();
+        let other = d.lock_shared(Path::new("/r/share")).unwrap();
+        assert!(d.is_locked(Path::new("/r/marker")).unwrap() && shared.held_elsewhere().unwrap());
+        drop(other);
+        assert!(!shared.held_elsewhere().unwrap(), "a dropped lock is released");
+        assert!(d.lock_shared(Path::new("/r/marker")).is_err(), "an exclusive lock conflicts");
         let c = d.crash();
-        assert!(!d.alive(g) && !d.is_process_alive(pid) && d.is_process_alive(d.pid()));
+        assert!(!d.alive(g) && d.pid() != pid);
+        assert!(!d.is_locked(Path::new("/r/marker")).unwrap(), "the crashed process's locks are released");
+        drop((marker, shared));
         assert_eq!(c.intact + c.lost + c.emptied + c.truncated + c.torn, 200, "{c:?}");
         assert!(c.lost > 0 && c.torn > 0 && c.intact > 0, "{c:?}");
         for i in 0..200 {

@@ -1,17 +1,26 @@
-//! What an FS tier does before it serves anything: rebuild the index from the rank directory,
-//! deal with what crashed runs left behind, and leave its own open marker.
+//! What an FS tier does before it serves anything: leave its own open marker, rebuild the
+//! index from the rank directory, and deal with what crashed runs left behind.
 //!
+//! - **Open markers and liveness.** An open tier keeps a marker file in its rank directory
+//!   (`.kvtier-open.{pid}.{n}`: the boot it was written in, and whether blocks are synced) and
+//!   holds an exclusive lock on it for as long as it is open (see [`Vfs::create_locked`]: the
+//!   kernel releases it when the process dies). A marker is live exactly when it is locked:
+//!   never judged by its pid, which names another process across PID namespaces (containers
+//!   sharing a volume) and is the same for two tiers of one process. The marker is written and
+//!   locked under a temp name, then hard-linked to its marker name, so a marker name only ever
+//!   names a locked file with its content (or one whose owner is gone). It is the first thing
+//!   a tier writes, before its `O_DIRECT` probe and its scan; a clean shutdown removes it
+//!   (still locked), then drops the lock.
 //! - **The scan** walks the rank directory (`{h[0:3]}/{h[3:5]}_g{group}/{h}.bin`, shallower for
 //!   hashes of fewer than 3 bytes): it indexes block files, removes temp files of processes
-//!   that are gone (never one a live process may still be writing), and counts everything else
-//!   as foreign. A block file of a length no block of this tier has (a torn file, or one
+//!   that have no live tier (a temp file names its pid: only a live marker of that pid, other
+//!   than this tier's own, keeps it, so a live process's store is never broken), and counts
+//!   everything else as foreign. A block file of a length no block of this tier has (a torn file, or one
 //!   written for another block size) is removed: no load could use it.
 //! - **Recency** after a restart is the files' modification times (a store writes its file, a
 //!   reuse overwrites it): the oldest is the least recently used, ties broken by key. Loads
 //!   and touches of the previous run are not remembered (they write nothing to disk).
-//! - **Crash markers.** An open tier keeps a marker file in its rank directory
-//!   (`.kvtier-open.{pid}.{n}`: the boot it was written in, and whether blocks are synced); a
-//!   clean shutdown removes it. A marker left by a dead process means that process crashed: if
+//! - **Crash markers.** An unlocked marker was left by a run that did not shut down: if
 //!   the machine rebooted since (another boot id) and blocks were not `fsync`ed, files it
 //!   published may have lost their data, so start-up reads and verifies every native block and
 //!   removes those that fail before indexing them. A run of this boot that did not sync its
@@ -25,6 +34,7 @@
 //! Stale markers are removed only once all this is done and the new marker is written, so a
 //! crash during start-up leaves them for the next one.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,8 +46,8 @@ use crate::index::BlockIndex;
 use crate::layout::BlockLayout;
 use crate::namespace::Layout;
 use crate::op::BlockFormat;
-use crate::tmpname;
-use crate::vfs::Vfs;
+use crate::tmpname::{self, SHARE_FILE};
+use crate::vfs::{DirEntry, FileLock, Vfs};
 
 use super::{FsTierConfig, StorageFormat};
 
@@ -88,6 +98,7 @@ pub(super) fn recover(
     fs: &dyn Vfs,
     layout: &Layout,
     config: &FsTierConfig,
+    own_marker: &Path,
 ) -> io::Result<(BlockIndex, StartupReport, Stale)> {
     let started = Instant::now();
     let rank_dir = layout.rank_dir();
@@ -97,7 +108,7 @@ pub(super) fn recover(
     let mut stale = Stale::default();
     let file_len = block_file_len(config);
     let mut stamps = Vec::new();
-    let found = Found { index: &mut index, stamps: &mut stamps, file_len };
+    let found = Found { index: &mut index, stamps: &mut stamps, file_len, own_marker };
     scan(fs, layout, rank_dir, found, &mut report, boot.as_deref(), &mut stale)?;
     index.reorder(&mut stamps);
     drop(stamps);
@@ -140,39 +151,67 @@ pub(super) fn recover(
     Ok((index, report, stale))
 }
 
-/// Writes this run's open marker in `rank_dir` (synced, so a crash from here on leaves it
-/// behind), then removes the `stale` ones. Returns the marker's path.
-pub(super) fn mark_open(fs: &dyn Vfs, rank_dir: &Path, fsync: bool, stale: &Stale) -> io::Result<PathBuf> {
+/// This run's open marker: its path, and the lock that says the run is alive.
+#[derive(Debug)]
+pub(super) struct Marker {
+    pub path: PathBuf,
+    /// Held, never read: dropping it releases the lock.
+    _lock: Box<dyn FileLock>,
+}
+
+/// Writes this run's open marker in `rank_dir`, locked (see the module docs) and synced, so a
+/// crash from here on leaves it behind, unlocked.
+pub(super) fn mark_open(fs: &dyn Vfs, rank_dir: &Path, fsync: bool) -> io::Result<Marker> {
     let boot = fs.boot_id();
     let synced = if fsync { "synced" } else { "unsynced" };
     let content = format!("{}\n{synced}\n", boot.as_deref().unwrap_or("unknown"));
-    let mut attempt = 0;
-    let marker = loop {
-        let marker = rank_dir.join(tmpname::marker_name(fs.process_id(), tmpname::next_seq()));
-        match fs.write_new_synced(&marker, content.as_bytes()) {
-            Ok(()) => break marker,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 16 => attempt += 1,
-            Err(e) => return Err(e),
+    let pid = fs.process_id();
+    let mut path = rank_dir.join(tmpname::marker_name(pid, tmpname::next_seq()));
+    // A temp name: swept like any other if this process dies before the link.
+    let mut temp = tmpname::temp_path_for(&path, pid, tmpname::next_seq());
+    let mut lock = fs.create_locked(&temp, content.as_bytes())?;
+    for _ in 0..16 {
+        match fs.hard_link(&temp, &path) {
+            Ok(()) => {
+                // Gone already if another start-up swept it (no live marker named this pid).
+                let _ = fs.remove_file(&temp);
+                return Ok(Marker { path, _lock: lock });
+            }
+            // Another tier's marker has this name (a process of this pid in another PID
+            // namespace): another name.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                path = rank_dir.join(tmpname::marker_name(pid, tmpname::next_seq()));
+            }
+            // Another tier's start-up took the temp file for a dead process's: write it again.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                temp = tmpname::temp_path_for(&path, pid, tmpname::next_seq());
+                lock = fs.create_locked(&temp, content.as_bytes())?;
+            }
+            Err(e) => {
+                let _ = fs.remove_file(&temp);
+                return Err(e);
+            }
         }
-    };
+    }
+    let _ = fs.remove_file(&temp);
+    Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("no free open-marker name in {}", rank_dir.display())))
+}
+
+/// Removes the markers of crashed runs, once start-up has dealt with them.
+pub(super) fn remove_stale_markers(fs: &dyn Vfs, stale: &Stale) {
     for path in &stale.markers {
         let _ = fs.remove_file(path);
     }
-    Ok(marker)
 }
 
-/// An open marker of process `pid` found at start-up. Stale unless that process is alive (a
-/// process of another boot never is, and neither is this process, whose marker comes later;
-/// a pid reused by another process after a crash must not keep a marker alive).
-fn stale_marker(fs: &dyn Vfs, path: &Path, pid: u32, boot: Option<&str>, stale: &mut Stale) {
+/// An unlocked open marker found at start-up: a run that did not shut down. What it says (its
+/// boot, whether its blocks were synced) decides what start-up does.
+fn stale_marker(fs: &dyn Vfs, path: &Path, boot: Option<&str>, stale: &mut Stale) {
     let content = fs.read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&content);
     let mut lines = text.lines();
     let (marker_boot, synced) = (lines.next(), lines.next() == Some("synced"));
     let same_boot = matches!((marker_boot, boot), (Some(a), Some(b)) if a == b && a != "unknown");
-    if same_boot && pid != fs.process_id() && fs.is_process_alive(pid) {
-        return;
-    }
     stale.markers.push(path.to_path_buf());
     if !synced {
         if same_boot {
@@ -206,10 +245,44 @@ struct Found<'a> {
     index: &'a mut BlockIndex,
     stamps: &'a mut Vec<(u64, u32)>,
     file_len: u64,
+    /// This tier's own marker (written before the scan).
+    own_marker: &'a Path,
 }
 
-/// The scan (see the module docs); collects the open markers of runs that did not shut down
-/// cleanly (see [`stale_marker`]).
+/// The pids with a live tier in `rank_dir` (a locked marker other than `own`, this tier's),
+/// whose temp files are not stale; the markers of runs that did not shut down go to `stale`
+/// (see [`stale_marker`]).
+fn markers(
+    fs: &dyn Vfs,
+    rank_dir: &Path,
+    top: &[DirEntry],
+    own: &Path,
+    boot: Option<&str>,
+    stale: &mut Stale,
+) -> HashSet<u32> {
+    let mut live = HashSet::new();
+    for entry in top.iter().filter(|e| e.is_file) {
+        let Some(pid) = tmpname::parse_marker(&entry.name) else { continue };
+        let path = rank_dir.join(&entry.name);
+        if path == own {
+            continue;
+        }
+        match fs.is_locked(&path) {
+            Ok(false) => stale_marker(fs, &path, boot, stale),
+            // Removed since the listing: its run shut down.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // Locked, or it cannot be told (another user's file, say): its run is taken for
+            // alive, and neither its marker nor its pid's temp files are touched.
+            Ok(true) | Err(_) => {
+                live.insert(pid);
+            }
+        }
+    }
+    live
+}
+
+/// The scan (see the module docs): the rank directory's markers first (they say whose temp
+/// files are live), then everything else.
 fn scan(
     fs: &dyn Vfs,
     layout: &Layout,
@@ -219,12 +292,19 @@ fn scan(
     boot: Option<&str>,
     stale: &mut Stale,
 ) -> io::Result<()> {
+    let top = fs.read_dir(rank_dir)?;
+    let live = markers(fs, rank_dir, &top, found.own_marker, boot, stale);
+    let mut listing = Some(top);
     let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
     while let Some((dir, depth)) = dirs.pop() {
-        for entry in fs.read_dir(&dir)? {
+        let entries = match listing.take() {
+            Some(top) => top,
+            None => fs.read_dir(&dir)?,
+        };
+        for entry in entries {
             let path = dir.join(&entry.name);
-            if let Some(pid) = tmpname::parse_marker(&entry.name).filter(|_| depth == 0 && entry.is_file) {
-                stale_marker(fs, &path, pid, boot, stale);
+            if depth == 0 && entry.is_file && (tmpname::parse_marker(&entry.name).is_some() || entry.name == SHARE_FILE)
+            {
                 continue;
             }
             if entry.is_dir {
@@ -236,7 +316,7 @@ fn scan(
                 continue;
             }
             if let Some(pid) = tmpname::parse_temp(&entry.name) {
-                if !fs.is_process_alive(pid) && fs.remove_file(&path).is_ok() {
+                if !live.contains(&pid) && fs.remove_file(&path).is_ok() {
                     report.stale_temps_removed += 1;
                 }
                 continue;
