@@ -7,11 +7,44 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::op::FileId;
+use crate::vfs::Identity;
+
+/// Removes the file at `path` only if it is still `read`, the file that was read (a corrupt
+/// block, say), and reports whether it did. A stat then an unlink would race a writer that
+/// renames a new file onto `path` in between, and remove that one; so the file at `path` is
+/// first renamed aside, to a temp name of this process (swept at start-up if it dies here),
+/// and only then looked at: if it is the one read, it is unlinked; if it is not, it goes
+/// back under `path` (by a hard link, which fails rather than replace a file published there
+/// meanwhile; that file is newer, and the one set aside is then removed). Readers may find
+/// `path` missing for the few microseconds this takes, as during any removal.
+///
+/// # Errors
+///
+/// The file system's error from the rename or what follows (a file gone already is `Ok(false)`).
+pub fn remove_if_same(path: &Path, read: Identity) -> io::Result<bool> {
+    let aside = crate::tmpname::temp_path(path, crate::tmpname::next_seq());
+    match std::fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let moved = std::fs::symlink_metadata(&aside)?;
+    if (moved.dev(), moved.ino()) == (read.dev, read.ino) {
+        std::fs::remove_file(&aside)?;
+        return Ok(true);
+    }
+    let back = std::fs::hard_link(&aside, path);
+    std::fs::remove_file(&aside)?;
+    match back {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(false),
+    }
+}
 
 /// Most files one executor opens for extent ops.
 pub const MAX_FILES: usize = 64;
@@ -98,6 +131,27 @@ impl ExtentFiles {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    /// A file replaced since it was read is never removed, and goes back where it was.
+    #[test]
+    fn only_the_file_that_was_read_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.bin");
+        let identity = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            Identity { dev: m.dev(), ino: m.ino() }
+        };
+        std::fs::write(&path, b"read").unwrap();
+        let read = identity(&path);
+        std::fs::write(dir.path().join("new"), b"new").unwrap();
+        std::fs::rename(dir.path().join("new"), &path).unwrap();
+        assert!(!remove_if_same(&path, read).unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"new", "the replacement is back in place");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "nothing set aside is left");
+        assert!(remove_if_same(&path, identity(&path)).unwrap());
+        assert!(!path.exists());
+        assert!(!remove_if_same(&path, read).unwrap(), "gone already");
+    }
 
     #[test]
     fn files_open_existing_paths_only_and_get_ids_in_order() {

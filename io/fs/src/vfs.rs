@@ -60,6 +60,9 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     fn hard_link(&self, original: &Path, link: &Path) -> io::Result<()>;
     /// Removes the file at `path`.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
+    /// Removes the file at `path` only if it is still the file `read` (see
+    /// [`crate::files::remove_if_same`]); whether it did.
+    fn remove_if_same(&self, path: &Path, read: Identity) -> io::Result<bool>;
     /// Creates the directory `path` (its parent must exist).
     fn create_dir(&self, path: &Path) -> io::Result<()>;
     /// Creates `path` and every missing ancestor.
@@ -159,6 +162,10 @@ impl Vfs for HostFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
+    }
+
+    fn remove_if_same(&self, path: &Path, read: Identity) -> io::Result<bool> {
+        crate::files::remove_if_same(path, read)
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {

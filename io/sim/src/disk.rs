@@ -648,6 +648,19 @@ impl Vfs for SimDisk {
         }
     }
 
+    /// Atomic here: the name is looked up and unlinked under one lock.
+    fn remove_if_same(&self, path: &Path, read: Identity) -> io::Result<bool> {
+        let mut s = self.lock();
+        match s.entry(path) {
+            Some(Entry::File(ino)) if Identity { dev: 0, ino } == read => {
+                s.unlink(path);
+                Ok(true)
+            }
+            Some(Entry::Dir) => Err(err(libc::EISDIR)),
+            _ => Ok(false),
+        }
+    }
+
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         let mut s = self.lock();
         s.parent_ok(path)?;

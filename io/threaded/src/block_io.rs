@@ -350,12 +350,14 @@ fn write_and_publish(fd: OwnedFd, bufs: &[&[u8]], sync: bool, temp: &CStr, final
     Ok(sys::rename(temp, final_path)?)
 }
 
-/// Removes the corrupt file at `path` (if `path` still names the file that was read: a file a
-/// concurrent writer renamed into place since is left alone) and reports it.
+/// Removes the corrupt file at `path` if `path` still names the file that was read (a file a
+/// concurrent writer renamed into place since is left alone: [`kvtier_fs::files::remove_if_same`]
+/// moves the file aside before it looks, so no rename can slip between a check and the
+/// unlink) and reports it.
 fn corrupt(path: &CStr, fd: OwnedFd, read: &FileStat, reason: &'static str) -> Outcome {
     drop(fd);
-    if sys::stat(path).is_ok_and(|now| now.dev_ino == read.dev_ino) {
-        let _ = sys::unlink(path);
-    }
+    let (dev, ino) = read.dev_ino;
+    let path = Path::new(OsStr::from_bytes(path.to_bytes()));
+    let _ = kvtier_fs::files::remove_if_same(path, kvtier_fs::vfs::Identity { dev, ino });
     Outcome::Corrupt(reason)
 }

@@ -101,15 +101,6 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<FileStat> {
     Ok(file_stat(unsafe { st.assume_init_ref() }))
 }
 
-/// `stat(path)`.
-pub fn stat(path: &CStr) -> io::Result<FileStat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `path` is NUL-terminated and `st` is valid for writes of one `stat`.
-    cvt(unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) })?;
-    // SAFETY: `stat` succeeded, so it initialised `st`.
-    Ok(file_stat(unsafe { st.assume_init_ref() }))
-}
-
 /// `rename(from, to)`: atomically replaces `to`.
 pub fn rename(from: &CStr, to: &CStr) -> io::Result<()> {
     // SAFETY: both paths are valid NUL-terminated strings for the duration of the call.
@@ -277,7 +268,6 @@ mod tests {
         let fd = open(&path, libc::O_RDONLY, 0).unwrap();
         let st = fstat(fd.as_fd()).unwrap();
         assert_eq!((st.size, st.regular), (11, true));
-        assert_eq!(stat(&path).unwrap(), st);
         let (mut a, mut b) = ([0u8; 3], [0u8; 20]);
         assert_eq!(preadv_all(fd.as_fd(), &mut [&mut a, &mut b], 0).unwrap(), 11);
         assert_eq!((&a, &b[..8]), (b"hel", &b"lo world"[..]));

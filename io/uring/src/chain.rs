@@ -42,10 +42,13 @@
 //! **A corrupt file is removed only if it is still the file that was read.** A direct
 //! descriptor cannot be `fstat`ed, so the file is read again between two `statx` of its path
 //! (`statx` -> `openat` -> reads -> `close` -> `statx`, one chain): when both name the same
-//! device and inode and the second reading is corrupt too, it is unlinked. If the second
-//! reading verifies (a writer replaced the file meanwhile), the row now holds a good block and
-//! the load succeeds; if the path changed, nothing is removed. This costs a second read of
-//! corrupt files only.
+//! device and inode and the second reading is corrupt too, it is renamed aside to a temp name
+//! and `statx`ed there (`renameat` hard-linked to `statx`), and unlinked only if it is still
+//! that inode; a file a writer renamed onto the path in between goes back (`linkat`, which
+//! does not replace a file published meanwhile) before its temp name is unlinked (as in
+//! [`kvtier_fs::files::remove_if_same`]). If the second reading verifies (a writer replaced the
+//! file meanwhile), the row now holds a good block and the load succeeds; if the path changed,
+//! nothing is removed. This costs a second read of corrupt files only.
 //!
 //! **Extent ops** work on a file registered in a fixed-file slot (the `O_DIRECT` one where the
 //! transfer and the offset are aligned): a store is one chain, the write (`write_fixed` or
@@ -93,6 +96,8 @@ enum Step {
     StatAfter,
     Mkdir,
     Unlink,
+    Aside,
+    Restore,
 }
 
 /// A chain: its steps, their SQEs and links, and the bytes each transfer must move.
@@ -172,6 +177,7 @@ enum Phase {
     Cleanup,
     Load,
     Recheck,
+    Aside,
     Unlink,
 }
 
@@ -313,6 +319,7 @@ impl Flow {
                 o => Next::Done(o),
             },
             Phase::Recheck => self.recheck_done(rec),
+            Phase::Aside => self.aside_done(rec),
             Phase::Unlink => Next::Done(Outcome::Corrupt(self.reason)),
         }
     }
@@ -656,10 +663,16 @@ impl Flow {
             Outcome::Corrupt(reason) => {
                 self.reason = reason;
                 if r[after] == 0 && rec.statx(0).same_file(&rec.statx(1)) {
+                    // Set aside first, then looked at: no rename can slip between the check
+                    // and the removal.
+                    if rec.set_temp_path(tmpname::next_seq()).is_err() {
+                        return Next::Done(Outcome::Corrupt(reason));
+                    }
                     let mut c = Chain::new();
-                    c.add(Step::Unlink, Sqe::Unlink { path: PathSel::Final }, Link::End, 0);
+                    c.add(Step::Aside, Sqe::Rename { from: PathSel::Final, to: PathSel::Temp }, Link::Hard, 0);
+                    c.add(Step::StatAfter, Sqe::Statx { path: PathSel::Temp, into: 1 }, Link::End, 0);
                     self.chain = c;
-                    self.phase = Phase::Unlink;
+                    self.phase = Phase::Aside;
                     Next::Chain
                 } else {
                     Next::Done(Outcome::Corrupt(reason))
@@ -668,6 +681,24 @@ impl Flow {
             // The second reading failed: the first one's verdict stands, the file is kept.
             _ => Next::Done(Outcome::Corrupt(self.reason)),
         }
+    }
+
+    /// The file at the block's path is set aside (or gone): removed if it is the one read,
+    /// otherwise linked back (a link fails rather than replace a file published meanwhile,
+    /// which is newer) and its temp name removed.
+    fn aside_done(&mut self, rec: &mut Idle<'_>) -> Next {
+        if rec.results[0] != 0 {
+            // Gone already, or it cannot be moved: nothing is removed.
+            return Next::Done(Outcome::Corrupt(self.reason));
+        }
+        let mut c = Chain::new();
+        if rec.results[1] != 0 || !rec.statx(1).same_file(&rec.statx(0)) {
+            c.add(Step::Restore, Sqe::Link { from: PathSel::Temp, to: PathSel::Final }, Link::Hard, 0);
+        }
+        c.add(Step::Unlink, Sqe::Unlink { path: PathSel::Temp }, Link::End, 0);
+        self.chain = c;
+        self.phase = Phase::Unlink;
+        Next::Chain
     }
 }
 

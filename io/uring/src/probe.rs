@@ -19,7 +19,7 @@ use io_uring::{opcode, IoUring, Probe};
 pub const DISABLE_ENV: &str = "KVTIER_URING_DISABLE";
 
 /// The operations a store or a load uses, with the Linux version that brought each.
-const REQUIRED_OPS: [(u8, &str, &str); 9] = [
+const REQUIRED_OPS: [(u8, &str, &str); 10] = [
     (opcode::OpenAt::CODE, "OPENAT", "5.6"),
     (opcode::ReadFixed::CODE, "READ_FIXED", "5.1"),
     (opcode::WriteFixed::CODE, "WRITE_FIXED", "5.1"),
@@ -28,6 +28,7 @@ const REQUIRED_OPS: [(u8, &str, &str); 9] = [
     (opcode::RenameAt::CODE, "RENAMEAT", "5.11"),
     (opcode::UnlinkAt::CODE, "UNLINKAT", "5.11"),
     (opcode::MkDirAt::CODE, "MKDIRAT", "5.15"),
+    (opcode::LinkAt::CODE, "LINKAT", "5.15"),
     (opcode::Statx::CODE, "STATX", "5.6"),
 ];
 

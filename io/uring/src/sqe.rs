@@ -127,6 +127,13 @@ pub enum Sqe {
         /// Its new name.
         to: PathSel,
     },
+    /// `linkat` of path `from` to the new name `to` (which must not exist).
+    Link {
+        /// The existing name.
+        from: PathSel,
+        /// The new name.
+        to: PathSel,
+    },
     /// `unlinkat` of a path.
     Unlink {
         /// Which path.
@@ -274,6 +281,7 @@ fn entry(reg: &Registration, index: u32, rec: &Record, step: usize, sqe: Sqe) ->
         Sqe::DataSync { file: f } => opcode::Fsync::new(file(reg, index, f)?).flags(FsyncFlags::DATASYNC).build(),
         Sqe::Close => opcode::Close::new(types::Fixed(index)).build(),
         Sqe::Rename { from, to } => opcode::RenameAt::new(cwd, path(rec, from)?, cwd, path(rec, to)?).build(),
+        Sqe::Link { from, to } => opcode::LinkAt::new(cwd, path(rec, from)?, cwd, path(rec, to)?).build(),
         Sqe::Unlink { path: p } => opcode::UnlinkAt::new(cwd, path(rec, p)?).build(),
         Sqe::Mkdir { path: p } => opcode::MkDirAt::new(cwd, path(rec, p)?).mode(0o777).build(),
         Sqe::Statx { path: p, into } => {

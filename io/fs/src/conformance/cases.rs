@@ -591,6 +591,72 @@ pub fn lease_conflicts_fail_the_op<E: Executor>(disk: &dyn Vfs, make: impl Fn(Ar
     assert!(disk.is_file(&path), "a lease conflict never removes the file");
 }
 
+/// Issue 11, item 8: removing a corrupt file never removes a file renamed onto its path after
+/// it was read. A writer thread keeps putting a corrupt block at a path (a hard link of one
+/// corrupt file) and then, after a random short pause, a fresh good copy (a new inode each
+/// time, whose descriptor it keeps), while loads of the path run back to back; after each good
+/// copy the writer waits, then checks that its file still has a name. A stat-then-unlink
+/// removal, racing the writer's rename, unlinks the good copy (its link count drops to 0);
+/// one that sets the file aside before it looks never does. A kernel-only case: the race is
+/// between threads on the host's file system (runs a few seconds; the loads must meet the
+/// corrupt block for the case to count).
+pub fn corrupt_removal_spares_a_file_renamed_in_place<E: Executor>(make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROW: usize = 8192;
+    const CYCLES: u64 = 1500;
+    let dir = scratch_dir();
+    let region = region(1, ROW);
+    let mut exec = make(Arc::clone(&region), dir.path());
+    let path = store_block(&mut exec, &region, dir.path(), 7, 0, native(7));
+    let (good, bad) = (dir.path().join("good.master"), dir.path().join("bad.master"));
+    fs::rename(&path, &good).unwrap();
+    let mut bytes = fs::read(&good).unwrap();
+    bytes[HEADER_LEN + 10] ^= 0x40;
+    fs::write(&bad, &bytes).unwrap();
+
+    let done = AtomicBool::new(false);
+    let wrongly_removed = AtomicU64::new(0);
+    let (mut corrupt, mut loaded) = (0u64, 0u64);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut rng = crate::rng::SplitMix64::new(8);
+            let (tmp_good, tmp_bad) = (dir.path().join("good.next"), dir.path().join("bad.next"));
+            for _ in 0..CYCLES {
+                fs::copy(&good, &tmp_good).unwrap();
+                let copy = fs::File::open(&tmp_good).unwrap();
+                fs::hard_link(&bad, &tmp_bad).unwrap();
+                fs::rename(&tmp_bad, &path).unwrap();
+                let pause = std::time::Instant::now() + std::time::Duration::from_micros(rng.below(120));
+                while std::time::Instant::now() < pause {
+                    std::hint::spin_loop();
+                }
+                fs::rename(&tmp_good, &path).unwrap();
+                std::thread::sleep(std::time::Duration::from_micros(300));
+                if copy.metadata().unwrap().nlink() == 0 {
+                    wrongly_removed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            done.store(true, Ordering::Release);
+        });
+        let mut token = 100;
+        while !done.load(Ordering::Acquire) {
+            token += 1;
+            match run_one(&mut exec, op(token, Direction::Load, 0, &path, native(7))) {
+                Outcome::Corrupt(_) => corrupt += 1,
+                Outcome::Ok => loaded += 1,
+                Outcome::NotFound => {}
+                o => panic!("a load racing renames: {o:?}"),
+            }
+        }
+    });
+    let wrong = wrongly_removed.load(Ordering::Relaxed);
+    eprintln!("{CYCLES} cycles: {corrupt} corrupt readings, {loaded} good ones, {wrong} good files removed");
+    assert_eq!(wrong, 0, "a good file renamed onto the path was removed");
+    assert!(corrupt > 0, "no load ever read the corrupt block: the case tested nothing");
+    assert!(fs::metadata(&good).unwrap().nlink() == 1 && fs::metadata(&bad).unwrap().nlink() == 1);
+}
+
 /// A load failing for a transient reason keeps the file, and a later load succeeds.
 ///
 /// Run as a test named `test_path` (`module_path!()::name`): it re-runs that test in a child

@@ -324,7 +324,13 @@ fn scan(
             let rel = path.strip_prefix(rank_dir).unwrap_or(&path);
             match layout.parse_block_path(rel) {
                 Some(_) if entry.is_file && entry.len != found.file_len => {
-                    if fs.remove_file(&path).is_ok() {
+                    // Only the file that was listed (another process may publish the block
+                    // meanwhile).
+                    let removed = match entry.identity {
+                        Some(id) => fs.remove_if_same(&path, id).unwrap_or(false),
+                        None => fs.remove_file(&path).is_ok(),
+                    };
+                    if removed {
                         report.wrong_length_removed += 1;
                     }
                 }
