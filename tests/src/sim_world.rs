@@ -316,7 +316,11 @@ impl World {
         self.held.clear();
         self.writing.clear();
         self.boots += 1;
-        let (region, engine) = boot(&self.setup, self.boots, &self.disk);
+        let (region, mut engine) = boot(&self.setup, self.boots, &self.disk);
+        // Start-up verification runs in the background (a little at each poll, on the sim
+        // disk): finish it before the index is looked at.
+        let fs_index = usize::from(self.setup.memory_tier);
+        engine.tier_mut::<FsTier>(fs_index).expect("the FS tier").wait_verified();
         // The old engine (and its dead executor) goes before the new region is used.
         drop(std::mem::replace(&mut self.engine, engine));
         self.region = region;
@@ -330,7 +334,9 @@ impl World {
         self.figures.torn_removed += report.torn_removed as u64;
         if crash {
             assert_eq!(report.crashed_runs, 1, "seed {seed}: the crashed run's open marker");
-            assert_eq!(report.verified, !self.setup.fsync, "seed {seed}: blocks verified after an unsynced crash");
+            if self.setup.fsync {
+                assert!(!report.verified, "seed {seed}: synced blocks need no verification");
+            }
         }
         let len = self.setup.row_bytes;
         let mut torn = 0;

@@ -46,6 +46,8 @@ pub struct Identity {
 pub trait Vfs: Send + Sync + std::fmt::Debug {
     /// The whole content of the file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// The whole content of the file at `path`, and which file that was.
+    fn read_identified(&self, path: &Path) -> io::Result<(Vec<u8>, Identity)>;
     /// Creates `path` (it must not exist: `AlreadyExists`), writes `bytes` and syncs them.
     fn write_new_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Creates or truncates `path` and writes `bytes`, in place (no sync).
@@ -88,6 +90,12 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     fn is_locked(&self, path: &Path) -> io::Result<bool>;
     /// Makes every file written on the file system holding `dir` durable (`syncfs`).
     fn sync_fs(&self, dir: &Path) -> io::Result<()>;
+    /// Whether work the tier does in the background (start-up verification) may run on a
+    /// thread of its own; `false` for a simulated disk, where nothing may depend on thread
+    /// scheduling: the tier then does that work a little at each poll, deterministically.
+    fn background_threads(&self) -> bool {
+        true
+    }
     /// This process's id, as temp-file names and open markers carry it.
     fn process_id(&self) -> u32 {
         std::process::id()
@@ -132,6 +140,15 @@ impl FileLock for HostLock {
 impl Vfs for HostFs {
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn read_identified(&self, path: &Path) -> io::Result<(Vec<u8>, Identity)> {
+        use std::io::Read;
+        let mut f = fs::File::open(path)?;
+        let meta = f.metadata()?;
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        f.read_to_end(&mut bytes)?;
+        Ok((bytes, Identity { dev: meta.dev(), ino: meta.ino() }))
     }
 
     fn write_new_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {

@@ -581,6 +581,19 @@ impl Vfs for SimDisk {
         self.lock().file(path).map(|i| i.data.clone())
     }
 
+    fn read_identified(&self, path: &Path) -> io::Result<(Vec<u8>, Identity)> {
+        let s = self.lock();
+        let inode = s.file(path)?;
+        let Some(Entry::File(ino)) = s.entry(path) else { return Err(err(libc::EIO)) };
+        Ok((inode.data.clone(), Identity { dev: 0, ino }))
+    }
+
+    /// Nothing runs on a thread of its own over a simulated disk: the tier's background work
+    /// advances at each poll.
+    fn background_threads(&self) -> bool {
+        false
+    }
+
     fn write_new_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         self.lock().create_file(path, bytes.to_vec(), true)
     }

@@ -36,6 +36,7 @@
 
 mod jobs;
 pub mod startup;
+pub mod verify;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
@@ -57,6 +58,8 @@ use crate::vfs::{FileLock, HostFs, Vfs};
 
 use jobs::{JobRef, KeyState, Record, TierJobs};
 pub use startup::StartupReport;
+pub use verify::VerifyProgress;
+use verify::{Verdict, Verifier};
 
 /// How blocks are written (spelled `native` and `vllm` in configuration files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -203,6 +206,13 @@ pub struct FsTier {
     /// A shared lock on the rank directory's [`tmpname::SHARE_FILE`], held while the tier is
     /// open: whether another tier holds one too says whether this one is alone.
     share: Box<dyn FileLock>,
+    /// The start-up verification still running, and how far it is.
+    verifier: Option<Verifier>,
+    verification: VerifyProgress,
+    /// A buffer for the verifier's verdicts.
+    verdicts: Vec<Verdict>,
+    /// The crashed runs' markers, removed once the verification has finished.
+    stale: startup::Stale,
 }
 
 impl std::fmt::Debug for FsTier {
@@ -250,13 +260,15 @@ impl FsTier {
         let opened = (|| {
             let share = fs.lock_shared(&rank_dir.join(tmpname::SHARE_FILE))?;
             let o_direct = crate::direct::resolve_with(config.o_direct, &rank_dir, |dir| fs.probe_o_direct(dir))?;
-            let (index, mut startup, stale) = startup::recover(&*fs, &layout, config, &marker.path)?;
-            startup.o_direct = o_direct;
+            let recovered = startup::recover(&*fs, &layout, config, &marker.path)?;
             let exec = make_executor(o_direct)?;
-            startup::remove_stale_markers(&*fs, &stale);
-            Ok((share, index, startup, exec))
+            let verifier = match recovered.verify.is_empty() {
+                true => None,
+                false => Some(Verifier::start(Arc::clone(&fs), layout.clone(), recovered.verify)?),
+            };
+            Ok((share, o_direct, recovered.index, recovered.report, recovered.stale, verifier, exec))
         })();
-        let (share, index, startup, exec) = match opened {
+        let (share, o_direct, index, mut startup, stale, verifier, exec) = match opened {
             Ok(parts) => parts,
             Err(e) => {
                 // Nothing was written: the marker goes, so the next start-up sees no crash.
@@ -264,7 +276,9 @@ impl FsTier {
                 return Err(e);
             }
         };
-        Ok(FsTier {
+        startup.o_direct = o_direct;
+        let verification = VerifyProgress { total: verifier.as_ref().map_or(0, Verifier::total), ..Default::default() };
+        let mut tier = FsTier {
             fs,
             namespace: layout.namespace_bytes(),
             layout,
@@ -288,12 +302,70 @@ impl FsTier {
             closed: false,
             marker: Some(marker),
             share,
-        })
+            verifier,
+            verification,
+            verdicts: Vec::new(),
+            stale,
+        };
+        if tier.verifier.is_none() {
+            // Nothing to verify: the crashed runs are dealt with.
+            startup::remove_stale_markers(&*tier.fs, &tier.stale);
+            tier.verification.finished = true;
+        }
+        Ok(tier)
     }
 
     /// What start-up found.
     pub fn startup(&self) -> &StartupReport {
         &self.startup
+    }
+
+    /// How far the start-up verification is (see [`verify`]); all zeros, and finished, when
+    /// there was nothing to verify. It advances at each poll.
+    pub fn verification(&self) -> VerifyProgress {
+        self.verification
+    }
+
+    /// Waits until the start-up verification has finished (checking the blocks left on this
+    /// thread where the disk runs no thread of its own), and takes in its verdicts.
+    pub fn wait_verified(&mut self) {
+        if let Some(verifier) = self.verifier.as_mut() {
+            verifier.run_to_end();
+        }
+        self.advance_verification(usize::MAX);
+    }
+
+    /// Takes in the verifier's verdicts (checking up to `budget` blocks first where it has no
+    /// thread); once every block has one, removes the crashed runs' markers.
+    fn advance_verification(&mut self, budget: usize) {
+        let Some(verifier) = self.verifier.as_mut() else { return };
+        let mut verdicts = std::mem::take(&mut self.verdicts);
+        let done = verifier.take(budget, &mut verdicts);
+        for verdict in verdicts.drain(..) {
+            self.verification.checked += 1;
+            match verdict {
+                Verdict::Intact | Verdict::Gone => {}
+                Verdict::Unreadable => self.verification.unreadable += 1,
+                // A load in flight verifies the block itself; a block no longer indexed was
+                // evicted (its file reused or gone) or found corrupt by a load already.
+                Verdict::Torn(key, id) if self.index.contains(&key) && !self.reading.contains_key(&key) => {
+                    // Only the file that was read: one that replaced it since stays indexed.
+                    let path = self.layout.block_path(&key);
+                    if self.fs.remove_if_same(&path, id).unwrap_or(false) || !self.fs.is_file(&path) {
+                        self.index.remove(&key);
+                        self.verification.torn_removed += 1;
+                        self.startup.torn_removed += 1;
+                    }
+                }
+                Verdict::Torn(..) => {}
+            }
+        }
+        self.verdicts = verdicts;
+        if done {
+            self.verifier = None;
+            startup::remove_stale_markers(&*self.fs, &self.stale);
+            self.verification.finished = true;
+        }
     }
 
     /// Counters since start-up.
@@ -603,6 +675,9 @@ impl SecondaryTier for FsTier {
     fn poll_finished(&mut self, out: &mut Completions) {
         self.drive(Wait::No);
         self.collect();
+        if self.verifier.is_some() {
+            self.advance_verification(verify::BLOCKS_PER_POLL);
+        }
         out.append(&mut self.finished);
     }
 
@@ -630,6 +705,9 @@ impl SecondaryTier for FsTier {
     fn shutdown(&mut self, out: &mut Completions) {
         if !self.closed {
             self.closed = true;
+            // An unfinished verification stops here; the crashed runs' markers stay, and the
+            // next start-up verifies again.
+            self.verifier = None;
             // Ops still waiting for room never ran: cancelled, like the executor's queued ones.
             for (_, part) in self.waiting.drain(..) {
                 part.finish(Outcome::Cancelled.code());

@@ -20,19 +20,26 @@
 //! - **Recency** after a restart is the files' modification times (a store writes its file, a
 //!   reuse overwrites it): the oldest is the least recently used, ties broken by key. Loads
 //!   and touches of the previous run are not remembered (they write nothing to disk).
-//! - **Crash markers.** An unlocked marker was left by a run that did not shut down: if
-//!   the machine rebooted since (another boot id) and blocks were not `fsync`ed, files it
-//!   published may have lost their data, so start-up reads and verifies every native block and
-//!   removes those that fail before indexing them. A run of this boot that did not sync its
-//!   blocks left them in the page cache: the file system is synced before its marker goes. A
-//!   process crash alone loses nothing (the page cache survives it): only its stale temp files
-//!   are swept. vLLM-format blocks carry no checksum and cannot be verified; a load still
-//!   catches a wrong length.
+//! - **Crash markers.** An unlocked marker was left by a run that did not shut down. A process
+//!   crash alone loses nothing (the page cache survives it): only its stale temp files are
+//!   swept, and if its blocks were not synced, the file system is synced before its marker
+//!   goes. If the machine rebooted since (another boot id) and blocks were not `fsync`ed,
+//!   files that run wrote may have lost their data (a power cut: empty, truncated, torn). Those
+//!   files are the ones not older than its marker (written when the run started; a store
+//!   writes its file, a reuse overwrites it: either sets the modification time), so only they
+//!   are suspect:
+//!   - native blocks are verified in the background ([`super::verify`]): `open` does not wait,
+//!     loads verify every block they read meanwhile, a torn block is removed, one that cannot
+//!     be read is kept;
+//!   - vLLM-format blocks carry no checksum, so a zero-filled file of the right length cannot
+//!     be told from a block: they are removed (the cache loses them; it never serves them).
+//!     A vLLM process writing the directory during this start-up may lose fresh blocks to it.
 //! - **The bound**: blocks beyond [`FsTierConfig::max_blocks`] are removed, least recently used
 //!   (oldest) first; [`StartupReport::evicted`] counts them, and a line on stderr says so.
 //!
-//! Stale markers are removed only once all this is done and the new marker is written, so a
-//! crash during start-up leaves them for the next one.
+//! Stale markers are removed only once all this is done (the background verification
+//! included) and the new marker is written, so a crash before that leaves them for the next
+//! start-up.
 
 use std::collections::HashSet;
 use std::io;
@@ -41,7 +48,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kvtier_core::OffloadKey;
 
-use crate::format;
 use crate::index::BlockIndex;
 use crate::layout::BlockLayout;
 use crate::namespace::Layout;
@@ -66,11 +72,17 @@ pub struct StartupReport {
     pub wrong_length_removed: usize,
     /// Markers of runs that did not shut down cleanly (their processes are gone).
     pub crashed_runs: usize,
-    /// Whether every native block was read and verified (after a crashed run in an earlier
-    /// boot that did not sync its blocks).
+    /// Whether the native blocks a crashed run of an earlier boot may have written without
+    /// syncing them are being verified, in the background ([`super::FsTier::verification`]
+    /// says how far it is).
     pub verified: bool,
-    /// Blocks that failed that verification (removed, never indexed).
+    /// Blocks that failed that verification so far (removed); final once the verification
+    /// has finished.
     pub torn_removed: usize,
+    /// vLLM-format block files a crashed run of an earlier boot may have written without
+    /// syncing them (not older than its marker), removed: raw rows carry no checksum, so a
+    /// zero-filled file of the right length cannot be told from a block (issue 11, item 5).
+    pub unverifiable_removed: usize,
     /// How long the scan took.
     pub scan_time: Duration,
     /// Whether O_DIRECT is used.
@@ -84,22 +96,35 @@ pub(super) struct Stale {
     /// verification leaves them for the next start-up).
     markers: Vec<PathBuf>,
     /// A run of another boot (or an unknown one) did not sync its blocks: verify them.
-    verify: bool,
+    pub verify: bool,
+    /// The oldest such run's marker's modification time (a recency stamp): the blocks it may
+    /// have written are not older than that (0 when unknown: all of them).
+    since: u64,
     /// A run of this boot did not sync its blocks: their data is in the page cache, not on
     /// disk yet. Sync the file system before the markers go.
     sync: bool,
 }
 
-/// Rebuilds the index of `layout`'s rank directory on `fs`: the scan, the verification a
-/// crashed run calls for, and the bound. Returns the index, the report (all but `scan_time`
-/// and `o_direct`, which the caller fills in) and the stale markers to remove once the new one
-/// is written.
+/// What start-up found and left to do.
+#[derive(Debug)]
+pub(super) struct Recovered {
+    pub index: BlockIndex,
+    /// All but `scan_time` and `o_direct`, which the caller fills in.
+    pub report: StartupReport,
+    /// The crashed runs' markers, to remove once `verify` is done.
+    pub stale: Stale,
+    /// Native blocks to verify in the background (see [`super::verify`]).
+    pub verify: Vec<OffloadKey>,
+}
+
+/// Rebuilds the index of `layout`'s rank directory on `fs`: the scan, what a crashed run
+/// calls for, and the bound.
 pub(super) fn recover(
     fs: &dyn Vfs,
     layout: &Layout,
     config: &FsTierConfig,
     own_marker: &Path,
-) -> io::Result<(BlockIndex, StartupReport, Stale)> {
+) -> io::Result<Recovered> {
     let started = Instant::now();
     let rank_dir = layout.rank_dir();
     let mut index = BlockIndex::new();
@@ -111,25 +136,24 @@ pub(super) fn recover(
     let found = Found { index: &mut index, stamps: &mut stamps, file_len, own_marker };
     scan(fs, layout, rank_dir, found, &mut report, boot.as_deref(), &mut stale)?;
     index.reorder(&mut stamps);
-    drop(stamps);
     report.crashed_runs = stale.markers.len();
-    if stale.verify && config.format == StorageFormat::Native {
-        report.verified = true;
-        let namespace = layout.namespace_bytes();
-        let keys: Vec<OffloadKey> = index.keys_by_recency().collect();
-        for key in keys {
-            let path = layout.block_path(&key);
-            let intact = fs.read(&path).is_ok_and(|bytes| format::verify_file(&bytes, &namespace, &key).is_ok());
-            if !intact {
-                let _ = fs.remove_file(&path);
-                index.remove(&key);
-                report.torn_removed += 1;
+    // The blocks a crashed unsynced run of another boot may have written: the most recent,
+    // from this position of the recency order on.
+    let mut suspect_from = if stale.verify { stamps.partition_point(|&(s, _)| s < stale.since) } else { index.len() };
+    drop(stamps);
+    if stale.verify && config.format == StorageFormat::Vllm {
+        let suspects: Vec<OffloadKey> = index.keys_by_recency().skip(suspect_from).collect();
+        for key in suspects {
+            index.remove(&key);
+            if fs.remove_file(&layout.block_path(&key)).is_ok() {
+                report.unverifiable_removed += 1;
             }
         }
     }
     if let Some(max) = config.max_blocks {
         while index.len() > max {
             let Some(victim) = index.pop_victim(|_| false) else { break };
+            suspect_from = suspect_from.saturating_sub(1);
             if fs.remove_file(&layout.block_path(&victim)).is_ok() {
                 report.evicted += 1;
             }
@@ -146,9 +170,14 @@ pub(super) fn recover(
     if stale.sync {
         fs.sync_fs(rank_dir)?;
     }
+    let verify: Vec<OffloadKey> = match config.format {
+        StorageFormat::Native if stale.verify => index.keys_by_recency().skip(suspect_from).collect(),
+        _ => Vec::new(),
+    };
+    report.verified = !verify.is_empty();
     report.blocks_indexed = index.len();
     report.scan_time = started.elapsed();
-    Ok((index, report, stale))
+    Ok(Recovered { index, report, stale, verify })
 }
 
 /// This run's open marker: its path, and the lock that says the run is alive.
@@ -204,9 +233,10 @@ pub(super) fn remove_stale_markers(fs: &dyn Vfs, stale: &Stale) {
     }
 }
 
-/// An unlocked open marker found at start-up: a run that did not shut down. What it says (its
-/// boot, whether its blocks were synced) decides what start-up does.
-fn stale_marker(fs: &dyn Vfs, path: &Path, boot: Option<&str>, stale: &mut Stale) {
+/// An unlocked open marker found at start-up (last modified at `modified`, when it was
+/// written): a run that did not shut down. What it says (its boot, whether its blocks were
+/// synced) decides what start-up does.
+fn stale_marker(fs: &dyn Vfs, path: &Path, modified: Option<SystemTime>, boot: Option<&str>, stale: &mut Stale) {
     let content = fs.read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&content);
     let mut lines = text.lines();
@@ -217,6 +247,10 @@ fn stale_marker(fs: &dyn Vfs, path: &Path, boot: Option<&str>, stale: &mut Stale
         if same_boot {
             stale.sync = true;
         } else {
+            // The oldest such marker bounds what may be torn; a marker of unknown age
+            // bounds nothing (everything is suspect).
+            let since = stamp(modified);
+            stale.since = if stale.verify { stale.since.min(since) } else { since };
             stale.verify = true;
         }
     }
@@ -268,7 +302,7 @@ fn markers(
             continue;
         }
         match fs.is_locked(&path) {
-            Ok(false) => stale_marker(fs, &path, boot, stale),
+            Ok(false) => stale_marker(fs, &path, entry.modified, boot, stale),
             // Removed since the listing: its run shut down.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Locked, or it cannot be told (another user's file, say): its run is taken for
