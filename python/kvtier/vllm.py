@@ -104,6 +104,7 @@ COUNTERS = {
     "failed": "Other failed block operations.",
     "evicted": "Blocks evicted to stay within the capacity bound.",
     "refused": "Block stores refused for want of room.",
+    "given_up": "Blocks given up after repeated failed loads (dropped from the index, files kept).",
 }
 METRIC_PREFIX = "vllm:kv_offload_kvtier_"
 BLOCKS_GAUGE = METRIC_PREFIX + "blocks"

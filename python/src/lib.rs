@@ -444,6 +444,7 @@ impl Tier {
             ("failed", s.failed),
             ("evicted", s.evicted),
             ("refused", s.refused),
+            ("given_up", s.given_up),
         ] {
             d.set_item(name, value)?;
         }
@@ -455,6 +456,12 @@ impl Tier {
         d.set_item("startup_stale_temps_removed", startup.stale_temps_removed)?;
         d.set_item("startup_evicted", startup.evicted)?;
         d.set_item("startup_torn_removed", startup.torn_removed)?;
+        d.set_item("startup_wrong_length_removed", startup.wrong_length_removed)?;
+        d.set_item("startup_unverifiable_removed", startup.unverifiable_removed)?;
+        let verification = fs.verification();
+        d.set_item("verify_total", verification.total)?;
+        d.set_item("verify_checked", verification.checked)?;
+        d.set_item("verify_finished", verification.finished)?;
         d.set_item("startup_scan_seconds", startup.scan_time.as_secs_f64())?;
         Ok(d)
     }

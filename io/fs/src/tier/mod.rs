@@ -11,7 +11,9 @@
 //! - A store skips blocks already on disk; a block becomes visible to lookups once its job
 //!   has finished (its file was published before).
 //! - A load of a block that turned out missing or corrupt drops it from the index (the
-//!   executor already removed a corrupt file); a transient failure keeps both.
+//!   executor already removed a corrupt file); a transient failure keeps both, but a block
+//!   whose loads keep failing is held back from lookups, longer each time, and given up after
+//!   [`LOAD_FAILURES_TO_GIVE_UP`] failures in a row (its file kept).
 //! - Every job is reported exactly once, a job with no block included.
 //! - **Back-pressure**: an op the executor has no room for waits in the tier's own queue and is
 //!   submitted, oldest first, as the executor frees room (at every poll): nothing a caller
@@ -170,6 +172,9 @@ pub struct FsStats {
     /// Stores refused for want of room (every block busy) or while the block's own eviction
     /// was in flight.
     pub refused: u64,
+    /// Blocks given up after [`LOAD_FAILURES_TO_GIVE_UP`] failed loads in a row: dropped from
+    /// the index, their files kept.
+    pub given_up: u64,
 }
 
 /// The file-system tier over an [`Executor`].
@@ -211,6 +216,10 @@ pub struct FsTier {
     verification: VerifyProgress,
     /// A buffer for the verifier's verdicts.
     verdicts: Vec<Verdict>,
+    /// Blocks whose loads failed lately (see [`LOAD_FAILURES_TO_GIVE_UP`]).
+    failing: HashMap<OffloadKey, Failing>,
+    /// Polls so far: the clock of load back-off.
+    polls: u64,
     /// The crashed runs' markers, removed once the verification has finished.
     stale: startup::Stale,
 }
@@ -305,6 +314,8 @@ impl FsTier {
             verifier,
             verification,
             verdicts: Vec::new(),
+            failing: HashMap::new(),
+            polls: 0,
             stale,
         };
         if tier.verifier.is_none() {
@@ -629,6 +640,7 @@ impl FsTier {
             (Outcome::Ok, Direction::Store) if self.evicting_keys.contains(&key) => self.stats.blocks_stored += 1,
             (Outcome::Ok, Direction::Store) => {
                 self.index.insert(key);
+                self.failing.remove(&key);
                 self.stats.blocks_stored += 1;
             }
             (Outcome::Ok, Direction::Load) => self.stats.blocks_loaded += 1,
@@ -643,12 +655,71 @@ impl FsTier {
             (Outcome::Transient(_), _) => self.stats.transient += 1,
             (Outcome::Failed(_) | Outcome::Cancelled, _) => self.stats.failed += 1,
         }
+        if dir == Direction::Load {
+            self.note_load(key, &outcome);
+        }
         outcome.is_ok()
     }
+
+    /// Counts a load's failure against its key (see [`LOAD_FAILURES_TO_GIVE_UP`]): a block
+    /// that loaded, or that a load found gone or corrupt, is forgotten; one that failed again
+    /// is held back from lookups for twice as many polls as last time, and given up (dropped
+    /// from the index, its file kept) at the limit.
+    fn note_load(&mut self, key: OffloadKey, outcome: &Outcome) {
+        let failed = match outcome {
+            Outcome::Transient(_) => true,
+            // The op's own fault (a lease conflict, a slot out of range), or no fault of the
+            // block's (a shutdown): not the block's failure.
+            Outcome::Failed(OpError::Busy | OpError::OutOfRange) | Outcome::Cancelled => return,
+            Outcome::Failed(_) => true,
+            Outcome::Ok | Outcome::NotFound | Outcome::Corrupt(_) => false,
+        };
+        if !failed {
+            self.failing.remove(&key);
+            return;
+        }
+        let failures = self.failing.get(&key).map_or(0, |f| f.failures) + 1;
+        if failures < LOAD_FAILURES_TO_GIVE_UP {
+            let until = self.polls + (1 << failures);
+            self.failing.insert(key, Failing { failures, until });
+        } else if self.index.remove(&key) {
+            self.stats.given_up += 1;
+            // Remembered only where a lookup could find the file again (probe-on-miss).
+            match self.probe_on_miss {
+                true => self.failing.insert(key, Failing { failures, until: u64::MAX }),
+                false => self.failing.remove(&key),
+            };
+        }
+    }
+
+    /// Whether `key`'s loads failed lately and it is held back from lookups for now.
+    fn held_back(&self, key: &OffloadKey) -> bool {
+        self.failing.get(key).is_some_and(|f| self.polls < f.until)
+    }
+}
+
+/// Loads of one block that fail in a row (transient errors, failed reads) before the tier
+/// gives it up: it leaves the index, its file stays (a later start-up indexes it again).
+/// Without a limit, a block whose loads always fail would be promoted forever: every lookup
+/// answers "on disk", the engine frees a ready CPU block for it, the load fails, the slot is
+/// freed, and so on. Between failures the block is held back from lookups (they answer Miss)
+/// for 2, 4, 8, 16 polls.
+pub const LOAD_FAILURES_TO_GIVE_UP: u32 = 5;
+
+/// A block whose loads failed lately.
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    /// Failures in a row.
+    failures: u32,
+    /// Lookups answer Miss until this poll (`u64::MAX`: given up).
+    until: u64,
 }
 
 impl SecondaryTier for FsTier {
     fn lookup(&mut self, key: &OffloadKey, _req: ReqContext) -> TierLookup {
+        if self.held_back(key) {
+            return TierLookup::Miss;
+        }
         if self.index.contains(key) {
             return TierLookup::Hit;
         }
@@ -673,6 +744,7 @@ impl SecondaryTier for FsTier {
     }
 
     fn poll_finished(&mut self, out: &mut Completions) {
+        self.polls += 1;
         self.drive(Wait::No);
         self.collect();
         if self.verifier.is_some() {
