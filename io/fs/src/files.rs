@@ -8,11 +8,34 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::op::FileId;
 use crate::vfs::Identity;
+
+/// Creates `dir` and its missing ancestors, and returns the directories this call created,
+/// outermost first (a directory another thread creates meanwhile is not counted): a store that
+/// must make its rename durable syncs the parent of each of them too.
+pub fn create_dirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    for at in dir.ancestors() {
+        match std::fs::symlink_metadata(at) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(at.to_path_buf()),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut created = Vec::with_capacity(missing.len());
+    for at in missing.into_iter().rev() {
+        match std::fs::create_dir(&at) {
+            Ok(()) => created.push(at),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(created)
+}
 
 /// Removes the file at `path` only if it is still `read`, the file that was read (a corrupt
 /// block, say), and reports whether it did. A stat then an unlink would race a writer that
@@ -131,6 +154,16 @@ impl ExtentFiles {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn created_directories_are_listed_outermost_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        assert_eq!(create_dirs(&deep).unwrap(), [dir.path().join("a"), dir.path().join("a/b"), deep.clone()]);
+        assert!(create_dirs(&deep).unwrap().is_empty(), "nothing left to create");
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        assert!(create_dirs(&dir.path().join("f/x")).is_err());
+    }
 
     /// A file replaced since it was read is never removed, and goes back where it was.
     #[test]

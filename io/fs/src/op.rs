@@ -87,7 +87,8 @@ pub struct FileOp {
     pub target: Target,
     /// The block's layout.
     pub format: BlockFormat,
-    /// `fdatasync` the block before publishing it (stores).
+    /// Stores: `fdatasync` the block before publishing it, and `fsync` the directories its
+    /// name lives in after (so it survives a power cut once reported stored).
     pub sync: bool,
     /// Stores to a path only: a block file to take out of the namespace first, to make room.
     pub evict: Option<Box<Evict>>,

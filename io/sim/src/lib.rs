@@ -21,7 +21,9 @@
 //! (`kvtier_fs`'s submit prologue, block layout and outcomes): leases at submission (a refused
 //! lease fails the op at once); a store writes `{final}.{pid}.{seq:x}.tmp` (creating missing
 //! directories), `fdatasync`s it if asked (which makes it durable, see the crash model in
-//! [`disk`]) and renames it onto the final path, removing the temp file on any failure; a load
+//! [`disk`]) and renames it onto the final path, removing the temp file on any failure (the
+//! sim disk's namespace is journaled: the directory `fsync` a kernel executor adds after a
+//! synced store's rename has nothing to do here); a load
 //! checks the length, reads, verifies a native header and removes a corrupt file. An extent op
 //! writes or reads its range of a file [`Executor::open_file`] opened (the write lands at a
 //! random tick before the op completes; without `sync` the range is dirty until a sync, see the

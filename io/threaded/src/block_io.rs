@@ -28,7 +28,7 @@ use std::ffi::{CStr, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kvtier_core::Direction;
 use kvtier_fs::direct::{open_flag, DIRECT_ALIGN};
@@ -90,6 +90,7 @@ pub struct BlockIo {
     path: Vec<u8>,
     temp: Vec<u8>,
     victim: Vec<u8>,
+    dir: Vec<u8>,
 }
 
 impl BlockIo {
@@ -102,6 +103,7 @@ impl BlockIo {
             path: Vec::with_capacity(256),
             temp: Vec::with_capacity(256),
             victim: Vec::with_capacity(256),
+            dir: Vec::with_capacity(256),
         })
     }
 
@@ -136,15 +138,19 @@ impl BlockIo {
             Ok(p) => p,
             Err(e) => return Outcome::Failed(e),
         };
+        // Directories this store creates: with `sync`, their entries are made durable too.
+        let mut created = Vec::new();
         let mut reused = match &op.evict {
-            Some(evict) => match evict_victim(&mut self.victim, &mut self.temp, evict, path, direct, layout) {
-                Ok(fd) => fd,
-                Err(e) => return Outcome::Failed(e),
-            },
+            Some(evict) => {
+                match evict_victim(&mut self.victim, &mut self.temp, evict, path, direct, layout, &mut created) {
+                    Ok(fd) => fd,
+                    Err(e) => return Outcome::Failed(e),
+                }
+            }
             None => None,
         };
 
-        let mut made_dirs = false;
+        let mut made_dirs = !created.is_empty();
         let mut attempts = 0;
         let fd = loop {
             if let Some(fd) = reused.take() {
@@ -164,8 +170,9 @@ impl BlockIo {
                     let Some(parent) = path.parent() else {
                         return Outcome::Failed(e.into());
                     };
-                    if let Err(e) = std::fs::create_dir_all(parent) {
-                        return Outcome::store_failure(e.into());
+                    match kvtier_fs::files::create_dirs(parent) {
+                        Ok(dirs) => created.extend(dirs),
+                        Err(e) => return Outcome::store_failure(e.into()),
                     }
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) && attempts + 1 < TEMP_ATTEMPTS => attempts += 1,
@@ -180,13 +187,20 @@ impl BlockIo {
         };
         // `self.temp` holds the temp path that was opened.
         let temp = CStr::from_bytes_with_nul(&self.temp).expect("checked by c_path");
-        match write_and_publish(fd, &bufs[..n], op.sync, temp, final_path) {
-            Ok(()) => Outcome::Ok,
-            Err(e) => {
-                let _ = sys::unlink(temp);
-                Outcome::store_failure(e)
+        if let Err(e) = write_and_publish(fd, &bufs[..n], op.sync, temp, final_path) {
+            let _ = sys::unlink(temp);
+            return Outcome::store_failure(e);
+        }
+        if op.sync {
+            if let Err(e) = sync_dirs(&mut self.dir, path, &created) {
+                // Published but not durable: it goes, so the caller is never told a block is
+                // stored that a power cut could take away.
+                let final_path = CStr::from_bytes_with_nul(&self.path).expect("checked by c_path");
+                let _ = sys::unlink(final_path);
+                return Outcome::store_failure(e);
             }
         }
+        Outcome::Ok
     }
 
     fn load(&mut self, op: &FileOp, path: &Path, layout: &BlockLayout, lease: &mut Lease) -> Outcome {
@@ -300,6 +314,7 @@ fn evict_victim(
     final_path: &Path,
     direct: libc::c_int,
     layout: &BlockLayout,
+    created: &mut Vec<PathBuf>,
 ) -> Result<Option<OwnedFd>, OpError> {
     let victim = c_path(victim_buf, evict.path.as_os_str())?;
     if evict.reuse {
@@ -309,7 +324,8 @@ fn evict_victim(
         if renamed.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)) {
             // Most often the new block's directory does not exist yet (vLLM's layout gives
             // nearly every block a directory of its own): make it, and try once more.
-            if final_path.parent().is_some_and(|dir| std::fs::create_dir_all(dir).is_ok()) {
+            if let Some(Ok(dirs)) = final_path.parent().map(kvtier_fs::files::create_dirs) {
+                created.extend(dirs);
                 renamed = sys::rename(victim, temp);
             }
         }
@@ -333,6 +349,19 @@ fn evict_victim(
     // Gone already, or not reusable: it leaves the namespace all the same.
     let _ = sys::unlink(victim);
     Ok(None)
+}
+
+/// Makes a published block's name durable (`fsync` of the directory holding it), and the
+/// names of the directories the store created (`fsync` of each one's parent): a rename is only
+/// as durable as its directory, and `fdatasync` of the file does not sync it.
+fn sync_dirs(buf: &mut Vec<u8>, final_path: &Path, created: &[PathBuf]) -> Result<(), OpError> {
+    for dir in final_path.parent().into_iter().chain(created.iter().filter_map(|d| d.parent())) {
+        let dir = c_path(buf, dir.as_os_str())?;
+        let fd = sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+        sys::fsync(fd.as_fd())?;
+        sys::close(fd)?;
+    }
+    Ok(())
 }
 
 /// Writes `bufs` to the temp file `fd`, syncs it if asked, closes it and renames it onto

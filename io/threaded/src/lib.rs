@@ -25,7 +25,10 @@
 //!   `poll` exactly once.
 //! - **Store**: a unique temp file (`{final}.{pid}.{seq:x}.tmp`, `O_CREAT|O_EXCL`, mode 0644;
 //!   parent directories created only when `open` says `ENOENT`), the whole block written (a
-//!   short write is a failure), optional `fdatasync`, close, `rename` onto the final path. Any
+//!   short write is a failure), optional `fdatasync`, close, `rename` onto the final path, and
+//!   with `sync` an `fsync` of the directory holding it and of the parents of the directories
+//!   the store created (a rename is only as durable as its directory; a block whose directory
+//!   cannot be synced is unlinked and the store fails). Any
 //!   failure removes the temp file; resource exhaustion (`EMFILE`, `ENFILE`, `ENOMEM`, `EAGAIN`)
 //!   is [`Outcome::Transient`], anything else (`ENOSPC`, `EDQUOT`, `EIO`...) [`Outcome::Failed`].
 //!   A native block's zero padding is written from the row when the row's tail is zero, else

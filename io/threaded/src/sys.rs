@@ -60,6 +60,17 @@ pub fn fdatasync(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// `fsync(fd)`, retrying `EINTR` (a directory's: its entries become durable).
+pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        // SAFETY: `fd` is an open descriptor borrowed for the call; no memory is passed.
+        match cvt(unsafe { libc::fsync(fd.as_raw_fd()) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r.map(drop),
+        }
+    }
+}
+
 /// `ftruncate(fd, len)`, retrying `EINTR`.
 pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;

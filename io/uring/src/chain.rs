@@ -11,7 +11,11 @@
 //! `fsync(DATASYNC)` and a second one does `close` -> `renameat`: a failed `fsync` (like a
 //! failed `renameat`) sets no failure flag in the kernel (Linux 6.18), so it neither breaks a
 //! soft link nor posts a skipped CQE; only the last step of a chain is sure to be heard from
-//! (checked by `ring::link_semantics`). Then:
+//! (checked by `ring::link_semantics`). With `fsync`, once the block is published, one chain
+//! per directory makes its name durable: `openat(dir, O_RDONLY|O_DIRECTORY)` soft-linked to
+//! `fsync`, hard-linked to `close`, for the directory holding the block and the parent of
+//! each directory the store created (a failure unlinks the published block and fails the
+//! store). Then:
 //! - `ENOENT` from the temp `openat`: the parent directories are created, one `mkdirat` per
 //!   chain, walking up until one exists and back down (once per op), and the chain is
 //!   resubmitted under a fresh temp name;
@@ -98,6 +102,7 @@ enum Step {
     Unlink,
     Aside,
     Restore,
+    DirOpen,
 }
 
 /// A chain: its steps, their SQEs and links, and the bytes each transfer must move.
@@ -179,6 +184,7 @@ enum Phase {
     Recheck,
     Aside,
     Unlink,
+    DirSync,
 }
 
 /// What to do with a record whose chain finished.
@@ -206,6 +212,9 @@ pub struct Flow {
     attempts: u32,
     /// Directories still to create, the next one last.
     dirs: Vec<PathBuf>,
+    /// Directories this store created, and, once published with `sync`, the directories
+    /// still to `fsync` (the next one last).
+    created: Vec<PathBuf>,
     /// What a store's cleanup chain reports.
     failure: Option<Outcome>,
     /// A load's corruption reason.
@@ -266,6 +275,7 @@ impl Flow {
             publish_next: false,
             attempts: 0,
             dirs: Vec::new(),
+            created: Vec::new(),
             failure: None,
             reason: "",
         };
@@ -320,6 +330,7 @@ impl Flow {
             },
             Phase::Recheck => self.recheck_done(rec),
             Phase::Aside => self.aside_done(rec),
+            Phase::DirSync => self.dir_sync_done(rec),
             Phase::Unlink => Next::Done(Outcome::Corrupt(self.reason)),
         }
     }
@@ -488,7 +499,11 @@ impl Flow {
     fn store_done(&mut self, rec: &mut Idle<'_>) -> Next {
         let (c, r) = (self.chain, *rec.results);
         let Some(k) = (0..c.len).find(|&k| !c.ok(&r, k)) else {
-            return if self.publish_next { self.publish_chain() } else { Next::Done(Outcome::Ok) };
+            return match (self.publish_next, rec.op.sync) {
+                (true, _) => self.publish_chain(),
+                (false, true) => self.start_dir_syncs(rec),
+                (false, false) => Next::Done(Outcome::Ok),
+            };
         };
         self.publish_next = false;
         let err = if r[k] < 0 { OpError::from_res(r[k]) } else { OpError::Short };
@@ -517,6 +532,44 @@ impl Flow {
         // kernel ever let it, the torn file it published is what gets removed.
         let published = c.at(Step::Rename).is_some_and(|i| c.ok(&r, i));
         self.cleanup(Outcome::store_failure(err), !closed, if published { PathSel::Final } else { PathSel::Temp })
+    }
+
+    /// The block is published: with `sync`, its name is made durable too (`fsync` of the
+    /// directory holding it, and of the parent of each directory the store created; a rename
+    /// is only as durable as its directory, and `fdatasync` of the file does not sync it).
+    fn start_dir_syncs(&mut self, rec: &mut Idle<'_>) -> Next {
+        let mut dirs: Vec<PathBuf> = self.created.iter().filter_map(|d| d.parent()).map(PathBuf::from).collect();
+        dirs.extend(rec.op.target.path().and_then(|p| p.parent()).map(PathBuf::from));
+        self.created = dirs;
+        self.dir_sync_next(rec)
+    }
+
+    /// `openat(dir, O_RDONLY|O_DIRECTORY)` into the record's slot -> `fsync` -> `close` of the
+    /// next directory to sync (the `close` hard-linked: it runs whatever the `fsync` did).
+    fn dir_sync_next(&mut self, rec: &mut Idle<'_>) -> Next {
+        let Some(dir) = self.created.last() else { return Next::Done(Outcome::Ok) };
+        if rec.set_path(PathSel::Dir, &[dir.as_os_str().as_bytes()]).is_err() {
+            return Next::Done(Outcome::Failed(OpError::BadPath));
+        }
+        let mut c = Chain::new();
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY;
+        c.add(Step::DirOpen, Sqe::Open { path: PathSel::Dir, flags, mode: 0 }, Link::Soft, 0);
+        c.add(Step::Sync, Sqe::Sync { file: FileSel::Own }, Link::Hard, 0);
+        c.add(Step::Close, Sqe::Close, Link::End, 0);
+        self.chain = c;
+        self.phase = Phase::DirSync;
+        Next::Chain
+    }
+
+    fn dir_sync_done(&mut self, rec: &mut Idle<'_>) -> Next {
+        let r = rec.results;
+        if let Some(&res) = r[..2].iter().find(|&&res| res < 0) {
+            // Published but not durable: it goes, so the caller is never told a block is
+            // stored that a power cut could take away.
+            return self.cleanup(Outcome::store_failure(OpError::from_res(res)), false, PathSel::Final);
+        }
+        self.created.pop();
+        self.dir_sync_next(rec)
     }
 
     fn cleanup(&mut self, failure: Outcome, close: bool, remove: PathSel) -> Next {
@@ -557,7 +610,10 @@ impl Flow {
     fn mkdir_done(&mut self, rec: &mut Idle<'_>) -> Next {
         let res = rec.results[0];
         if res == 0 || res == -libc::EEXIST {
-            self.dirs.pop();
+            let made = self.dirs.pop();
+            if res == 0 {
+                self.created.extend(made);
+            }
             if !self.dirs.is_empty() {
                 return self.mkdir_next(rec);
             }

@@ -21,7 +21,9 @@
 //!   `writev` of header, row and padded last page for a native block: one I/O that extends the
 //!   new file once, where `write_fixed` would need one per buffer) -> `close` -> `renameat`,
 //!   soft-linked with `IOSQE_CQE_SKIP_SUCCESS` so that the whole store posts one CQE (with
-//!   `fsync`, two chains: the kernel does not break a link on a failed `fsync`); a store that
+//!   `fsync`, two chains: the kernel does not break a link on a failed `fsync`; then one more
+//!   per directory to sync: the one holding the block, and the parent of each directory the
+//!   store created, since a rename is only as durable as its directory); a store that
 //!   evicts a block first renames the victim's file to its temp name and overwrites it in
 //!   place (no inode allocation); **a load** is `openat` -> `read_fixed` of the header -> `read_fixed` of the
 //!   payload -> an end-of-file probe -> `close`, verified in userspace when its last CQE is

@@ -118,6 +118,11 @@ pub enum Sqe {
         /// The file.
         file: FileSel,
     },
+    /// `fsync` of `file` (a directory's: its entries become durable).
+    Sync {
+        /// The file.
+        file: FileSel,
+    },
     /// `close` of the record's direct descriptor (frees its slot).
     Close,
     /// `renameat` of path `from` onto path `to`.
@@ -279,6 +284,7 @@ fn entry(reg: &Registration, index: u32, rec: &Record, step: usize, sqe: Sqe) ->
             opcode::Writev::new(file(reg, index, f)?, iov.cast_const(), u32::from(n)).offset(offset).build()
         }
         Sqe::DataSync { file: f } => opcode::Fsync::new(file(reg, index, f)?).flags(FsyncFlags::DATASYNC).build(),
+        Sqe::Sync { file: f } => opcode::Fsync::new(file(reg, index, f)?).build(),
         Sqe::Close => opcode::Close::new(types::Fixed(index)).build(),
         Sqe::Rename { from, to } => opcode::RenameAt::new(cwd, path(rec, from)?, cwd, path(rec, to)?).build(),
         Sqe::Link { from, to } => opcode::LinkAt::new(cwd, path(rec, from)?, cwd, path(rec, to)?).build(),

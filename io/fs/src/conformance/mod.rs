@@ -63,8 +63,8 @@ pub use fixtures::*;
 /// executor's constructor, `|region: Arc<PrimaryRegion>, dir: &Path| -> impl Executor`.
 ///
 /// `executor_conformance!(disk = $disk; $make)` runs the cases (all but
-/// [`transient_errors_keep_the_file`] and [`corrupt_removal_spares_a_file_renamed_in_place`],
-/// which need the host's file system) on the disk `$disk`
+/// [`transient_errors_keep_the_file`], [`corrupt_removal_spares_a_file_renamed_in_place`] and
+/// [`synced_stores_survive_a_power_cut`], which need the host's file system) on the disk `$disk`
 /// (an expression evaluated once per test, whose value implements [`Vfs`]); `$make` is called
 /// with `&disk` and returns the executor's constructor.
 #[macro_export]
@@ -74,6 +74,10 @@ macro_rules! executor_conformance {
     };
     ($make:expr) => {
         $crate::executor_conformance!(@cases ($crate::vfs::HostFs); |_: &$crate::vfs::HostFs| $make);
+        #[test]
+        fn synced_stores_survive_a_power_cut() {
+            $crate::conformance::synced_stores_survive_a_power_cut($make);
+        }
         #[test]
         fn corrupt_removal_spares_a_file_renamed_in_place() {
             $crate::conformance::corrupt_removal_spares_a_file_renamed_in_place($make);
@@ -126,7 +130,8 @@ macro_rules! executor_conformance {
 /// re-run itself in a child process) on the host's file system, in one test.
 pub fn run_all<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(make: F) {
     run_all_on(&HostFs, &make);
-    corrupt_removal_spares_a_file_renamed_in_place(make);
+    corrupt_removal_spares_a_file_renamed_in_place(&make);
+    synced_stores_survive_a_power_cut(make);
 }
 
 /// [`run_all`] for an executor whose files live on `disk` (e.g. a simulated disk) rather than

@@ -91,7 +91,8 @@ pub struct FsTierConfig {
     pub format: StorageFormat,
     /// O_DIRECT: probe (`Auto`), require, or never.
     pub o_direct: DirectMode,
-    /// `fdatasync` every block before publishing it.
+    /// `fdatasync` every block before publishing it, and `fsync` its directory after: a block
+    /// reported stored survives a power cut.
     pub fsync: bool,
     /// On an index miss, check the disk (for directories shared with other processes).
     pub probe_on_miss: bool,
