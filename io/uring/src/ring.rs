@@ -100,6 +100,45 @@ fn nofile_limit() -> usize {
     }
 }
 
+/// The soft `RLIMIT_MEMLOCK`, in bytes (`None`: unlimited or unknown).
+fn memlock_limit() -> Option<u64> {
+    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `rl` is a valid, writable `rlimit` for the duration of the call.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) };
+    (rc == 0 && rl.rlim_cur != libc::RLIM_INFINITY).then_some(rl.rlim_cur)
+}
+
+/// `bytes` for a person: MiB or GiB with one decimal.
+fn size(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// The error of a failed registration of the region (`region` bytes) and the scratch arena
+/// (`arena` bytes): what registration does (it pins all of it, at once), and, for `ENOMEM`,
+/// the limit and how to raise it.
+fn registration_failed(e: io::Error, region: usize, arena: usize) -> io::Error {
+    let pinned = (region + arena) as u64;
+    let mut msg = format!(
+        "registering the primary region as io_uring fixed buffers pins all of it in memory at once ({}, and {} \
+         of scratch pages): {e}",
+        size(region as u64),
+        size(arena as u64)
+    );
+    if e.raw_os_error() == Some(libc::ENOMEM) {
+        let limit = memlock_limit().map_or("unlimited".to_string(), size);
+        msg.push_str(&format!(
+            "; without CAP_IPC_LOCK it counts against RLIMIT_MEMLOCK (memlock), {limit} here: raise it to at \
+             least {} (`ulimit -l`, systemd `LimitMEMLOCK=`, docker `--ulimit memlock=`) or use the threaded executor",
+            size(pinned)
+        ));
+    }
+    io::Error::new(e.kind(), msg)
+}
+
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what.to_string())
 }
@@ -167,10 +206,8 @@ impl Ring {
         // (which hold the arena's `Arc`) are fields of the ring, dropped after `uring`; and
         // registration pins the pages, so what the kernel writes through a fixed buffer lands
         // in pages it holds itself, whatever happens to the mapping.
-        unsafe { uring.submitter().register_buffers(&iovecs) }.map_err(|e| {
-            let hint = if e.raw_os_error() == Some(libc::ENOMEM) { " (RLIMIT_MEMLOCK too low?)" } else { "" };
-            io::Error::new(e.kind(), format!("registering the primary region as io_uring fixed buffers: {e}{hint}"))
-        })?;
+        unsafe { uring.submitter().register_buffers(&iovecs) }
+            .map_err(|e| registration_failed(e, region.mapping().map_or(0, |(_, len)| len), arena_len))?;
 
         let scratch = (0..records)
             .map(|i| arena.lease(SlotId(i as u32), Access::Write).map_err(io::Error::other))
