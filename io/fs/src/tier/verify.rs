@@ -4,9 +4,9 @@
 //! the native blocks it may have written (files not older than its open marker) are read and
 //! checked. `open` does not wait for it: the blocks are indexed at once and served, because a
 //! load verifies every native block it reads anyway (a torn one is `Corrupt`, removed and
-//! never served). A [`Verifier`] reads the files on a thread of its own (or, over a disk whose
+//! never served). A verifier reads the files on a thread of its own (or, over a disk whose
 //! [`Vfs::background_threads`] says no, a few at each poll of the tier), and hands its
-//! [`Verdict`]s to the tier's poll, which alone changes the index and removes files:
+//! verdicts to the tier's poll, which alone changes the index and removes files:
 //!
 //! - a file that fails the format's checks (a torn, truncated or foreign block) is removed,
 //!   but only if it is still the file that was read ([`Vfs::remove_if_same`]) and no load of
