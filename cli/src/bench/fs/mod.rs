@@ -128,6 +128,14 @@ pub struct FsArgs {
     /// The peer script. Default: `cli/bench/vllm_fs_peer.py` of this source tree.
     #[arg(long)]
     pub peer_script: Option<PathBuf>,
+    /// Open the tier with `fsync = true` (each block `fdatasync`ed, its directory `fsync`ed
+    /// after the rename); the ceiling and the peer do not sync.
+    #[arg(long)]
+    pub fsync: bool,
+    /// Ops the executor queues beyond those it runs; more wait in the tier's own queue.
+    /// Default: every block of a phase (nothing waits in the tier).
+    #[arg(long)]
+    pub queue_capacity: Option<usize>,
 }
 
 /// The file-system state a row was measured in.
@@ -159,6 +167,8 @@ pub(super) struct Ctx {
     pub(super) blocks: Option<u64>,
     pub(super) job_blocks: usize,
     pub(super) churn_files: u64,
+    pub(super) fsync: bool,
+    pub(super) queue_capacity: Option<usize>,
     /// Set once a page-cache drop failed (not root, or no /proc).
     pub(super) drop_failed: bool,
     /// Whether the tier found O_DIRECT usable (from the last tier opened).
@@ -251,6 +261,8 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
         blocks: args.blocks,
         job_blocks: args.job_blocks,
         churn_files: args.churn_files,
+        fsync: args.fsync,
+        queue_capacity: args.queue_capacity,
         drop_failed: false,
         tier_o_direct: None,
         next_job: 0,

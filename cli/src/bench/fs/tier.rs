@@ -208,7 +208,8 @@ pub(super) fn measure_kvtier(
     config.format = StorageFormat::Native;
     config.o_direct = DirectMode::Auto;
     config.max_blocks = (state == State::Full).then_some(rows as usize);
-    let queue_capacity = (n as usize).max(ThreadedConfig::DEFAULT_QUEUE_CAPACITY);
+    config.fsync = ctx.fsync;
+    let queue_capacity = ctx.queue_capacity.unwrap_or((n as usize).max(ThreadedConfig::DEFAULT_QUEUE_CAPACITY));
     let exec_region = Arc::clone(&region);
     let mut tier =
         FsTier::open(&config, |o_direct| make_executor(executor, exec_region, qd, queue_capacity, o_direct))?;
