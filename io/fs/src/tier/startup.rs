@@ -216,9 +216,14 @@ pub(super) fn mark_open(fs: &dyn Vfs, rank_dir: &Path, fsync: bool) -> io::Resul
                 temp = tmpname::temp_path_for(&path, pid, tmpname::next_seq());
                 lock = fs.create_locked(&temp, content.as_bytes())?;
             }
-            Err(e) => {
-                let _ = fs.remove_file(&temp);
-                return Err(e);
+            // A file system without hard links: a rename (which would replace a marker of the
+            // same name, a pid and counter another PID namespace may share: rare enough).
+            Err(_) => {
+                if let Err(e) = fs.rename(&temp, &path) {
+                    let _ = fs.remove_file(&temp);
+                    return Err(e);
+                }
+                return Ok(Marker { path, _lock: lock });
             }
         }
     }
