@@ -74,7 +74,7 @@ pub use event::{Event, EventLog, Medium};
 pub use jobs::{CompletionQueue, JobHandle, JobTable, JobTableStats, Part, TableError};
 pub use key::{JobId, KeyError, OffloadKey, ReqContext, ReqId, SlotId, GROUP_LEN, MAX_KEY_LEN};
 pub use lru::LruPolicy;
-pub use memory_tier::{MemoryTier, RowIo};
+pub use memory_tier::{MemoryTier, RowIo, RowRefused};
 pub use policy::{AnyPolicy, EvictionPolicy, PolicyKind};
 pub use pool::{PoolLookup, PrimaryPool, StorePlan, IN_FLIGHT};
 pub use tier::{Completions, Direction, Job, JobResult, SecondaryTier, TierLookup};

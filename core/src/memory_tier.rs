@@ -17,10 +17,22 @@ use crate::{OffloadKey, ReqContext, SlotId};
 pub trait RowIo: Send + Sync {
     /// Bytes per row.
     fn row_bytes(&self) -> usize;
-    /// Copies row `slot` into `dst` (`dst.len() == row_bytes()`).
-    fn read_row(&self, slot: SlotId, dst: &mut [u8]);
-    /// Copies `src` into row `slot` (`src.len() == row_bytes()`).
-    fn write_row(&self, slot: SlotId, src: &[u8]);
+    /// Copies row `slot` into `dst` (`dst.len() == row_bytes()`), or says why it could not.
+    fn read_row(&self, slot: SlotId, dst: &mut [u8]) -> Result<(), RowRefused>;
+    /// Copies `src` into row `slot` (`src.len() == row_bytes()`), or says why it could not.
+    fn write_row(&self, slot: SlotId, src: &[u8]) -> Result<(), RowRefused>;
+}
+
+/// A row copy the rows refused: the row is in use by another operation (its lease is taken,
+/// which the engine's protocol excludes) or the slot is not a row. Nothing was copied; the
+/// tier fails the key instead of reporting bytes it never moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowRefused;
+
+impl core::fmt::Display for RowRefused {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("the row is in use or out of range")
+    }
 }
 
 /// An in-memory secondary tier.
@@ -90,6 +102,18 @@ impl MemoryTier {
     }
 }
 
+impl MemoryTier {
+    /// Reports `job` with the per-key outcomes in `self.outcome`: one result when they agree
+    /// on success, per key otherwise.
+    fn push_outcome(&mut self, job: Job<'_>) {
+        if self.outcome.iter().all(|&ok| ok) {
+            self.finished.push(job.id, true);
+        } else {
+            self.finished.push_partial(job.id, self.outcome.iter().copied());
+        }
+    }
+}
+
 impl SecondaryTier for MemoryTier {
     fn lookup(&mut self, key: &OffloadKey, _req: ReqContext) -> TierLookup {
         if self.blocks.contains_key(key) {
@@ -99,33 +123,42 @@ impl SecondaryTier for MemoryTier {
         }
     }
 
-    /// Copies the rows now (the job's snapshot) and reports success at the next poll. A block
-    /// already held is kept as it is: content-addressed blocks do not change.
+    /// Copies the rows now (the job's snapshot) and reports the result at the next poll. A
+    /// block already held is kept as it is: content-addressed blocks do not change. A row the
+    /// rows refuse to read fails its key (and nothing is kept for it).
     fn submit_store(&mut self, job: Job<'_>) {
         if self.fail_stores > 0 {
             self.fail_stores -= 1;
             self.finished.push(job.id, false);
             return;
         }
+        self.outcome.clear();
         for (key, &slot) in job.keys.iter().zip(job.slots) {
-            if self.blocks.contains_key(key) {
-                continue;
-            }
-            let data: Box<[u8]> = match &self.rows {
-                Some(rows) => {
-                    let mut buf = alloc::vec![0u8; rows.row_bytes()].into_boxed_slice();
-                    rows.read_row(slot, &mut buf);
-                    buf
+            let stored = if self.blocks.contains_key(key) {
+                true
+            } else {
+                let data: Option<Box<[u8]>> = match &self.rows {
+                    Some(rows) => {
+                        let mut buf = alloc::vec![0u8; rows.row_bytes()].into_boxed_slice();
+                        rows.read_row(slot, &mut buf).ok().map(|()| buf)
+                    }
+                    None => Some(Box::default()),
+                };
+                match data {
+                    Some(data) => {
+                        self.blocks.insert(*key, data);
+                        true
+                    }
+                    None => false,
                 }
-                None => Box::default(),
             };
-            self.blocks.insert(*key, data);
+            self.outcome.push(stored);
         }
-        self.finished.push(job.id, true);
+        self.push_outcome(job);
     }
 
-    /// Copies the held blocks into the job's slots now; keys the tier lacks fail on their own
-    /// (partial success).
+    /// Copies the held blocks into the job's slots now; keys the tier lacks, and keys whose
+    /// row the rows refuse to write, fail on their own (partial success).
     fn submit_load(&mut self, job: Job<'_>) {
         if self.fail_loads > 0 {
             self.fail_loads -= 1;
@@ -134,17 +167,14 @@ impl SecondaryTier for MemoryTier {
         }
         self.outcome.clear();
         for (key, &slot) in job.keys.iter().zip(job.slots) {
-            let found = self.blocks.get(key);
-            if let (Some(rows), Some(data)) = (&self.rows, found) {
-                rows.write_row(slot, data);
-            }
-            self.outcome.push(found.is_some());
+            let loaded = match (&self.rows, self.blocks.get(key)) {
+                (_, None) => false,
+                (Some(rows), Some(data)) => rows.write_row(slot, data).is_ok(),
+                (None, Some(_)) => true,
+            };
+            self.outcome.push(loaded);
         }
-        if self.outcome.iter().all(|&ok| ok) {
-            self.finished.push(job.id, true);
-        } else {
-            self.finished.push_partial(job.id, self.outcome.iter().copied());
-        }
+        self.push_outcome(job);
     }
 
     fn poll_finished(&mut self, out: &mut Completions) {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use kvtier_core::{
     AnyPolicy, Direction, EngineConfig, EventLog, LookupResult, MemoryTier, OffloadKey, PolicyKind, ReqContext, RowIo,
-    SecondaryTier, SlotId, StorePlan, TieringEngine,
+    RowRefused, SecondaryTier, SlotId, StorePlan, TieringEngine,
 };
 
 thread_local! {
@@ -50,13 +50,15 @@ impl RowIo for Rows {
     fn row_bytes(&self) -> usize {
         self.row
     }
-    fn read_row(&self, slot: SlotId, dst: &mut [u8]) {
+    fn read_row(&self, slot: SlotId, dst: &mut [u8]) -> Result<(), RowRefused> {
         let b = self.bytes.lock().unwrap();
         dst.copy_from_slice(&b[slot.index() * self.row..][..self.row]);
+        Ok(())
     }
-    fn write_row(&self, slot: SlotId, src: &[u8]) {
+    fn write_row(&self, slot: SlotId, src: &[u8]) -> Result<(), RowRefused> {
         let mut b = self.bytes.lock().unwrap();
         b[slot.index() * self.row..][..self.row].copy_from_slice(src);
+        Ok(())
     }
 }
 

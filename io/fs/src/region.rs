@@ -20,7 +20,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use kvtier_core::{Direction, RowIo, SlotId};
+use kvtier_core::{Direction, RowIo, RowRefused, SlotId};
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::direct::DIRECT_ALIGN;
@@ -368,7 +368,8 @@ impl Drop for Lease {
 }
 
 /// Row access for in-memory tiers. Copies go through leases; a row leased elsewhere (which the
-/// engine's protocol excludes) is left alone rather than raced.
+/// engine's protocol excludes) is left alone rather than raced, and the copy is refused
+/// ([`RowRefused`]), so the tier fails that key.
 #[derive(Debug, Clone)]
 pub struct RegionRows(pub Arc<PrimaryRegion>);
 
@@ -377,20 +378,19 @@ impl RowIo for RegionRows {
         self.0.row_bytes
     }
 
-    fn read_row(&self, slot: SlotId, dst: &mut [u8]) {
-        if let Ok(lease) = self.0.lease(slot, Access::Read) {
-            let n = dst.len().min(self.0.row_bytes);
-            dst[..n].copy_from_slice(&lease.block()[..n]);
-        }
+    fn read_row(&self, slot: SlotId, dst: &mut [u8]) -> Result<(), RowRefused> {
+        let lease = self.0.lease(slot, Access::Read).map_err(|_| RowRefused)?;
+        let n = dst.len().min(self.0.row_bytes);
+        dst[..n].copy_from_slice(&lease.block()[..n]);
+        Ok(())
     }
 
-    fn write_row(&self, slot: SlotId, src: &[u8]) {
-        if let Ok(mut lease) = self.0.lease(slot, Access::Write) {
-            let n = src.len().min(self.0.row_bytes);
-            if let Some(row) = lease.as_mut_slice() {
-                row[..n].copy_from_slice(&src[..n]);
-            }
-        }
+    fn write_row(&self, slot: SlotId, src: &[u8]) -> Result<(), RowRefused> {
+        let mut lease = self.0.lease(slot, Access::Write).map_err(|_| RowRefused)?;
+        let n = src.len().min(self.0.row_bytes);
+        let row = lease.as_mut_slice().ok_or(RowRefused)?;
+        row[..n].copy_from_slice(&src[..n]);
+        Ok(())
     }
 }
 
@@ -435,15 +435,52 @@ mod tests {
     fn region_rows_copy_through_leases() {
         let region = Arc::new(PrimaryRegion::anonymous(2, 8).unwrap());
         let rows = RegionRows(region.clone());
-        rows.write_row(SlotId(0), b"12345678");
+        rows.write_row(SlotId(0), b"12345678").unwrap();
         let mut out = [0u8; 8];
-        rows.read_row(SlotId(0), &mut out);
+        rows.read_row(SlotId(0), &mut out).unwrap();
         assert_eq!(&out, b"12345678");
         let busy = region.lease(SlotId(0), Access::Write).unwrap();
-        rows.write_row(SlotId(0), b"xxxxxxxx"); // refused, not raced
+        assert_eq!(rows.write_row(SlotId(0), b"xxxxxxxx"), Err(RowRefused), "refused, not raced");
+        assert_eq!(rows.read_row(SlotId(0), &mut out), Err(RowRefused));
         drop(busy);
-        rows.read_row(SlotId(0), &mut out);
+        rows.read_row(SlotId(0), &mut out).unwrap();
         assert_eq!(&out, b"12345678");
+        assert_eq!(rows.read_row(SlotId(2), &mut out), Err(RowRefused), "out of range");
+    }
+
+    /// Issue 11, item 7: a memory tier whose row copy is refused (the row is leased by another
+    /// operation) fails that key, store and load alike, instead of reporting bytes it never
+    /// moved; the other keys of the job go through.
+    #[test]
+    fn a_memory_tier_fails_the_key_whose_row_is_refused() {
+        use kvtier_core::{Completions, Job, JobId, MemoryTier, OffloadKey, ReqContext, SecondaryTier, TierLookup};
+        let region = Arc::new(PrimaryRegion::anonymous(2, 8).unwrap());
+        let mut tier = MemoryTier::new(Some(Arc::new(RegionRows(region.clone()))));
+        let keys = [OffloadKey::from_bytes(&[1, 1, 1, 1]).unwrap(), OffloadKey::from_bytes(&[2, 2, 2, 2]).unwrap()];
+        let slots = [SlotId(0), SlotId(1)];
+        let req = ReqContext::new(1);
+        let mut done = Completions::new();
+        let mut outcomes = |tier: &mut MemoryTier| {
+            done.clear();
+            tier.poll_finished(&mut done);
+            let result = *done.iter().next().unwrap();
+            done.key_outcomes(&result).map_or_else(|| vec![result.success; 2], <[bool]>::to_vec)
+        };
+
+        let busy = region.lease(SlotId(1), Access::Write).unwrap();
+        tier.submit_store(Job { id: JobId(1), req, keys: &keys, slots: &slots });
+        assert_eq!(outcomes(&mut tier), [true, false], "the refused row's key fails");
+        assert_eq!(tier.lookup(&keys[1], req), TierLookup::Miss, "nothing is kept for it");
+        drop(busy);
+
+        tier.insert(keys[1], &[7; 8]);
+        let busy = region.lease(SlotId(1), Access::Read).unwrap();
+        tier.submit_load(Job { id: JobId(2), req, keys: &keys, slots: &slots });
+        assert_eq!(outcomes(&mut tier), [true, false], "a load into a leased row fails its key");
+        drop(busy);
+        tier.submit_load(Job { id: JobId(3), req, keys: &keys, slots: &slots });
+        assert_eq!(outcomes(&mut tier), [true, true]);
+        assert_eq!(region.lease(SlotId(1), Access::Read).unwrap().block(), [7; 8]);
     }
 
     /// Leases handed between threads: a writer fills row 0 under write leases while a reader
@@ -493,7 +530,7 @@ mod tests {
         let rows = RegionRows(Arc::clone(&region));
         let mut out = [0u8; 64];
         for slot in 0..3 {
-            rows.read_row(SlotId(slot), &mut out);
+            rows.read_row(SlotId(slot), &mut out).unwrap();
             assert_eq!(out[0], rounds, "row {slot}");
         }
         // A raw row pointer matches the lease's, inside the mapping.
@@ -525,7 +562,7 @@ mod tests {
         assert_eq!(region.mapping(), Some((base, 300)));
         assert!(!region.rows_direct_aligned());
         let rows = RegionRows(region.clone());
-        rows.write_row(SlotId(2), &[9u8; 100]);
+        rows.write_row(SlotId(2), &[9u8; 100]).unwrap();
         let lease = region.lease(SlotId(2), Access::Read).unwrap();
         assert_eq!(lease.as_ptr() as usize - base.as_ptr() as usize, 200);
         assert!(lease.block().iter().all(|&b| b == 9));
@@ -550,7 +587,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.shm");
         let region = Arc::new(PrimaryRegion::shared(&path, 2, 4096).unwrap());
-        RegionRows(region.clone()).write_row(SlotId(1), &[7u8; 4096]);
+        RegionRows(region.clone()).write_row(SlotId(1), &[7u8; 4096]).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 8192);
         assert!(bytes[4096..].iter().all(|&b| b == 7));
