@@ -486,7 +486,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NamespaceError + '_ {
 /// place; both carry the same digest hence the same config, so whichever wins, the re-read that
 /// follows matches.
 pub fn ensure_config(layout: &Layout, cfg: &RunConfig) -> Result<ConfigStatus, NamespaceError> {
-    ensure_config_on(&HostFs, layout, cfg)
+    ensure_config_on(&HostFs::default(), layout, cfg)
 }
 
 /// [`ensure_config`] on the file system `fs`.

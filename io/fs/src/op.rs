@@ -28,6 +28,8 @@ use std::time::Duration;
 
 use kvtier_core::{Direction, OffloadKey, Part, SlotId};
 
+use crate::files::FileMode;
+
 /// How a block is laid out in its file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockFormat {
@@ -90,6 +92,9 @@ pub struct FileOp {
     /// Stores: `fdatasync` the block before publishing it, and `fsync` the directories its
     /// name lives in after (so it survives a power cut once reported stored).
     pub sync: bool,
+    /// Permission bits of the temp file and the directories a store creates (the tier's
+    /// [`FileMode`]; a reused victim keeps its own).
+    pub mode: FileMode,
     /// Stores to a path only: a block file to take out of the namespace first, to make room.
     pub evict: Option<Box<Evict>>,
 }

@@ -52,6 +52,7 @@ mod tests {
             target: Target::Path("/x".into()),
             format: BlockFormat::Vllm,
             sync: false,
+            mode: Default::default(),
             evict: None,
         };
         assert!(matches!(admit(&region, &op(0), true, false), Err(Refusal::Finished(Outcome::Cancelled))));

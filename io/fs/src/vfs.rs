@@ -10,9 +10,11 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::SystemTime;
+
+use crate::files::{create_dir_all, create_new, FileMode};
 
 /// One entry of [`Vfs::read_dir`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +44,8 @@ pub struct Identity {
 }
 
 /// A file system as the FS tier and the conformance suite see it. Paths are absolute (or
-/// relative to the process's working directory, for [`HostFs`]).
+/// relative to the process's working directory, for [`HostFs`]). [`HostFs`] creates files and
+/// directories with its [`FileMode`] (a simulated disk keeps no permissions).
 pub trait Vfs: Send + Sync + std::fmt::Debug {
     /// The whole content of the file at `path`.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
@@ -116,7 +119,8 @@ pub trait FileLock: Send + Sync + std::fmt::Debug {
     fn held_elsewhere(&self) -> io::Result<bool>;
 }
 
-/// The host's file system, through `std::fs`.
+/// The host's file system, through `std::fs`. Files and directories it creates get its
+/// [`FileMode`] (owner-only by default).
 ///
 /// Locks are open-file-description record locks (`fcntl(F_OFD_SETLK)`) on the whole file:
 /// like `flock`, they belong to one open of the file, conflict with every other open (two
@@ -124,7 +128,16 @@ pub trait FileLock: Send + Sync + std::fmt::Debug {
 /// across PID namespaces (containers sharing a volume); unlike `flock`, they can be tested
 /// without being taken (`F_OFD_GETLK`), so a test never gets in the way of the lock's owner.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HostFs;
+pub struct HostFs {
+    mode: FileMode,
+}
+
+impl HostFs {
+    /// The host's file system, creating files and directories with `mode`.
+    pub fn new(mode: FileMode) -> Self {
+        HostFs { mode }
+    }
+}
 
 /// A lock [`HostFs`] holds: its open of the file.
 #[derive(Debug)]
@@ -152,13 +165,19 @@ impl Vfs for HostFs {
     }
 
     fn write_new_synced(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+        let mut f = create_new(path, self.mode)?;
         f.write_all(bytes)?;
         f.sync_all()
     }
 
     fn write(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        fs::write(path, bytes)
+        fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(self.mode.file())
+            .open(path)?
+            .write_all(bytes)
     }
 
     fn set_len(&self, path: &Path, len: u64) -> io::Result<()> {
@@ -186,11 +205,11 @@ impl Vfs for HostFs {
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir(path)
+        fs::DirBuilder::new().mode(self.mode.dir()).create(path)
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        fs::create_dir_all(path)
+        create_dir_all(path, self.mode)
     }
 
     fn read_dir(&self, path: &Path) -> io::Result<Vec<DirEntry>> {
@@ -237,7 +256,7 @@ impl Vfs for HostFs {
 
     fn create_locked(&self, path: &Path, bytes: &[u8]) -> io::Result<Box<dyn FileLock>> {
         use std::os::fd::AsFd;
-        let mut f = fs::OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
+        let mut f = fs::OpenOptions::new().read(true).write(true).create_new(true).mode(self.mode.file()).open(path)?;
         let written =
             crate::sys::ofd_lock(f.as_fd(), true).and_then(|()| f.write_all(bytes)).and_then(|()| f.sync_all());
         if let Err(e) = written {
@@ -249,7 +268,13 @@ impl Vfs for HostFs {
 
     fn lock_shared(&self, path: &Path) -> io::Result<Box<dyn FileLock>> {
         use std::os::fd::AsFd;
-        let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(self.mode.file())
+            .open(path)?;
         crate::sys::ofd_lock(f.as_fd(), false)?;
         Ok(Box::new(HostLock(f)))
     }

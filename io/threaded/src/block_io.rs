@@ -142,7 +142,15 @@ impl BlockIo {
         let mut created = Vec::new();
         let mut reused = match &op.evict {
             Some(evict) => {
-                match evict_victim(&mut self.victim, &mut self.temp, evict, path, direct, layout, &mut created) {
+                // Directories made for a reused victim count as this store's.
+                let mut make_dirs = |dir: &Path| match kvtier_fs::files::create_dirs(dir, op.mode) {
+                    Ok(dirs) => {
+                        created.extend(dirs);
+                        true
+                    }
+                    Err(_) => false,
+                };
+                match evict_victim(&mut self.victim, &mut self.temp, evict, path, direct, layout, &mut make_dirs) {
                     Ok(fd) => fd,
                     Err(e) => return Outcome::Failed(e),
                 }
@@ -161,7 +169,7 @@ impl BlockIo {
                 Ok(p) => p,
                 Err(e) => return Outcome::Failed(e),
             };
-            match sys::open(temp, flags, 0o644) {
+            match sys::open(temp, flags, op.mode.file()) {
                 Ok(fd) => break fd,
                 // The parent directories are created on first need only, so a store into an
                 // existing directory costs no mkdir or stat.
@@ -170,7 +178,7 @@ impl BlockIo {
                     let Some(parent) = path.parent() else {
                         return Outcome::Failed(e.into());
                     };
-                    match kvtier_fs::files::create_dirs(parent) {
+                    match kvtier_fs::files::create_dirs(parent, op.mode) {
                         Ok(dirs) => created.extend(dirs),
                         Err(e) => return Outcome::store_failure(e.into()),
                     }
@@ -314,7 +322,7 @@ fn evict_victim(
     final_path: &Path,
     direct: libc::c_int,
     layout: &BlockLayout,
-    created: &mut Vec<PathBuf>,
+    make_dirs: &mut dyn FnMut(&Path) -> bool,
 ) -> Result<Option<OwnedFd>, OpError> {
     let victim = c_path(victim_buf, evict.path.as_os_str())?;
     if evict.reuse {
@@ -324,8 +332,7 @@ fn evict_victim(
         if renamed.as_ref().is_err_and(|e| e.raw_os_error() == Some(libc::ENOENT)) {
             // Most often the new block's directory does not exist yet (vLLM's layout gives
             // nearly every block a directory of its own): make it, and try once more.
-            if let Some(Ok(dirs)) = final_path.parent().map(kvtier_fs::files::create_dirs) {
-                created.extend(dirs);
+            if final_path.parent().is_some_and(make_dirs) {
                 renamed = sys::rename(victim, temp);
             }
         }

@@ -460,7 +460,7 @@ impl Flow {
             rec.set_temp_path(tmpname::next_seq()).map_err(|_| Outcome::Failed(OpError::BadPath))?;
             libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | l.direct
         };
-        c.add(Step::Open, Sqe::Open { path: PathSel::Temp, flags, mode: 0o644 }, Link::Soft, 0);
+        c.add(Step::Open, Sqe::Open { path: PathSel::Temp, flags, mode: rec.op.mode.file() }, Link::Soft, 0);
         if let Some((step, sqe, want)) = write_step(&l, FileSel::Own, 0) {
             c.add(step, sqe, Link::Soft, want);
         }
@@ -601,7 +601,7 @@ impl Flow {
             return Next::Done(Outcome::Failed(OpError::BadPath));
         }
         let mut c = Chain::new();
-        c.add(Step::Mkdir, Sqe::Mkdir { path: PathSel::Dir }, Link::End, 0);
+        c.add(Step::Mkdir, Sqe::Mkdir { path: PathSel::Dir, mode: rec.op.mode.dir() }, Link::End, 0);
         self.chain = c;
         self.phase = Phase::Mkdir;
         Next::Chain

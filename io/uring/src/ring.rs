@@ -464,6 +464,7 @@ mod tests {
             target: Target::Path(path.to_path_buf()),
             format: kvtier_fs::BlockFormat::Vllm,
             sync: false,
+            mode: Default::default(),
             evict: None,
         }
     }

@@ -144,10 +144,12 @@ pub enum Sqe {
         /// Which path.
         path: PathSel,
     },
-    /// `mkdirat(path, 0o777)`.
+    /// `mkdirat(path, mode)`.
     Mkdir {
         /// Which path.
         path: PathSel,
+        /// Permission bits.
+        mode: u32,
     },
     /// `statx` of a path (following symlinks, like `stat`) into statx buffer `into` (0 or 1).
     Statx {
@@ -289,7 +291,7 @@ fn entry(reg: &Registration, index: u32, rec: &Record, step: usize, sqe: Sqe) ->
         Sqe::Rename { from, to } => opcode::RenameAt::new(cwd, path(rec, from)?, cwd, path(rec, to)?).build(),
         Sqe::Link { from, to } => opcode::LinkAt::new(cwd, path(rec, from)?, cwd, path(rec, to)?).build(),
         Sqe::Unlink { path: p } => opcode::UnlinkAt::new(cwd, path(rec, p)?).build(),
-        Sqe::Mkdir { path: p } => opcode::MkDirAt::new(cwd, path(rec, p)?).mode(0o777).build(),
+        Sqe::Mkdir { path: p, mode } => opcode::MkDirAt::new(cwd, path(rec, p)?).mode(mode).build(),
         Sqe::Statx { path: p, into } => {
             let buf = rec.scratch.as_ptr().wrapping_add(statx_at(into));
             opcode::Statx::new(cwd, path(rec, p)?, buf.cast::<types::statx>())

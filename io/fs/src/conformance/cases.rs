@@ -747,7 +747,7 @@ pub fn transient_errors_keep_the_file<E: Executor>(test_path: &str, make: impl F
     assert!(output.status.success(), "{log}");
     assert!(dir.path().join(CHILD_MARKER).is_file(), "the child did not run the case (wrong test name?)\n{log}");
     assert!(vllm.is_file() && nat.is_file(), "the files survive the transient failures");
-    assert_no_temp_files(&HostFs, dir.path());
+    assert_no_temp_files(&HostFs::default(), dir.path());
 }
 
 fn emfile_child<E: Executor>(dir: &Path, row_bytes: usize, make: impl Fn(Arc<PrimaryRegion>, &Path) -> E) {
@@ -780,7 +780,7 @@ fn emfile_child<E: Executor>(dir: &Path, row_bytes: usize, make: impl Fn(Arc<Pri
     let o = run_one(&mut exec, op(5, Direction::Store, 0, &fresh, BlockFormat::Vllm));
     assert!(matches!(o, Outcome::Transient(_) | Outcome::Ok), "store with no descriptor left: {o:?}");
     drop(hold);
-    assert_no_temp_files(&HostFs, dir);
+    assert_no_temp_files(&HostFs::default(), dir);
     if fresh.exists() {
         fs::remove_file(&fresh).unwrap();
     }

@@ -109,7 +109,8 @@ pub fn extent_op(token: u64, dir: Direction, slot: u32, extent: Extent, format: 
 }
 
 fn with_target(token: u64, dir: Direction, slot: u32, target: Target, format: BlockFormat) -> TestOp {
-    let op = FileOp { dir, slot: SlotId(slot), target, format, sync: token % 4 == 0, evict: None };
+    let op =
+        FileOp { dir, slot: SlotId(slot), target, format, sync: token % 4 == 0, mode: Default::default(), evict: None };
     TestOp { token, op }
 }
 
@@ -252,7 +253,7 @@ impl Drop for LoopMount {
 
 /// Every temp file (by [`tmpname::parse_temp`]) under `root`.
 pub fn temp_files(root: &Path) -> Vec<PathBuf> {
-    temp_files_on(&HostFs, root)
+    temp_files_on(&HostFs::default(), root)
 }
 
 /// Every temp file (by [`tmpname::parse_temp`]) under `root` on `disk`.

@@ -73,7 +73,7 @@ macro_rules! executor_conformance {
         $crate::executor_conformance!(@cases ($disk); $make);
     };
     ($make:expr) => {
-        $crate::executor_conformance!(@cases ($crate::vfs::HostFs); |_: &$crate::vfs::HostFs| $make);
+        $crate::executor_conformance!(@cases ($crate::vfs::HostFs::default()); |_: &$crate::vfs::HostFs| $make);
         #[test]
         fn synced_stores_survive_a_power_cut() {
             $crate::conformance::synced_stores_survive_a_power_cut($make);
@@ -129,7 +129,7 @@ macro_rules! executor_conformance {
 /// Runs every case except [`transient_errors_keep_the_file`] (which needs its test's name to
 /// re-run itself in a child process) on the host's file system, in one test.
 pub fn run_all<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(make: F) {
-    run_all_on(&HostFs, &make);
+    run_all_on(&HostFs::default(), &make);
     corrupt_removal_spares_a_file_renamed_in_place(&make);
     synced_stores_survive_a_power_cut(make);
 }

@@ -51,6 +51,7 @@ use kvtier_core::{
 };
 
 use crate::direct::DirectMode;
+use crate::files::FileMode;
 use crate::index::BlockIndex;
 use crate::namespace::{self, Layout, RunConfig, NATIVE_STORAGE_FORMAT};
 use crate::op::{BlockFormat, Evict, Executor, FileOp, Full, Target, Wait};
@@ -102,6 +103,9 @@ pub struct FsTierConfig {
     /// beyond it, least recently stored first, and says how many in
     /// [`StartupReport::evicted`].
     pub max_blocks: Option<usize>,
+    /// Permission bits of everything the tier creates: directories, `config.json`, open
+    /// markers, block files (owner-only by default; see [`FileMode`]).
+    pub file_mode: FileMode,
 }
 
 impl FsTierConfig {
@@ -119,6 +123,7 @@ impl FsTierConfig {
             probe_on_miss: false,
             events: false,
             max_blocks: None,
+            file_mode: FileMode::OWNER_ONLY,
         }
     }
 
@@ -185,6 +190,7 @@ pub struct FsTier {
     format: StorageFormat,
     namespace: [u8; 12],
     fsync: bool,
+    file_mode: FileMode,
     probe_on_miss: bool,
     events_enabled: bool,
     index: BlockIndex,
@@ -248,7 +254,7 @@ impl FsTier {
         config: &FsTierConfig,
         make_executor: impl FnOnce(bool) -> io::Result<Box<dyn Executor>>,
     ) -> io::Result<FsTier> {
-        FsTier::open_on(config, Arc::new(HostFs), make_executor)
+        FsTier::open_on(config, Arc::new(HostFs::new(config.file_mode)), make_executor)
     }
 
     /// [`FsTier::open`] with the tier's own file-system calls (config, directories, scan,
@@ -294,6 +300,7 @@ impl FsTier {
             layout,
             format: config.format,
             fsync: config.fsync,
+            file_mode: config.file_mode,
             probe_on_miss: config.probe_on_miss,
             events_enabled: config.events,
             index,
@@ -476,6 +483,7 @@ impl FsTier {
             target: Target::Path(self.layout.block_path(key)),
             format: self.block_format(key),
             sync: self.fsync,
+            mode: self.file_mode,
             evict: victim.map(|v| Box::new(Evict { path: self.layout.block_path(&v), reuse })),
         };
         let part = self.jobs.add_part(handle);
