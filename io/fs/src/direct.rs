@@ -15,6 +15,7 @@ use std::sync::Once;
 
 use memmap2::MmapMut;
 
+use crate::files::annotate;
 use crate::tmpname;
 
 /// The alignment `O_DIRECT` transfers need (buffer address, length and file offset), the
@@ -70,13 +71,15 @@ impl FromStr for DirectMode {
 
 /// Whether files in `dir` (which must exist and be writable) can be written with `O_DIRECT`:
 /// creates a temp file with `O_DIRECT`, writes one 4096-aligned 4096-byte block, removes it.
-/// `Ok(false)` when the file system refuses `O_DIRECT` (`EINVAL`); any other failure is an error.
+/// `Ok(false)` when the file system refuses `O_DIRECT` (`EINVAL`); any other failure is an error
+/// naming the probe file and what failed (e.g. `EROFS` on a read-only mount).
 pub fn probe_o_direct(dir: &Path) -> io::Result<bool> {
     let path = tmpname::temp_path(&dir.join(PROBE_STEM), tmpname::next_seq());
+    let at = |what: &str, e: io::Error| annotate(e, format!("O_DIRECT probe: cannot {what} {}", path.display()));
     let opened = OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_DIRECT).open(&path);
     let result = match opened {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(at("create", e)),
         Ok(mut file) => {
             // An anonymous mapping is page-aligned: the alignment O_DIRECT needs.
             let block = MmapMut::map_anon(DIRECT_ALIGN)?;
@@ -87,13 +90,13 @@ pub fn probe_o_direct(dir: &Path) -> io::Result<bool> {
                     format!("O_DIRECT probe wrote {n} of {DIRECT_ALIGN} bytes"),
                 )),
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
-                Err(e) => Err(e),
+                Err(e) => Err(at("write", e)),
             }
         }
     };
     // `open` may have created the file before refusing O_DIRECT.
     match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound && result.is_ok() => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotFound && result.is_ok() => Err(at("remove", e)),
         _ => result,
     }
 }
@@ -167,6 +170,32 @@ mod tests {
                 probe_leaves_nothing(shm_dir.path());
             }
         }
+    }
+
+    /// Issue 11, item 16: the probe's errors name the file it tried and what failed: on a
+    /// missing directory, and on a read-only mount (a tmpfs mounted read-only, where this
+    /// process may mount; skipped elsewhere).
+    #[test]
+    fn a_failed_probe_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = probe_o_direct(&missing).unwrap_err();
+        assert!(e.to_string().starts_with(&format!("O_DIRECT probe: cannot create {}/", missing.display())), "{e}");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "the kind is kept");
+
+        let mount = dir.path().join("ro");
+        std::fs::create_dir(&mount).unwrap();
+        let run = |args: &[&str]| std::process::Command::new("mount").args(args).status().is_ok_and(|s| s.success());
+        let at = mount.to_str().unwrap();
+        if !run(&["-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", at]) {
+            eprintln!("skipped: cannot mount a read-only tmpfs here (needs root)");
+            return;
+        }
+        let e = probe_o_direct(&mount);
+        let _ = std::process::Command::new("umount").arg(&mount).status();
+        let e = e.unwrap_err();
+        assert!(e.to_string().contains(&format!("O_DIRECT probe: cannot create {at}/")), "{e}");
+        assert!(e.to_string().contains("Read-only file system"), "{e}");
     }
 
     #[test]

@@ -433,6 +433,8 @@ pub enum ConfigStatus {
 pub enum NamespaceError {
     /// A file-system operation failed.
     Io {
+        /// What was being done (`"read"`, `"create directory"`, `"write"`).
+        op: &'static str,
         /// The path it was applied to.
         path: PathBuf,
         /// The error.
@@ -447,6 +449,8 @@ pub enum NamespaceError {
     },
     /// `config.json` describes another run; these top-level fields differ (sorted).
     Mismatch {
+        /// The config file.
+        path: PathBuf,
         /// The differing field names.
         fields: Vec<String>,
     },
@@ -455,14 +459,29 @@ pub enum NamespaceError {
 impl fmt::Display for NamespaceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NamespaceError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            NamespaceError::Io { op, path, source } => write!(f, "cannot {op} {}: {source}", path.display()),
             NamespaceError::Invalid { path, reason } => {
                 write!(f, "{}: not a valid run config: {reason}", path.display())
             }
-            NamespaceError::Mismatch { fields } => {
-                write!(f, "the run config on disk does not match this run; differing fields: {}", fields.join(", "))
-            }
+            NamespaceError::Mismatch { path, fields } => write!(
+                f,
+                "{}: the run config on disk does not match this run; differing fields: {}",
+                path.display(),
+                fields.join(", ")
+            ),
         }
+    }
+}
+
+/// An I/O error keeps its kind; a config that is not valid or does not match is `InvalidData`.
+/// The message is the [`NamespaceError`]'s, which names the path.
+impl From<NamespaceError> for io::Error {
+    fn from(e: NamespaceError) -> io::Error {
+        let kind = match &e {
+            NamespaceError::Io { source, .. } => source.kind(),
+            NamespaceError::Invalid { .. } | NamespaceError::Mismatch { .. } => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e.to_string())
     }
 }
 
@@ -475,8 +494,8 @@ impl std::error::Error for NamespaceError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> NamespaceError + '_ {
-    move |source| NamespaceError::Io { path: path.to_owned(), source }
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> NamespaceError + 'a {
+    move |source| NamespaceError::Io { op, path: path.to_owned(), source }
 }
 
 /// Makes sure `layout`'s `config.json` describes `cfg`: writes it (atomically, as vLLM formats
@@ -501,16 +520,16 @@ pub fn ensure_config_on(fs: &dyn Vfs, layout: &Layout, cfg: &RunConfig) -> Resul
             write_config(fs, layout.base(), &path, cfg)?;
             ConfigStatus::Created
         }
-        Err(e) => return Err(io_err(&path)(e)),
+        Err(e) => return Err(io_err("read", &path)(e)),
     };
-    let bytes = fs.read(&path).map_err(io_err(&path))?;
+    let bytes = fs.read(&path).map_err(io_err("read", &path))?;
     compare_config(&path, &bytes, cfg)?;
     Ok(status)
 }
 
 fn write_config(fs: &dyn Vfs, base: &Path, path: &Path, cfg: &RunConfig) -> Result<(), NamespaceError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    fs.create_dir_all(base).map_err(io_err(base))?;
+    fs.create_dir_all(base).map_err(io_err("create directory", base))?;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let tmp =
         base.join(format!(".{CONFIG_FILE}.tmp.{}.{}.{nanos}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed)));
@@ -518,7 +537,7 @@ fn write_config(fs: &dyn Vfs, base: &Path, path: &Path, cfg: &RunConfig) -> Resu
     written.map_err(|e| {
         // Best effort: the temp file may not exist (open failed) or be already renamed.
         let _ = fs.remove_file(&tmp);
-        io_err(path)(e)
+        io_err("write", path)(e)
     })
 }
 
@@ -542,7 +561,7 @@ fn compare_config(path: &Path, bytes: &[u8], cfg: &RunConfig) -> Result<(), Name
     if fields.is_empty() {
         Ok(())
     } else {
-        Err(NamespaceError::Mismatch { fields })
+        Err(NamespaceError::Mismatch { path: path.to_owned(), fields })
     }
 }
 
@@ -779,7 +798,7 @@ for line in sys.stdin.buffer.read().decode("utf-8").splitlines():
         let other = RunConfig { dtype: "float16".into(), tp_size: 8, parallel_agnostic: false, ..cfg.clone() };
         let err = ensure_config(&l, &other).unwrap_err();
         match &err {
-            NamespaceError::Mismatch { fields } => {
+            NamespaceError::Mismatch { fields, .. } => {
                 assert_eq!(fields, &["dtype", "parallel_agnostic", "tp_size"]);
             }
             e => panic!("{e}"),
@@ -791,7 +810,7 @@ for line in sys.stdin.buffer.read().decode("utf-8").splitlines():
 
         let extra = RunConfig { storage_format: Some(NATIVE_STORAGE_FORMAT.into()), ..cfg.clone() };
         match ensure_config(&l, &extra) {
-            Err(NamespaceError::Mismatch { fields }) => assert_eq!(fields, ["storage_format"]),
+            Err(NamespaceError::Mismatch { fields, .. }) => assert_eq!(fields, ["storage_format"]),
             r => panic!("{r:?}"),
         }
         let mut v: Value = serde_json::from_str(&canonical_json(&cfg)).unwrap();
@@ -799,7 +818,7 @@ for line in sys.stdin.buffer.read().decode("utf-8").splitlines():
         v["kv_cache_groups"][0]["tokens_per_block"] = Value::from(32);
         fs::write(l.config_path(), v.to_string()).unwrap();
         match ensure_config(&l, &cfg) {
-            Err(NamespaceError::Mismatch { fields }) => {
+            Err(NamespaceError::Mismatch { fields, .. }) => {
                 assert_eq!(fields, ["kv_cache_groups", "new_field"])
             }
             r => panic!("{r:?}"),

@@ -51,7 +51,7 @@ use kvtier_core::{
 };
 
 use crate::direct::DirectMode;
-use crate::files::FileMode;
+use crate::files::{annotate, FileMode};
 use crate::index::BlockIndex;
 use crate::namespace::{self, Layout, RunConfig, NATIVE_STORAGE_FORMAT};
 use crate::op::{BlockFormat, Evict, Executor, FileOp, Full, Target, Wait};
@@ -268,15 +268,21 @@ impl FsTier {
         config.validate()?;
         let run = config.effective_run_config();
         let layout = Layout::new(&config.root, &run, config.rank);
-        namespace::ensure_config_on(&*fs, &layout, &run).map_err(|e| io::Error::other(e.to_string()))?;
+        namespace::ensure_config_on(&*fs, &layout, &run)?;
         let rank_dir = layout.rank_dir().to_path_buf();
-        fs.create_dir_all(&rank_dir)?;
+        let at = |what: &str| format!("{what} {}", rank_dir.display());
+        fs.create_dir_all(&rank_dir).map_err(|e| annotate(e, at("cannot create directory")))?;
         // The marker first: from here on this tier's temp files (the probe's included) are live.
-        let marker = startup::mark_open(&*fs, &rank_dir, config.fsync)?;
+        let marker = startup::mark_open(&*fs, &rank_dir, config.fsync)
+            .map_err(|e| annotate(e, at("cannot write the open marker in")))?;
         let opened = (|| {
-            let share = fs.lock_shared(&rank_dir.join(tmpname::SHARE_FILE))?;
+            let share_path = rank_dir.join(tmpname::SHARE_FILE);
+            let share = fs
+                .lock_shared(&share_path)
+                .map_err(|e| annotate(e, format!("cannot lock {}", share_path.display())))?;
             let o_direct = crate::direct::resolve_with(config.o_direct, &rank_dir, |dir| fs.probe_o_direct(dir))?;
-            let recovered = startup::recover(&*fs, &layout, config, &marker.path)?;
+            let recovered = startup::recover(&*fs, &layout, config, &marker.path)
+                .map_err(|e| annotate(e, at("start-up scan of")))?;
             let exec = make_executor(o_direct)?;
             let verifier = match recovered.verify.is_empty() {
                 true => None,
