@@ -123,7 +123,7 @@ impl TieredCache {
     pub fn new(config: &CacheConfig) -> Result<Self, CacheError> {
         let rows = config.num_blocks as usize;
         let region = match &config.shared_memory {
-            Some(path) => PrimaryRegion::shared(path, rows, config.block_bytes)?,
+            Some(path) => PrimaryRegion::shared(path, rows, config.block_bytes, config.shared_memory_mode)?,
             None => PrimaryRegion::anonymous(rows, config.block_bytes)?,
         };
         let region = Arc::new(region);

@@ -6,7 +6,9 @@
 //! block_bytes = 2097152
 //! policy = "arc"                  # "lru" (default) or "arc"
 //! promotion_deadline_steps = 64   # 0 disables the deadline
+//! events = false                  # collect the CPU tier's events for take_events
 //! # shared_memory = "/dev/shm/kvtier-primary"   # map the rows from a shared file
+//! # shared_memory_mode = 0o600    # its permission bits
 //!
 //! [[tiers]]
 //! type = "fs"
@@ -20,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use kvtier_core::PolicyKind;
 use kvtier_fs::direct::DirectMode;
+use kvtier_fs::files::FileMode;
 use kvtier_fs::namespace::{KvCacheGroup, RunConfig};
 use kvtier_fs::{FsTierConfig, StorageFormat};
 use serde::Deserialize;
@@ -39,9 +42,18 @@ pub struct CacheConfig {
     /// Steps after which a promotion in flight answers Miss (0: never).
     #[serde(default = "default_deadline")]
     pub promotion_deadline_steps: u32,
-    /// Map the primary rows from this file (e.g. under /dev/shm) instead of anonymous memory.
+    /// Collect the CPU tier's events (stored, evicted) for
+    /// [`take_events`](kvtier_core::TieringEngine::take_events). Off by default: events
+    /// accumulate until taken, so only an integrator that drains them turns them on.
+    #[serde(default)]
+    pub events: bool,
+    /// Map the primary rows from this file (e.g. under /dev/shm) instead of anonymous memory
+    /// (see [`PrimaryRegion::shared`](kvtier_fs::region::PrimaryRegion::shared)).
     #[serde(default)]
     pub shared_memory: Option<PathBuf>,
+    /// Permission bits of the `shared_memory` file (owner-only by default).
+    #[serde(default)]
+    pub shared_memory_mode: FileMode,
     /// Secondary tiers, in order.
     #[serde(default)]
     pub tiers: Vec<TierConfig>,

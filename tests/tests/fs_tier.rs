@@ -49,7 +49,9 @@ fn cache_with(slots: u32, fs: FsConfig) -> TieredCache {
         block_bytes: BLOCK,
         policy: Default::default(),
         promotion_deadline_steps: 0,
+        events: true,
         shared_memory: None,
+        shared_memory_mode: Default::default(),
         tiers: vec![TierConfig::Fs(Box::new(fs))],
     };
     TieredCache::new(&config).unwrap()
@@ -364,7 +366,9 @@ fn cache_sized(root: &Path, block_bytes: usize, max_blocks: Option<usize>) -> Re
         block_bytes,
         policy: Default::default(),
         promotion_deadline_steps: 0,
+        events: true,
         shared_memory: None,
+        shared_memory_mode: Default::default(),
         tiers: vec![TierConfig::Fs(Box::new(fs))],
     };
     TieredCache::new(&config)

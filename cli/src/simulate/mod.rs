@@ -211,11 +211,15 @@ pub fn cache_config(
             block_bytes,
             policy: PolicyKind::Lru,
             promotion_deadline_steps: 64,
+            events: true,
             shared_memory: None,
+            shared_memory_mode: Default::default(),
             tiers: vec![TierConfig::Fs(Box::new(default_fs(root.unwrap_or(Path::new(".")))))],
         },
     };
     cfg.block_bytes = block_bytes;
+    // The driver follows the CPU tier through its events (evictions, promotions ready).
+    cfg.events = true;
     if args.cpu_bytes.is_some() || args.config.is_none() {
         let rows = args.cpu_bytes.unwrap_or(DEFAULT_CPU_BYTES) / block_bytes as u64;
         cfg.num_blocks = u32::try_from(rows).map_err(|_| "--cpu-bytes: too many blocks")?;

@@ -11,10 +11,17 @@
 //! [`PrimaryRegion::shared`]) or in memory someone else owns and lends it
 //! ([`PrimaryRegion::foreign`]: vLLM's shared CPU rows, seen through a Python buffer).
 //!
-//! All `unsafe` of the primary region is in this module.
+//! Leases order the accesses of this process. Other processes reach the rows only through a
+//! shared region's file or a foreign region's owner, and are bound by the engine's protocol
+//! as documented there: they never touch a row an operation of the region has leased.
+//!
+//! All `unsafe` of the primary region is in this module (and the `flock`/`geteuid` calls of
+//! the private `sys` module).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,6 +31,7 @@ use kvtier_core::{Direction, RowIo, RowRefused, SlotId};
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::direct::DIRECT_ALIGN;
+use crate::files::{annotate, FileMode};
 
 const WRITER: u32 = u32::MAX;
 
@@ -86,9 +94,10 @@ struct Foreign {
 }
 
 // SAFETY: `Foreign` is only built by `PrimaryRegion::foreign`, whose caller promised that the
-// memory is valid for reads and writes from any thread while `owner` lives; the pointer is
-// never used to reach anything else, and every access to the bytes goes through the region's
-// leases (or the documented unsafe `row_ptr_unleased`), exactly as for a mapping of our own.
+// memory is valid for reads and writes from any thread while `owner` lives, and that its
+// owner touches no leased row; the pointer is never used to reach anything else, and every
+// access of this process to the bytes goes through the region's leases (or the documented
+// unsafe `row_ptr_unleased`), as for a mapping of our own.
 unsafe impl Send for Foreign {}
 // SAFETY: as above; shared references hand out nothing but the address.
 unsafe impl Sync for Foreign {}
@@ -118,7 +127,33 @@ pub struct PrimaryRegion {
     row_bytes: usize,
     stride: usize,
     leases: Box<[AtomicU32]>,
-    shared_path: Option<PathBuf>,
+    shared: Option<SharedFile>,
+}
+
+/// A shared region's file: open (holding the exclusive `flock` that says a live region owns
+/// it) for as long as the region lives.
+struct SharedFile {
+    path: PathBuf,
+    file: File,
+}
+
+/// Bytes of the trailer that ends a shared region's file, one page after the rows (so rows
+/// stay at `slot * stride` for the other processes that map them).
+pub const SHARED_TRAILER_LEN: usize = DIRECT_ALIGN;
+
+const TRAILER_MAGIC: &[u8; 16] = b"kvtier-region-v1";
+
+/// The trailer of a region of this geometry: magic, rows, row bytes, stride (little-endian
+/// u64s), and the CRC-32C of those 40 bytes.
+fn trailer(rows: usize, row_bytes: usize, stride: usize) -> [u8; 44] {
+    let mut t = [0u8; 44];
+    t[..16].copy_from_slice(TRAILER_MAGIC);
+    for (i, n) in [rows, row_bytes, stride].into_iter().enumerate() {
+        t[16 + 8 * i..24 + 8 * i].copy_from_slice(&(n as u64).to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&t[..40]);
+    t[40..].copy_from_slice(&crc.to_le_bytes());
+    t
 }
 
 impl std::fmt::Debug for PrimaryRegion {
@@ -127,40 +162,178 @@ impl std::fmt::Debug for PrimaryRegion {
             .field("rows", &self.rows)
             .field("row_bytes", &self.row_bytes)
             .field("stride", &self.stride)
-            .field("shared_path", &self.shared_path)
+            .field("shared_path", &self.shared_path())
             .field("foreign", &matches!(self.backing, Backing::Foreign(_)))
             .finish()
     }
 }
 
+/// `(stride, len)` of the region's own mapping of `rows` rows of `row_bytes`.
 fn layout(rows: usize, row_bytes: usize) -> io::Result<(usize, usize)> {
-    let too_big = || io::Error::new(io::ErrorKind::InvalidInput, "region size overflows");
-    let stride = row_bytes.checked_next_multiple_of(DIRECT_ALIGN).ok_or_else(too_big)?;
-    let len = stride.checked_mul(rows).ok_or_else(too_big)?;
-    Ok((stride, len))
+    let stride = PrimaryRegion::stride_for(row_bytes);
+    match (stride, PrimaryRegion::mapping_len(rows, row_bytes)) {
+        (Some(stride), Some(len)) => Ok((stride, len)),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{rows} rows of {row_bytes} bytes (each rounded up to {DIRECT_ALIGN}) overflow the address space"),
+        )),
+    }
+}
+
+/// `len` bytes, for an error message: the count and its GiB.
+fn bytes_named(len: usize) -> String {
+    format!("{len} bytes ({:.1} GiB)", len as f64 / f64::from(1u32 << 30))
 }
 
 impl PrimaryRegion {
+    /// The distance between rows of `row_bytes` in the region's own mappings: `row_bytes`
+    /// rounded up to [`DIRECT_ALIGN`] (`None` on overflow). A row of 1 byte takes 4096: count
+    /// rows that fit in a memory budget with this, not with the block size.
+    pub fn stride_for(row_bytes: usize) -> Option<usize> {
+        row_bytes.checked_next_multiple_of(DIRECT_ALIGN)
+    }
+
+    /// Bytes of the region's own mapping of `rows` rows of `row_bytes` (`rows` strides), or
+    /// `None` when that does not fit in the address space.
+    pub fn mapping_len(rows: usize, row_bytes: usize) -> Option<usize> {
+        Self::stride_for(row_bytes)?.checked_mul(rows).filter(|&len| isize::try_from(len).is_ok())
+    }
+
     /// `rows` rows of `row_bytes` in private anonymous memory (zeroed).
+    ///
+    /// # Errors
+    ///
+    /// A size that overflows (`InvalidInput`), or memory the kernel refuses to map; either
+    /// names the size asked for.
     pub fn anonymous(rows: usize, row_bytes: usize) -> io::Result<Self> {
         let (stride, len) = layout(rows, row_bytes)?;
         let map = if len == 0 {
             Backing::Empty
         } else {
-            Backing::Mapped(MmapRaw::from(MmapOptions::new().len(len).map_anon()?))
+            let map = MmapOptions::new().len(len).map_anon().map_err(|e| {
+                annotate(e, format!("cannot map {} for {rows} rows of {stride} bytes", bytes_named(len)))
+            })?;
+            Backing::Mapped(MmapRaw::from(map))
         };
         Ok(Self::with_map(map, rows, row_bytes, stride, None))
     }
 
-    /// `rows` rows of `row_bytes` in a file shared with other processes (e.g. under `/dev/shm`,
-    /// as vLLM's worker processes map the same rows). The file is created, or resized if it
-    /// exists, and removed when the region is dropped.
-    pub fn shared(path: &Path, rows: usize, row_bytes: usize) -> io::Result<Self> {
+    /// `rows` rows of `row_bytes` in a file at `path` shared with other processes (e.g. under
+    /// `/dev/shm`, for an engine's worker processes to map the same rows): row `i` at offset
+    /// `i * stride`, then a trailer page ([`SHARED_TRAILER_LEN`] bytes) that marks the file as
+    /// a kvtier region of this geometry.
+    ///
+    /// The region owns the file while it lives: it holds an exclusive `flock` on it, and a
+    /// second region on the same path is refused. The file is created (with `mode`, `O_EXCL`,
+    /// never through a symbolic link) and removed when the region is dropped. An existing file
+    /// is taken over only if it is a region file a kvtier process left when it died: a regular
+    /// file of this user, of exactly this geometry's size, with a matching trailer, and not
+    /// locked (its owner is gone). Every other existing file is refused, untouched (never
+    /// resized, written or removed), with an error naming the path: another size, locked by a
+    /// live region, another user's, or not a kvtier region. Other processes may map the file
+    /// and read and write rows, following the engine's protocol: never a row an operation of
+    /// this region has leased. None may truncate it (a mapping past the end of its file
+    /// faults).
+    ///
+    /// # Errors
+    ///
+    /// The refusals above (`AlreadyExists`, or `ResourceBusy` for a locked file), and the
+    /// file system's, each naming the path and what failed.
+    pub fn shared(path: &Path, rows: usize, row_bytes: usize, mode: FileMode) -> io::Result<Self> {
         let (stride, len) = layout(rows, row_bytes)?;
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        file.set_len(len as u64)?;
-        let map = if len == 0 { Backing::Empty } else { Backing::Mapped(MmapOptions::new().len(len).map_raw(&file)?) };
-        Ok(Self::with_map(map, rows, row_bytes, stride, Some(path.to_path_buf())))
+        let at = |e: io::Error, what: &str| annotate(e, format!("shared memory {}: {what}", path.display()));
+        let file_len =
+            len.checked_add(SHARED_TRAILER_LEN).filter(|&n| isize::try_from(n).is_ok()).ok_or_else(|| {
+                let e = io::Error::from(io::ErrorKind::InvalidInput);
+                at(e, &format!("{rows} rows of {stride} bytes and the trailer overflow the address space"))
+            })?;
+        let want = trailer(rows, row_bytes, stride);
+        let created = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode.file())
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        let (file, made_here) = match created {
+            Ok(file) => {
+                // Ours from its creation: the lock cannot be held by a live region (the inode is
+                // new), only for a moment by a region checking it and refusing it.
+                let made = crate::sys::lock_exclusive(file.as_fd(), true)
+                    .and_then(|_| file.set_len(file_len as u64))
+                    .and_then(|()| file.write_all_at(&want, len as u64));
+                if let Err(e) = made {
+                    let _ = std::fs::remove_file(path);
+                    return Err(at(e, "cannot create it"));
+                }
+                (file, true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                (Self::take_over(path, file_len, &want, mode)?, false)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(at(e, "is a symbolic link, which a region never follows"))
+            }
+            Err(e) => return Err(at(e, "cannot create it")),
+        };
+        let map = if len == 0 {
+            Backing::Empty
+        } else {
+            match MmapOptions::new().len(len).map_raw(&file) {
+                Ok(map) => Backing::Mapped(map),
+                Err(e) => {
+                    if made_here {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(at(e, &format!("cannot map {}", bytes_named(len))));
+                }
+            }
+        };
+        let shared = SharedFile { path: path.to_path_buf(), file };
+        Ok(Self::with_map(map, rows, row_bytes, stride, Some(shared)))
+    }
+
+    /// Opens the existing file at `path` if it is a region file of a kvtier process that died
+    /// (see [`PrimaryRegion::shared`]): locked, and given `mode`.
+    fn take_over(path: &Path, file_len: usize, want: &[u8], mode: FileMode) -> io::Result<File> {
+        let refuse = |kind: io::ErrorKind, why: String| {
+            io::Error::new(kind, format!("shared memory {}: {why}; refusing to use it", path.display()))
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| annotate(e, format!("shared memory {}: exists, and cannot be opened", path.display())))?;
+        let meta = file.metadata()?;
+        if !meta.file_type().is_file() {
+            return Err(refuse(io::ErrorKind::AlreadyExists, "exists and is not a regular file".into()));
+        }
+        let me = crate::sys::effective_uid();
+        if meta.uid() != me {
+            let why = format!("exists and belongs to user id {}, not to this user ({me})", meta.uid());
+            return Err(refuse(io::ErrorKind::AlreadyExists, why));
+        }
+        if !crate::sys::lock_exclusive(file.as_fd(), false)? {
+            let why = "is in use by another process (it holds the region's lock)".to_string();
+            return Err(refuse(io::ErrorKind::ResourceBusy, why));
+        }
+        if meta.len() != file_len as u64 {
+            let why = format!(
+                "exists with {} bytes, not the {file_len} of this region (another configuration's, or not kvtier's)",
+                meta.len()
+            );
+            return Err(refuse(io::ErrorKind::AlreadyExists, why));
+        }
+        let mut found = vec![0u8; want.len()];
+        let trailer_at = (file_len - SHARED_TRAILER_LEN) as u64;
+        if file.read_exact_at(&mut found, trailer_at).is_err() || found != want {
+            let why = "exists and is not a kvtier region file of this geometry".to_string();
+            return Err(refuse(io::ErrorKind::AlreadyExists, why));
+        }
+        // A region file whose region died: ours now, with this configuration's mode.
+        file.set_permissions(std::fs::Permissions::from_mode(mode.file()))?;
+        Ok(file)
     }
 
     /// `rows` rows of `stride` bytes each, back to back from `base`, in memory the region does
@@ -202,9 +375,9 @@ impl PrimaryRegion {
         Ok(Self::with_map(backing, rows, stride, stride, None))
     }
 
-    fn with_map(map: Backing, rows: usize, row_bytes: usize, stride: usize, shared_path: Option<PathBuf>) -> Self {
+    fn with_map(map: Backing, rows: usize, row_bytes: usize, stride: usize, shared: Option<SharedFile>) -> Self {
         let leases = (0..rows).map(|_| AtomicU32::new(0)).collect();
-        PrimaryRegion { backing: map, rows, row_bytes, stride, leases, shared_path }
+        PrimaryRegion { backing: map, rows, row_bytes, stride, leases, shared }
     }
 
     /// Number of rows.
@@ -226,7 +399,7 @@ impl PrimaryRegion {
 
     /// The path of a shared region's file.
     pub fn shared_path(&self) -> Option<&Path> {
-        self.shared_path.as_deref()
+        self.shared.as_ref().map(|s| s.path.as_path())
     }
 
     /// The base address and length of the rows' memory, for registering it with the kernel
@@ -290,9 +463,17 @@ impl PrimaryRegion {
 }
 
 impl Drop for PrimaryRegion {
+    /// A shared region removes its file, still holding its lock, and only if the path still
+    /// names that file (not one put in its place since).
     fn drop(&mut self) {
-        if let Some(path) = &self.shared_path {
-            let _ = std::fs::remove_file(path);
+        if let Some(shared) = &self.shared {
+            let same = match (std::fs::symlink_metadata(&shared.path), shared.file.metadata()) {
+                (Ok(at_path), Ok(ours)) => (at_path.dev(), at_path.ino()) == (ours.dev(), ours.ino()),
+                _ => false,
+            };
+            if same {
+                let _ = std::fs::remove_file(&shared.path);
+            }
         }
     }
 }
@@ -328,10 +509,13 @@ impl Lease {
             return &[];
         }
         // SAFETY: the row lies inside the live memory (`slot < rows`, checked by `lease`;
-        // `self.region` keeps its mapping, or the owner of foreign memory, alive), and the lease
-        // excludes writers other than this lease's own `&mut` borrow (for foreign memory, the
-        // owner promised as much in `PrimaryRegion::foreign`), so no one mutates it while the
-        // slice lives.
+        // `self.region` keeps its mapping, or the owner of foreign memory, alive; a shared
+        // region's file is never shrunk by a region, and no other process may truncate it, see
+        // `PrimaryRegion::shared`). Within this process the lease excludes every writer but
+        // this lease's own `&mut` borrow. Other processes are not excluded by the lease: they
+        // reach the row through a shared region's file or a foreign region's owner, and the
+        // engine's protocol, which `shared` and `foreign` document as their condition, keeps
+        // them off a leased row. So no one mutates the row while the slice lives.
         unsafe { std::slice::from_raw_parts(self.region.row_ptr(self.slot), len) }
     }
 
@@ -344,8 +528,9 @@ impl Lease {
         if len == 0 {
             return Some(&mut []);
         }
-        // SAFETY: as in `as_slice`; a write lease is exclusive (no other lease on this row
-        // exists), and `&mut self` makes this the only borrow of it.
+        // SAFETY: as in `as_slice` (the same condition keeps other processes off the row); a
+        // write lease is exclusive in this process (no other lease on this row exists), and
+        // `&mut self` makes this the only borrow of it.
         Some(unsafe { std::slice::from_raw_parts_mut(self.region.row_ptr(self.slot), len) })
     }
 
@@ -586,11 +771,12 @@ mod tests {
     fn shared_region_is_visible_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.shm");
-        let region = Arc::new(PrimaryRegion::shared(&path, 2, 4096).unwrap());
+        let region = Arc::new(PrimaryRegion::shared(&path, 2, 4096, FileMode::default()).unwrap());
         RegionRows(region.clone()).write_row(SlotId(1), &[7u8; 4096]).unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(bytes.len(), 8192);
-        assert!(bytes[4096..].iter().all(|&b| b == 7));
+        assert_eq!(bytes.len(), 8192 + SHARED_TRAILER_LEN);
+        assert!(bytes[4096..8192].iter().all(|&b| b == 7));
+        assert!(bytes[8192..].starts_with(TRAILER_MAGIC));
         drop(region);
         assert!(!path.exists());
     }

@@ -1,6 +1,7 @@
-//! The syscalls the tier makes itself without a safe wrapper in `std`: `syncfs`, and the
-//! open-file-description record locks of open markers (`fcntl(F_OFD_SETLK / F_OFD_GETLK)`).
-//! The one module of the tier proper with `unsafe`.
+//! The syscalls the crate makes itself without a safe wrapper in `std` (at the workspace's
+//! minimum Rust version): `syncfs`, the open-file-description record locks of open markers
+//! (`fcntl(F_OFD_SETLK / F_OFD_GETLK)`), the primary region's `flock`, and `geteuid`. The one
+//! module of the tier proper with `unsafe`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -41,6 +42,32 @@ pub(crate) fn ofd_locked_elsewhere(fd: BorrowedFd<'_>) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Takes an exclusive `flock` on `fd`'s open file without waiting (`wait == false`: `Ok(false)`
+/// when another open file description holds a lock on it) or waiting for it. The lock lasts
+/// until every descriptor of that open file description is closed, so a process that dies
+/// releases it.
+pub(crate) fn lock_exclusive(fd: BorrowedFd<'_>, wait: bool) -> io::Result<bool> {
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    loop {
+        // SAFETY: `flock` only reads the descriptor, which the borrow keeps open for the call.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if !wait => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// This process's effective user id.
+pub(crate) fn effective_uid() -> u32 {
+    // SAFETY: `geteuid` takes no argument, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// `syncfs(fd)`: makes everything written on `fd`'s file system durable.

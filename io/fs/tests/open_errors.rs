@@ -8,7 +8,7 @@ use kvtier_fs::namespace::{Layout, RunConfig};
 use kvtier_fs::{FsTier, FsTierConfig};
 
 fn open(root: &Path) -> io::Error {
-    let config = FsTierConfig::new(root, RunConfig { model_name: "m/errors".into(), ..RunConfig::default() });
+    let config = FsTierConfig::new(root, RunConfig { model_name: "m/errors".into(), ..RunConfig::default() }, 4096);
     let no_executor = |_| Err(io::Error::other("the executor is never reached"));
     FsTier::open(&config, no_executor).map(|_| ()).unwrap_err()
 }
@@ -31,7 +31,7 @@ fn a_tier_that_cannot_open_names_the_path_and_the_operation() {
     // The rank directory's name taken by a file.
     let root = dir.path().join("root");
     let run = RunConfig { model_name: "m/errors".into(), ..RunConfig::default() };
-    let config = FsTierConfig::new(&root, run);
+    let config = FsTierConfig::new(&root, run, 4096);
     let layout = Layout::new(&root, &config.effective_run_config(), 0);
     assert!(open(&root).to_string().contains("executor is never reached"), "a good root opens up to the executor");
     std::fs::remove_dir_all(layout.rank_dir()).unwrap();
