@@ -24,7 +24,9 @@ What differs from vLLM's ``fs`` tier:
 
 Configuration keys mirror kvtier's TOML ``fs`` tier table: ``root_dir`` (required),
 ``executor``, ``format``, ``max_blocks``, ``max_bytes``, ``fsync``, ``o_direct``
-(``auto``/``on``/``off``), ``probe_on_miss``, ``events``, ``read_workers``, ``write_workers``;
+(``auto``/``on``/``off``), ``probe_on_miss``, ``events``, ``read_workers``, ``write_workers``,
+``file_mode`` (permission bits of what the tier creates: owner-only ``0o600`` by default; an
+integer such as ``0o640`` or a string of octal digits such as ``"0640"``);
 vLLM's ``fs`` tier spellings ``n_read_threads``, ``n_write_threads`` and ``enable_kv_events``
 are accepted for the same settings, and ``locality`` as in vLLM. Any other key is an error
 that names it. The run-config fields that name the namespace (model, dtype, parallelism, KV
@@ -83,6 +85,7 @@ SETTINGS = frozenset(
         "events",
         "read_workers",
         "write_workers",
+        "file_mode",
     }
 )
 

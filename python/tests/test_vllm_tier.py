@@ -269,6 +269,30 @@ def test_unknown_keys_are_named(tmp_path):
     assert not os.listdir(tmp_path), "a refused config creates nothing"
 
 
+def test_what_the_tier_creates_is_owner_only_unless_file_mode_says(tmp_path):
+    """Issue 11, item 27: directories, config.json and the open marker are owner-only by
+    default; ``file_mode`` sets other bits (the umask still applies); a mode with more than
+    read and write bits is refused, naming the key."""
+    view = memoryview(np.zeros((2, 4096), dtype=np.int8))
+    umask = os.umask(0)
+    os.umask(umask)
+    cases = [("default", {}, 0o600, 0o700), ("group", {"file_mode": "0640"}, 0o640, 0o750)]
+    for name, settings, file_bits, dir_bits in cases:
+        root = tmp_path / name
+        tier = _tier(view, root_dir=str(root), **settings)
+        seen = 0
+        for dirpath, dirnames, filenames in os.walk(root):
+            assert os.stat(dirpath).st_mode & 0o7777 == dir_bits & ~umask, dirpath
+            for f in filenames:
+                path = os.path.join(dirpath, f)
+                assert os.stat(path).st_mode & 0o7777 == file_bits & ~umask, path
+                seen += 1
+        assert seen >= 2, "config.json and the open marker"
+        del tier
+    with pytest.raises(ValueError, match="file_mode"):
+        _tier(view, root_dir=str(tmp_path / "bad"), file_mode="0755")
+
+
 def test_the_primary_buffer_is_checked(tmp_path):
     root = str(tmp_path)
     ro = memoryview(bytes(8192)).cast("B", (2, 4096))

@@ -8,13 +8,13 @@ use kvtier_core::{AnyPolicy, EngineConfig, MemoryTier, SecondaryTier, TieringEng
 use kvtier_fs::region::{PrimaryRegion, RegionRows};
 use kvtier_fs::{Executor, FsTier};
 
-use crate::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
+use crate::config::{CacheConfig, ExecutorKind, FsConfig, InvalidConfig, TierConfig};
 
 /// Why a cache could not be built.
 #[derive(Debug)]
 pub enum CacheError {
-    /// The configuration is inconsistent.
-    Config(String),
+    /// A configuration value is out of range (see [`CacheConfig::validate`]).
+    Config(InvalidConfig),
     /// A tier or the region could not start.
     Io(io::Error),
 }
@@ -22,13 +22,26 @@ pub enum CacheError {
 impl std::fmt::Display for CacheError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CacheError::Config(m) => f.write_str(m),
+            CacheError::Config(e) => write!(f, "invalid configuration: {e}"),
             CacheError::Io(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl std::error::Error for CacheError {}
+impl std::error::Error for CacheError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CacheError::Config(e) => Some(e),
+            CacheError::Io(e) => Some(e),
+        }
+    }
+}
+
+impl From<InvalidConfig> for CacheError {
+    fn from(e: InvalidConfig) -> Self {
+        CacheError::Config(e)
+    }
+}
 
 impl From<io::Error> for CacheError {
     fn from(e: io::Error) -> Self {
@@ -82,8 +95,10 @@ fn uring_executor(region: &Arc<PrimaryRegion>, o_direct: bool) -> io::Result<Box
     Ok(Box::new(kvtier_io_uring::UringExecutor::new(region.clone(), cfg)?))
 }
 
-/// Opens one secondary tier of `config` over `region`.
+/// Opens one secondary tier of `config` over `region`, once its settings are
+/// [valid](TierConfig::validate) (`InvalidInput` naming the field otherwise).
 pub fn open_tier(config: &TierConfig, region: &Arc<PrimaryRegion>) -> io::Result<Box<dyn SecondaryTier>> {
+    config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     match config {
         TierConfig::Memory(_) => Ok(Box::new(MemoryTier::new(Some(Arc::new(RegionRows(region.clone())))))),
         TierConfig::Fs(fs) if fs.executor == ExecutorKind::Sim => {
@@ -119,8 +134,9 @@ impl std::fmt::Debug for TieredCache {
 }
 
 impl TieredCache {
-    /// Maps the region and opens every tier of `config`.
+    /// [Validates](CacheConfig::validate) `config`, maps the region and opens every tier.
     pub fn new(config: &CacheConfig) -> Result<Self, CacheError> {
+        config.validate()?;
         let rows = config.num_blocks as usize;
         let region = match &config.shared_memory {
             Some(path) => PrimaryRegion::shared(path, rows, config.block_bytes, config.shared_memory_mode)?,
@@ -128,7 +144,8 @@ impl TieredCache {
         };
         let region = Arc::new(region);
         let tiers = config.tiers.iter().map(|t| open_tier(t, &region)).collect::<io::Result<Vec<_>>>()?;
-        let engine_config = EngineConfig { promotion_deadline_steps: config.promotion_deadline_steps, events: true };
+        let engine_config =
+            EngineConfig { promotion_deadline_steps: config.promotion_deadline_steps, events: config.events };
         let engine = TieringEngine::new(AnyPolicy::new(config.policy, config.num_blocks), tiers, engine_config);
         Ok(TieredCache { engine, region })
     }
@@ -186,6 +203,34 @@ mod tests {
                 assert!(make_executor(ExecutorKind::Uring, &fs, &region, false).is_err());
             }
         }
+    }
+
+    /// Issue 11, item 24: the CPU tier's events are a configuration choice, off by default,
+    /// so a cache whose integrator never takes them does not grow a log without bound.
+    #[test]
+    fn cpu_events_accumulate_only_when_configured() {
+        let mut counted = Vec::new();
+        for events in [None, Some(true)] {
+            let mut config = CacheConfig::from_toml("num_blocks = 2\nblock_bytes = 64").unwrap();
+            assert!(!config.events, "off by default");
+            if let Some(on) = events {
+                config.events = on;
+            }
+            let mut cache = TieredCache::new(&config).unwrap();
+            let req = kvtier_core::ReqContext::new(1);
+            for i in 0..50u8 {
+                let key = kvtier_core::OffloadKey::from_bytes(&[i, 0, 0, 0]).unwrap();
+                let mut plan = kvtier_core::StorePlan::new();
+                cache.engine().prepare_store(&[key], req, &mut plan).unwrap();
+                cache.engine().complete_store(&plan.keys, req, true).unwrap();
+                cache.engine().end_step();
+            }
+            let mut log = kvtier_core::EventLog::new();
+            cache.engine().take_events(&mut log);
+            counted.push(log.len());
+        }
+        assert_eq!(counted[0], 0, "nothing collected when off");
+        assert!(counted[1] >= 50, "stored (and evicted) events when on: {}", counted[1]);
     }
 
     #[test]

@@ -16,7 +16,13 @@
 //! executor = "auto"               # "threaded", "uring", "sim" or "auto"
 //! format = "native"               # or "vllm" (raw rows, vLLM-compatible)
 //! model_name = "meta-llama/Llama-3.1-8B"
+//! file_mode = 0o600               # owner-only (the default); 0o640/0o660 to share with a group
 //! ```
+//!
+//! A configuration is checked as a whole by [`CacheConfig::validate`] (which
+//! [`CacheConfig::from_toml`] and [`crate::TieredCache::new`] call): the one place its limits
+//! live. A value out of range is an [`InvalidConfig`] naming the field
+//! (`block_bytes`, `tiers[1].read_workers`).
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +64,12 @@ pub struct CacheConfig {
     #[serde(default)]
     pub tiers: Vec<TierConfig>,
 }
+
+/// Largest `block_bytes` a configuration accepts (1 GiB).
+pub const MAX_BLOCK_BYTES: usize = 1 << 30;
+
+/// Most worker threads of each kind an FS tier may ask for.
+pub const MAX_WORKERS: usize = 1024;
 
 fn default_block_bytes() -> usize {
     4096
@@ -170,6 +182,9 @@ pub struct FsConfig {
     /// Write-priority worker threads (threaded executor).
     #[serde(default)]
     pub write_workers: Option<usize>,
+    /// Permission bits of what the tier creates (owner-only by default; see [`FileMode`]).
+    #[serde(default)]
+    pub file_mode: FileMode,
 }
 
 impl FsConfig {
@@ -200,7 +215,23 @@ impl FsConfig {
             max_blocks: None,
             read_workers: None,
             write_workers: None,
+            file_mode: FileMode::OWNER_ONLY,
         }
+    }
+
+    /// Checks the tier's settings (see [`CacheConfig::validate`]); errors name the field.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.root_dir.as_os_str().is_empty() {
+            return Err(InvalidConfig::new("root_dir", "must not be empty"));
+        }
+        for (field, n) in [("read_workers", self.read_workers), ("write_workers", self.write_workers)] {
+            if let Some(n) = n {
+                if !(1..=MAX_WORKERS).contains(&n) {
+                    return Err(InvalidConfig::new(field, format!("{n} is not from 1 to {MAX_WORKERS}")));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The FS tier's settings, for blocks of `block_bytes` (the primary region's rows).
@@ -229,9 +260,49 @@ impl FsConfig {
         cfg.probe_on_miss = self.probe_on_miss;
         cfg.events = self.events;
         cfg.max_blocks = self.max_blocks;
+        cfg.file_mode = self.file_mode;
         cfg
     }
 }
+
+impl TierConfig {
+    /// Checks the tier's settings (see [`CacheConfig::validate`]); errors name the field.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        match self {
+            TierConfig::Memory(_) => Ok(()),
+            TierConfig::Fs(fs) => fs.validate(),
+        }
+    }
+}
+
+/// A configuration value out of range: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidConfig {
+    /// The field, as a configuration file spells it (`block_bytes`, `tiers[0].read_workers`).
+    pub field: String,
+    /// What is wrong with its value.
+    pub reason: String,
+}
+
+impl InvalidConfig {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        InvalidConfig { field: field.into(), reason: reason.into() }
+    }
+
+    /// The same error, for a field inside `outer` (`tiers[1]`).
+    fn inside(mut self, outer: &str) -> Self {
+        self.field = format!("{outer}.{}", self.field);
+        self
+    }
+}
+
+impl std::fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}`: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidConfig {}
 
 /// A configuration file could not be used.
 #[derive(Debug)]
@@ -240,6 +311,8 @@ pub enum ConfigError {
     Read(PathBuf, std::io::Error),
     /// The file is not a valid configuration.
     Parse(PathBuf, String),
+    /// A value in the file is out of range.
+    Invalid(PathBuf, InvalidConfig),
 }
 
 impl std::fmt::Display for ConfigError {
@@ -247,6 +320,7 @@ impl std::fmt::Display for ConfigError {
         match self {
             ConfigError::Read(p, e) => write!(f, "cannot read {}: {e}", p.display()),
             ConfigError::Parse(p, e) => write!(f, "{}: {e}", p.display()),
+            ConfigError::Invalid(p, e) => write!(f, "{}: {e}", p.display()),
         }
     }
 }
@@ -254,15 +328,46 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl CacheConfig {
-    /// Parses TOML text.
+    /// Parses TOML text and [validates](Self::validate) it.
     pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let config: CacheConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
     }
 
-    /// Reads and parses a TOML file.
+    /// Reads, parses and [validates](Self::validate) a TOML file.
     pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
-        Self::from_toml(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+        let config: CacheConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e.to_string()))?;
+        config.validate().map_err(|e| ConfigError::Invalid(path.into(), e))?;
+        Ok(config)
+    }
+
+    /// Checks every limit of the configuration, the one place they live:
+    ///
+    /// - `block_bytes` from 1 to [`MAX_BLOCK_BYTES`];
+    /// - `shared_memory`, when given, is not an empty path;
+    /// - each tier's: an fs tier's `root_dir` is not empty, and `read_workers` and
+    ///   `write_workers`, when given, are from 1 to [`MAX_WORKERS`].
+    ///
+    /// `num_blocks = 0` is valid (a cache that keeps nothing: every store answers no space);
+    /// any `u32` is, as far as limits go: with rows of at most 1 GiB the region's size fits in
+    /// 64 bits, and memory the kernel will not map is an error naming the size when the
+    /// region is made. File modes are checked when read ([`FileMode`]).
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if !(1..=MAX_BLOCK_BYTES).contains(&self.block_bytes) {
+            return Err(InvalidConfig::new(
+                "block_bytes",
+                format!("{} is not from 1 to {MAX_BLOCK_BYTES}", self.block_bytes),
+            ));
+        }
+        if self.shared_memory.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(InvalidConfig::new("shared_memory", "must not be an empty path"));
+        }
+        for (i, tier) in self.tiers.iter().enumerate() {
+            tier.validate().map_err(|e| e.inside(&format!("tiers[{i}]")))?;
+        }
+        Ok(())
     }
 }
 
@@ -298,6 +403,71 @@ mod tests {
         assert!(CacheConfig::from_toml(bad).unwrap_err().contains("executr"));
         assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"tape\"").is_err());
         assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"memory\"\nsize = 3").is_err());
+    }
+
+    /// Issue 11, item 12: out-of-range values are refused in one place, by a typed error that
+    /// names the field (`block_bytes = 0` used to reach `simulate` and divide by zero), from
+    /// TOML text, from a file (naming it too), and from a configuration built in code.
+    #[test]
+    fn out_of_range_values_are_refused_naming_the_field() {
+        let field = |text: &str| {
+            let cfg: CacheConfig = toml::from_str(text).unwrap();
+            cfg.validate().unwrap_err().field
+        };
+        let fs = |line: &str| {
+            format!("num_blocks = 1\n[[tiers]]\ntype = \"memory\"\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\n{line}")
+        };
+        assert_eq!(field("num_blocks = 1\nblock_bytes = 0"), "block_bytes");
+        assert_eq!(field(&format!("num_blocks = 1\nblock_bytes = {}", MAX_BLOCK_BYTES + 1)), "block_bytes");
+        assert_eq!(field("num_blocks = 1\nshared_memory = \"\""), "shared_memory");
+        assert_eq!(field(&fs("read_workers = 0")), "tiers[1].read_workers");
+        assert_eq!(field(&fs("write_workers = 1025")), "tiers[1].write_workers");
+        assert_eq!(field("num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"\""), "tiers[0].root_dir");
+        for ok in ["num_blocks = 0", "num_blocks = 1\nblock_bytes = 1", "num_blocks = 8\nblock_bytes = 1073741824"] {
+            CacheConfig::from_toml(ok).unwrap();
+        }
+        CacheConfig::from_toml(&fs("read_workers = 1\nwrite_workers = 1024")).unwrap();
+
+        let err = CacheConfig::from_toml("num_blocks = 4\nblock_bytes = 0").unwrap_err();
+        assert!(err.contains("`block_bytes`"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvtier.toml");
+        std::fs::write(&path, fs("read_workers = 100000")).unwrap();
+        match CacheConfig::from_toml_file(&path) {
+            Err(e @ ConfigError::Invalid(..)) => {
+                let text = e.to_string();
+                assert!(text.contains("kvtier.toml") && text.contains("`tiers[1].read_workers`"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut built = CacheConfig::from_toml("num_blocks = 4").unwrap();
+        built.block_bytes = 0;
+        match crate::TieredCache::new(&built) {
+            Err(crate::CacheError::Config(e)) => assert_eq!(e.field, "block_bytes"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    /// Issue 11, item 27: the modes of what a cache creates come from its configuration,
+    /// owner-only unless set, spelled as TOML integers or octal strings.
+    #[test]
+    fn file_modes_are_configured_owner_only_by_default() {
+        let fs = |line: &str| {
+            let text = format!("num_blocks = 1\n{line}\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"");
+            CacheConfig::from_toml(&text)
+        };
+        let cfg = fs("").unwrap();
+        let TierConfig::Fs(tier) = &cfg.tiers[0] else { unreachable!() };
+        assert_eq!(
+            (cfg.shared_memory_mode, tier.tier_config(cfg.block_bytes).file_mode),
+            (FileMode::OWNER_ONLY, FileMode::OWNER_ONLY)
+        );
+        let text = "num_blocks = 1\nshared_memory_mode = \"0640\"\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\nfile_mode = 0o660";
+        let cfg = CacheConfig::from_toml(text).unwrap();
+        let TierConfig::Fs(tier) = &cfg.tiers[0] else { unreachable!() };
+        assert_eq!((cfg.shared_memory_mode.file(), tier.tier_config(cfg.block_bytes).file_mode.file()), (0o640, 0o660));
+        let err = fs("shared_memory_mode = 0o755").unwrap_err();
+        assert!(err.contains("shared_memory_mode") && err.contains("0o755"), "{err}");
     }
 
     #[test]

@@ -12,13 +12,20 @@
 //!   fails (malformed JSON answers `invalid_request`, any other op or a bad config `config`, a
 //!   primary region or tier that cannot start `io`), there is no engine and every later line
 //!   answers `config` ("no engine: the config line failed"). After a good config, another
-//!   `config` line answers `config`.
-//! - **Config bounds.** `num_blocks` at most [`MAX_BLOCKS`], `block_bytes` from 1 to
-//!   [`MAX_BLOCK_BYTES`], `promotion_deadline_steps` at most `u32::MAX`; numbers must be
-//!   non-negative integers. Unknown keys (in the config or a tier entry), a `null` value and a
-//!   wrong type are `config` errors. `policy` is `lru` or `arc` (any case).
-//! - **`fs` tiers** are not part of this build yet: a config naming one answers `config`
-//!   ("fs tiers are not available in this build").
+//!   `config` line answers `config`. Every line is answered all the same, and `kvtier replay`
+//!   then exits non-zero ([`run`] reports [`Ended::ConfigFailed`]).
+//! - **Config bounds.** `num_blocks` at most [`MAX_BLOCKS`], `promotion_deadline_steps` at
+//!   most `u32::MAX`; numbers must be non-negative integers. Then the limits every
+//!   configuration has, checked in their one place, [`CacheConfig::validate`]: `block_bytes`
+//!   from 1 to [`MAX_BLOCK_BYTES`](crate::config::MAX_BLOCK_BYTES), an `fs` tier's
+//!   `read_workers` and `write_workers` from 1 to [`MAX_WORKERS`](crate::config::MAX_WORKERS)
+//!   (more threads than a process can start would abort it); the message names the field.
+//!   Unknown keys (in the config or a tier entry), a `null` value and a wrong type are `config`
+//!   errors. `policy` is `lru` or `arc` (any case).
+//! - **`fs` tiers** take the keys of the TOML `fs` table ([`FsConfig`](crate::config::FsConfig)):
+//!   the tier really runs, on its executor, in `root_dir`. One that cannot start (a directory
+//!   that cannot be created, a run config that differs from the one on disk) answers `io`,
+//!   naming the path and what failed.
 //! - **Op fields.** Fields an op does not use are ignored (so a trace may carry `req` or
 //!   comments on every line). A line is checked in this order, the first failure answering:
 //!   JSON object with a string `op` (`invalid_request`), known op (`unknown_op`), presence and
@@ -53,27 +60,58 @@ use serde_json::{Map, Value};
 
 use kvtier_fs::region::{Access, PrimaryRegion};
 
-use crate::config::TierConfig;
+use crate::config::{CacheConfig, TierConfig};
 
 /// Largest `num_blocks` a replay config accepts (the engine's tables are sized from it).
 pub const MAX_BLOCKS: u64 = 1 << 22;
-/// Largest `block_bytes` a replay config accepts.
-pub const MAX_BLOCK_BYTES: u64 = 1 << 28;
 
 /// Runs the trace in `file` (standard input when `None`), writing one answer line per non-blank
 /// input line to standard output. The run ends with the engine's shutdown. Only I/O failures of
-/// the input or output end the run early (an error); problems with a line never do.
+/// the input or output end the run early (an error naming the file and what failed); problems
+/// with a line never do. A run whose config line failed answers every line, then returns an
+/// error (the command exits non-zero).
 pub fn run_cli(file: Option<&Path>) -> Result<(), Box<dyn Error>> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    match file {
+    let ended = match file {
         Some(path) => {
-            let f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-            run(f, &mut out)?;
+            let named = |e: io::Error, what: &str| format!("replay: {}: {what}: {e}", path.display());
+            let f = File::open(path).map_err(|e| named(e, "cannot open it"))?;
+            if f.metadata().is_ok_and(|m| m.is_dir()) {
+                return Err(format!("replay: {} is a directory, not a trace file", path.display()).into());
+            }
+            run(NamedInput { file: f, path }, &mut out)?
         }
-        None => run(io::stdin(), &mut out)?,
+        None => run(io::stdin(), &mut out).map_err(|e| format!("replay: {e}"))?,
+    };
+    match ended {
+        Ended::Ran => Ok(()),
+        Ended::ConfigFailed => Err("replay: the config line failed (its answer says why); no op ran".into()),
     }
-    Ok(())
+}
+
+/// The trace file: its read errors name it.
+struct NamedInput<'a> {
+    file: File,
+    path: &'a Path,
+}
+
+impl Read for NamedInput<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::Interrupted => e,
+            _ => kvtier_fs::files::annotate(e, format!("replay: cannot read {}", self.path.display())),
+        })
+    }
+}
+
+/// How a trace run ended, when its input and output did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The config line started an engine, or the input had no line.
+    Ran,
+    /// The config line failed: there was no engine, and every line answered an error.
+    ConfigFailed,
 }
 
 /// Runs the trace read from `input`, writing the answers to `out`; the engine is shut down at
@@ -82,7 +120,7 @@ pub fn run_cli(file: Option<&Path>) -> Result<(), Box<dyn Error>> {
 /// Answers are buffered, and flushed whenever every input read so far has been answered and
 /// the next read may block: a bulk trace costs few writes, and a driver that sends one line
 /// and waits for its answer (an interactive pipe) gets it.
-pub fn run(input: impl Read, out: &mut impl Write) -> io::Result<()> {
+pub fn run(input: impl Read, out: &mut impl Write) -> io::Result<Ended> {
     let mut input = BufReader::with_capacity(1 << 16, input);
     let mut replayer = Replayer::new();
     let mut line = Vec::new();
@@ -106,7 +144,7 @@ pub fn run(input: impl Read, out: &mut impl Write) -> io::Result<()> {
         }
     };
     replayer.finish();
-    result
+    result.map(|()| if replayer.config_failed() { Ended::ConfigFailed } else { Ended::Ran })
 }
 
 /// A trace interpreter: feed it lines, get answer lines.
@@ -164,6 +202,11 @@ impl Replayer {
             State::Running(run) => Some(&run.region),
             _ => None,
         }
+    }
+
+    /// Whether the config line failed (there is no engine).
+    pub fn config_failed(&self) -> bool {
+        matches!(self.state, State::Failed)
     }
 
     /// Ends the run: shuts the engine down (every tier drains). Idempotent.
@@ -408,14 +451,6 @@ fn fill_pattern(key: &OffloadKey, len: usize, out: &mut Vec<u8>) {
 // ---------------------------------------------------------------------------------------------
 // Config
 
-struct Config {
-    num_blocks: u32,
-    block_bytes: usize,
-    policy: PolicyKind,
-    promotion_deadline_steps: u32,
-    tiers: Vec<TierConfig>,
-}
-
 fn config_err(message: impl Into<String>) -> OpError {
     OpError::new(Kind::Config, message)
 }
@@ -433,16 +468,15 @@ fn config_uint(obj: &Map<String, Value>, name: &str, default: Option<u64>, max: 
     }
 }
 
-fn parse_config(obj: &Map<String, Value>) -> Result<Config, OpError> {
+/// The config line as a [`CacheConfig`] (events on: `take_events` is an op), checked by
+/// [`CacheConfig::validate`] after replay's own bound on `num_blocks`.
+fn parse_config(obj: &Map<String, Value>) -> Result<CacheConfig, OpError> {
     const KNOWN: [&str; 6] = ["op", "num_blocks", "block_bytes", "policy", "promotion_deadline_steps", "tiers"];
     if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(config_err(format!("unknown config field `{unknown}`")));
     }
     let num_blocks = config_uint(obj, "num_blocks", None, MAX_BLOCKS)?;
-    let block_bytes = config_uint(obj, "block_bytes", Some(4096), MAX_BLOCK_BYTES)?;
-    if block_bytes == 0 {
-        return Err(config_err("`block_bytes` must be at least 1"));
-    }
+    let block_bytes = config_uint(obj, "block_bytes", Some(4096), u64::MAX)?;
     let policy = match obj.get("policy") {
         None => PolicyKind::Lru,
         Some(Value::String(p)) if p.eq_ignore_ascii_case("lru") => PolicyKind::Lru,
@@ -462,14 +496,20 @@ fn parse_config(obj: &Map<String, Value>) -> Result<Config, OpError> {
             serde_json::from_value::<TierConfig>(tier.clone()).map_err(|e| config_err(format!("tiers[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Config {
-        // Both bounded above by MAX_BLOCKS / MAX_BLOCK_BYTES, which fit.
+    let config = CacheConfig {
+        // Bounded above by MAX_BLOCKS, which fits.
         num_blocks: u32::try_from(num_blocks).map_err(|_| config_err("`num_blocks` too large"))?,
-        block_bytes: usize::try_from(block_bytes).map_err(|_| config_err("`block_bytes` too large"))?,
+        // Out of range when it does not fit: validate() says so.
+        block_bytes: usize::try_from(block_bytes).unwrap_or(usize::MAX),
         policy,
         promotion_deadline_steps: u32::try_from(deadline).map_err(|_| config_err("deadline too large"))?,
+        events: true,
+        shared_memory: None,
+        shared_memory_mode: Default::default(),
         tiers,
-    })
+    };
+    config.validate().map_err(|e| config_err(e.to_string()))?;
+    Ok(config)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -858,6 +898,33 @@ mod tests {
         r.finish();
         r.finish();
         assert!(r.engine().is_some_and(|e| e.is_shut_down()));
+    }
+
+    /// Issue 11, item 13: worker counts a process cannot start (it used to abort, with no
+    /// answer line) are a `config` error naming the field; the run goes on answering lines, and
+    /// reports that its config line failed (item 18: `kvtier replay` exits non-zero).
+    #[test]
+    fn worker_counts_out_of_range_are_a_config_error() {
+        let root = tempfile::tempdir().unwrap();
+        for (field, n) in [("read_workers", 100_000), ("write_workers", 0), ("read_workers", 1025)] {
+            let tier = serde_json::json!({"type":"fs","root_dir":root.path(),"executor":"threaded",field:n});
+            let config = serde_json::json!({"op":"config","num_blocks":2,"tiers":[{"type":"memory"},tier]});
+            let mut r = Replayer::new();
+            let answer = r.handle_line(&config.to_string()).unwrap();
+            assert_eq!(kind(&answer).as_deref(), Some("config"), "{answer}");
+            assert!(answer.contains(&format!("tiers[1].{field}")), "{answer}");
+            assert!(r.config_failed());
+            let next = r.handle_line(r#"{"op":"end_step"}"#).unwrap();
+            assert_eq!(kind(&next).as_deref(), Some("config"), "{next}");
+        }
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "no tier started");
+        let mut out = Vec::new();
+        let trace =
+            format!("{}\n{{\"op\":\"end_step\"}}\n", serde_json::json!({"op":"config","num_blocks":2,"block_bytes":0}));
+        assert_eq!(run(trace.as_bytes(), &mut out).unwrap(), Ended::ConfigFailed);
+        assert_eq!(String::from_utf8(out).unwrap().lines().count(), 2, "every line is answered");
+        assert_eq!(run(&b"{\"op\":\"config\",\"num_blocks\":2}\n"[..], &mut Vec::new()).unwrap(), Ended::Ran);
+        assert_eq!(run(&b""[..], &mut Vec::new()).unwrap(), Ended::Ran);
     }
 
     #[test]
