@@ -6,10 +6,19 @@
 //! native block's header and payload checksum, a vllm-format block's length only (raw rows
 //! carry no checksum; a file whose length differs from the namespace's common length is
 //! counted corrupt).
+//!
+//! It is a health check: after printing its report it exits non-zero when it found damage (a
+//! namespace whose `config.json` is unreadable or does not match its directory, or, with
+//! `--verify`, a corrupt block) or no kvtier data at all (no namespace under `ROOT`). Files
+//! and directories that users other than the owner and the group can read are counted and
+//! reported (a KV block can be turned back into the prompt it came from; kvtier creates them
+//! owner-only unless its `file_mode` says otherwise), without failing the check: a deployment
+//! may have chosen such a mode.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kvtier_fs::namespace::{digest12, parse_block_path, Layout, RunConfig, CONFIG_FILE, NATIVE_STORAGE_FORMAT};
@@ -51,6 +60,9 @@ pub struct NamespaceReport {
     pub digest: Option<String>,
     /// A problem with `config.json` (unreadable, or not matching the directory name).
     pub config_problem: Option<String>,
+    /// Of the namespace directory and its `config.json`, how many others can read (see
+    /// [`others_can_read`]).
+    pub others_readable: u64,
     /// Per rank directory.
     pub ranks: Vec<RankReport>,
 }
@@ -74,9 +86,57 @@ pub struct RankReport {
     pub intact: Option<u64>,
     /// With `--verify`: blocks that do not.
     pub corrupt: Option<u64>,
+    /// Files and directories of the rank (itself included) that others can read (see
+    /// [`others_can_read`]).
+    pub others_readable: u64,
 }
 
-/// Runs the command.
+/// Whether users other than the owner and the file's group can read a file or list a
+/// directory of mode `mode` (its "other" read bit).
+pub fn others_can_read(mode: u32) -> bool {
+    mode & 0o004 != 0
+}
+
+fn others_read(path: &Path) -> io::Result<bool> {
+    let meta = fs::symlink_metadata(path).map_err(|e| named(e, "cannot stat", path))?;
+    Ok(others_can_read(meta.permissions().mode()))
+}
+
+/// `e` naming what failed, where.
+fn named(e: io::Error, what: &str, path: &Path) -> io::Error {
+    kvtier_fs::files::annotate(e, format!("inspect: {what} {}", path.display()))
+}
+
+/// The entries of directory `dir`, each error naming it.
+fn entries(dir: &Path) -> io::Result<Vec<fs::DirEntry>> {
+    let read = |e| named(e, "cannot read directory", dir);
+    fs::read_dir(dir).map_err(read)?.map(|e| e.map_err(read)).collect()
+}
+
+impl RootReport {
+    /// Why the root is not healthy, if it is not: no kvtier data, a namespace whose config is
+    /// a problem, corrupt blocks (counted with `--verify`).
+    pub fn damage(&self) -> Option<String> {
+        if self.namespaces.is_empty() {
+            return Some(format!(
+                "no kvtier data under {} (no namespace: no directory holding a config.json)",
+                self.root.display()
+            ));
+        }
+        let bad_configs = self.namespaces.iter().filter(|ns| ns.config_problem.is_some()).count();
+        let corrupt: u64 = self.namespaces.iter().flat_map(|ns| &ns.ranks).filter_map(|r| r.corrupt).sum();
+        let mut found = Vec::new();
+        if bad_configs > 0 {
+            found.push(format!("{bad_configs} namespace(s) with a config.json problem"));
+        }
+        if corrupt > 0 {
+            found.push(format!("{corrupt} corrupt block(s)"));
+        }
+        (!found.is_empty()).then(|| format!("{}: {}", self.root.display(), found.join(", ")))
+    }
+}
+
+/// Runs the command: prints the report, then fails if it found damage or no kvtier data.
 pub fn run(args: &InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
     let report = inspect(&args.root, args.verify)?;
     if args.json {
@@ -84,16 +144,29 @@ pub fn run(args: &InspectArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         print_human(&report, args.verify);
     }
-    Ok(())
+    match report.damage() {
+        Some(damage) => Err(format!("inspect: {damage}").into()),
+        None => Ok(()),
+    }
 }
 
-/// Inspects `root`.
+/// Inspects `root`. Errors name the path and what failed (`inspect: /x: no such directory`).
 pub fn inspect(root: &Path, verify: bool) -> io::Result<RootReport> {
-    let mut names: Vec<PathBuf> = fs::read_dir(root)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.join(CONFIG_FILE).is_file())
-        .collect();
+    match fs::metadata(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(io::Error::new(e.kind(), format!("inspect: {}: no such directory", root.display())))
+        }
+        Err(e) => return Err(named(e, "cannot stat", root)),
+        Ok(m) if !m.is_dir() => {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("inspect: {}: not a directory", root.display()),
+            ))
+        }
+        Ok(_) => {}
+    }
+    let mut names: Vec<PathBuf> =
+        entries(root)?.into_iter().map(|e| e.path()).filter(|p| p.join(CONFIG_FILE).is_file()).collect();
     names.sort();
     let mut namespaces = Vec::new();
     for dir in names {
@@ -120,9 +193,10 @@ fn inspect_namespace(root: &Path, dir: &Path, verify: bool) -> io::Result<Namesp
         }
     }
     let native = run.as_ref().is_some_and(|r| r.storage_format.as_deref() == Some(NATIVE_STORAGE_FORMAT));
+    let others_readable = u64::from(others_read(dir)?) + u64::from(others_read(&dir.join(CONFIG_FILE))?);
     let prefix = format!("{dir_name}_r");
-    let mut rank_dirs: Vec<(u32, PathBuf)> = fs::read_dir(root)?
-        .filter_map(Result::ok)
+    let mut rank_dirs: Vec<(u32, PathBuf)> = entries(root)?
+        .into_iter()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let rank = name.strip_prefix(&prefix)?.parse().ok()?;
@@ -145,6 +219,7 @@ fn inspect_namespace(root: &Path, dir: &Path, verify: bool) -> io::Result<Namesp
         format: if native { "native" } else { "vllm" },
         digest,
         config_problem,
+        others_readable,
         ranks,
     })
 }
@@ -157,13 +232,17 @@ fn inspect_rank(
     verify: bool,
 ) -> io::Result<RankReport> {
     let mut report = RankReport { rank, ..RankReport::default() };
+    report.others_readable += u64::from(others_read(rank_dir)?);
     let mut blocks = Vec::new();
     let mut dirs = vec![(rank_dir.to_path_buf(), 0)];
     while let Some((dir, depth)) = dirs.pop() {
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
+        for entry in entries(&dir)? {
             let path = entry.path();
+            let meta = entry.metadata().map_err(|e| named(e, "cannot stat", &path))?;
+            let kind = meta.file_type();
+            if (kind.is_file() || kind.is_dir()) && others_can_read(meta.permissions().mode()) {
+                report.others_readable += 1;
+            }
             if kind.is_dir() {
                 if depth < 2 {
                     dirs.push((path, depth + 1));
@@ -179,7 +258,7 @@ fn inspect_rank(
             } else if let Some(key) =
                 path.strip_prefix(rank_dir).ok().and_then(parse_block_path).filter(|_| kind.is_file())
             {
-                let len = entry.metadata()?.len();
+                let len = meta.len();
                 report.blocks += 1;
                 report.bytes += len;
                 blocks.push((path, key, len));
@@ -229,6 +308,13 @@ fn print_human(report: &RootReport, verify: bool) {
         );
         if let Some(p) = &ns.config_problem {
             println!("  problem: {p}");
+        }
+        let exposed = ns.others_readable + ns.ranks.iter().map(|r| r.others_readable).sum::<u64>();
+        if exposed > 0 {
+            println!(
+                "  warning: {exposed} file(s) and directories others can read (KV blocks reveal prompts; \
+                 kvtier creates them owner-only unless file_mode says otherwise)"
+            );
         }
         for r in &ns.ranks {
             print!(
