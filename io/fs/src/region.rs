@@ -607,6 +607,29 @@ mod tests {
         assert_eq!(region.lease(SlotId(3), Access::Read).unwrap_err(), LeaseError::OutOfRange);
     }
 
+    /// Issue 11, item 15: rows take a whole stride (a 1-byte block takes 4096 bytes), and a
+    /// region the kernel will not map, or whose size overflows, says what size it asked for
+    /// (it used to say only "Cannot allocate memory").
+    #[test]
+    #[cfg_attr(miri, ignore = "miri cannot make a mapping fail for its size")]
+    fn a_region_too_large_names_its_size() {
+        assert_eq!(PrimaryRegion::stride_for(1), Some(4096));
+        assert_eq!(PrimaryRegion::stride_for(4097), Some(8192));
+        assert_eq!(PrimaryRegion::mapping_len(3, 1), Some(3 * 4096));
+        assert_eq!(PrimaryRegion::mapping_len(usize::MAX / 4096, 4096), None);
+        let e = PrimaryRegion::anonymous(usize::MAX / 2, 1).unwrap_err();
+        assert!(e.to_string().contains(&format!("{} rows of 1 bytes", usize::MAX / 2)), "{e}");
+        // 1 PiB: more than this machine has, under the kernel's default overcommit heuristic.
+        match PrimaryRegion::anonymous(1 << 38, 4096) {
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.starts_with("cannot map 1125899906842624 bytes (1048576.0 GiB)"), "{text}");
+                assert!(text.contains(&format!("{} rows of 4096 bytes", 1u64 << 38)), "{text}");
+            }
+            Ok(_) => eprintln!("skipped: this kernel mapped 1 PiB (overcommit_memory = 1?)"),
+        }
+    }
+
     #[test]
     fn empty_regions_do_not_map() {
         let region = Arc::new(PrimaryRegion::anonymous(0, 4096).unwrap());
