@@ -187,3 +187,147 @@ fn simulate_refuses_an_invalid_configuration_file() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("kvtier.toml") && stderr.contains("`block_bytes`"), "{stderr}");
 }
+
+/// A small `simulate` run (`--sync-io`, 4 KiB blocks) with `args` on top, its temporary
+/// directory (if any) under `tmpdir`.
+fn simulate(tmpdir: &Path, args: &[&str]) -> Output {
+    kvtier()
+        .env("TMPDIR", tmpdir)
+        .args(["simulate", "--quiet", "--sync-io", "--bytes-per-token=256", "--requests=20"])
+        .args(args)
+        .output()
+        .expect("run kvtier simulate")
+}
+
+/// The `kvtier-simulate-*` directories under `tmpdir`.
+fn scratch_dirs(tmpdir: &Path) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = std::fs::read_dir(tmpdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("kvtier-simulate-")))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Issue 11, item 14: sizes whose products overflow are a clear error naming the flag, never a
+/// panic, an abort or a wrapped figure. `--block-tokens 2^60` made the block size wrap to 0 and
+/// `simulate` divide by it (exit 101); `--gpu-blocks 2^52 + 1` of 4 KiB wrapped to 4 KiB of
+/// GPU and passed the memory check; a configuration's `max_blocks` of 2^63 - 1 was printed as
+/// 16 EiB wrapped ("17179869184.0 GiB").
+#[test]
+fn simulate_refuses_sizes_that_overflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (flag, value) in [("--block-tokens", "1152921504606846976"), ("--gpu-blocks", "4503599627370497")] {
+        let out = simulate(tmp.path(), &[&format!("{flag}={value}")]);
+        assert_failed_cleanly(&out, flag);
+        assert!(text(&out.stderr).contains(&format!("{flag} {value}")), "{}", text(&out.stderr));
+    }
+    let config = tmp.path().join("huge.toml");
+    let root = tmp.path().join("root");
+    std::fs::write(
+        &config,
+        format!(
+            "num_blocks = 64\nblock_bytes = 4096\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"{}\"\nexecutor = \"threaded\"\nmax_blocks = 9223372036854775807\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let out = simulate(tmp.path(), &["--config", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // (2^63 - 1) x 4 KiB = 2^45 TiB.
+    assert!(stdout.contains("at most 9223372036854775807 blocks (34359738368 TiB)"), "{stdout}");
+}
+
+/// Issue 11, item 19: the header says what runs. `--sessions 0` printed "0 sessions" and ran
+/// one; `--executor sim` said "disk (fs) at DIR" (its disk is in memory) and made a temporary
+/// directory it never used.
+#[test]
+fn simulate_prints_what_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = simulate(tmp.path(), &["--sessions=0"]);
+    assert_failed_cleanly(&out, "--sessions 0");
+    assert!(text(&out.stderr).contains("--sessions 0"), "{}", text(&out.stderr));
+    let out = simulate(tmp.path(), &["--zipf", "-1"]);
+    assert_failed_cleanly(&out, "--zipf -1");
+    assert!(text(&out.stderr).contains("--zipf -1"), "{}", text(&out.stderr));
+
+    let out = simulate(tmp.path(), &["--sessions=3", "--system-prompts=2", "--zipf=1.5", "--executor=sim"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let header = stdout.lines().next().unwrap();
+    assert!(
+        header.contains("20 chat requests from 3 sessions (Zipf popularity, exponent 1.5; 2 shared system prompts)"),
+        "{header}"
+    );
+    let tier = stdout.lines().find(|l| l.trim_start().starts_with("tier:")).unwrap();
+    assert!(tier.contains("simulated in memory") && tier.contains("sim executor"), "{tier}");
+    assert!(!tier.contains("disk (fs) at"), "{tier}");
+    assert_eq!(scratch_dirs(tmp.path()), Vec::<std::path::PathBuf>::new(), "no directory for an in-memory disk");
+    let out = simulate(tmp.path(), &["--executor=sim", "--dir", tmp.path().join("d").to_str().unwrap()]);
+    assert_failed_cleanly(&out, "--dir with --executor sim");
+    assert!(text(&out.stderr).contains("--dir"), "{}", text(&out.stderr));
+}
+
+/// The first `.bin` file under `dir`, if any (walking what can be read: the tier is writing).
+fn any_block_file(dir: &Path) -> bool {
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "bin") {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Issue 11, items 20 and 27: a `simulate` killed by SIGTERM or SIGINT while its disk tier
+/// writes removes its temporary directory (it was left behind: 4.8 GB seen), then ends by that
+/// signal; the directory is owner-only while it lives (it was 0755). A real process: the
+/// `kvtier` binary, its temporary directory under a `TMPDIR` of the test's.
+#[test]
+fn simulate_killed_by_a_signal_removes_its_temporary_directory() {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = kvtier()
+            .env("TMPDIR", tmp.path())
+            .args(["simulate", "--quiet", "--sync-io", "--bytes-per-token=256", "--requests=20000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kvtier simulate");
+        // Until the disk tier has written a block into the temporary directory.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let scratch = loop {
+            if let Some(dir) = scratch_dirs(tmp.path()).pop() {
+                if any_block_file(&dir) {
+                    break dir;
+                }
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("simulate ended before writing a block: {status:?}");
+            }
+            assert!(std::time::Instant::now() < deadline, "no block written within 300 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mode = std::fs::metadata(&scratch).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}: others may not read the KV blocks in it", scratch.display());
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) with the pid of our own child, which has not been waited for (so the
+        // pid is still its own), and a valid signal number.
+        let sent = unsafe { libc::kill(pid, sig) };
+        assert_eq!(sent, 0, "kill: {}", std::io::Error::last_os_error());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.signal(), Some(sig), "ended by the signal: {:?}, {}", out.status, text(&out.stderr));
+        assert!(!scratch.exists(), "{} left behind", scratch.display());
+        assert_eq!(scratch_dirs(tmp.path()), Vec::<std::path::PathBuf>::new());
+        let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+        assert!(text(&out.stderr).contains(&format!("interrupted by {name}")), "{}", text(&out.stderr));
+    }
+}

@@ -59,6 +59,7 @@ use metrics::{counter, gauge, histogram};
 
 use super::cost::GpuCost;
 use super::gpu::GpuCache;
+use super::signals::Interrupt;
 use super::workload::{count_mismatches, fill_block, Request, Workload};
 use crate::cputime::thread_cpu;
 
@@ -350,8 +351,9 @@ impl<'a> Sim<'a> {
         &self.wl.requests[id]
     }
 
-    /// Runs every request to completion.
-    pub fn run(&mut self, bar: &ProgressBar) -> Result<(), String> {
+    /// Runs every request to completion, or until `interrupt` asks it to stop (an error
+    /// naming the signal, at the next iteration or while it waits for I/O).
+    pub fn run(&mut self, bar: &ProgressBar, interrupt: &Interrupt) -> Result<(), String> {
         let reqs = &self.wl.requests;
         let n = reqs.len();
         let mut now = reqs.first().map_or(0.0, |r| r.arrival);
@@ -362,6 +364,7 @@ impl<'a> Sim<'a> {
         let mut live: Vec<Live> = Vec::new();
         let mut stalled = 0;
         while (self.tally.requests as usize) < n {
+            interrupt.check()?;
             while next < n && reqs[next].arrival <= now {
                 waiting.push_back(next);
                 next += 1;
@@ -378,7 +381,7 @@ impl<'a> Sim<'a> {
             }
             if self.off.is_some() {
                 self.end_step();
-                self.settle(start)?;
+                self.settle(start, interrupt)?;
             }
             self.samples.push(self.sample);
             self.tally.iterations += 1;
@@ -873,7 +876,7 @@ impl<'a> Sim<'a> {
     /// submitted (measuring each), then the cascaded stores. Charges the simulated disk with
     /// it (see [`DiskTime`]; the iteration's lookups ran at `start`), gives each promotion its
     /// virtual landing time and pins the landed blocks for the requests that wait for them.
-    fn settle(&mut self, start: f64) -> Result<(), String> {
+    fn settle(&mut self, start: f64, interrupt: &Interrupt) -> Result<(), String> {
         let Some(off) = self.off.as_deref_mut() else { return Ok(()) };
         let engine = off.cache.engine_ref();
         if engine.tier_count() == 0 || (off.batch.is_empty() && engine.jobs_in_flight() == 0) {
@@ -898,6 +901,7 @@ impl<'a> Sim<'a> {
             if left.is_empty() {
                 break;
             }
+            interrupt.check()?;
             if elapsed > PROMOTION_TIMEOUT {
                 return Err(format!("{} promotions still in flight after {PROMOTION_TIMEOUT:?}", left.len()));
             }

@@ -11,7 +11,9 @@
 //! content its key implies. The time a promotion from disk takes is measured on this machine.
 //! The same workload runs three times: with kvtier (CPU tier and disk), with kvtier's CPU tier
 //! alone (what vLLM's default CPU offloading gives), and without offloading (GPU prefix cache
-//! alone); the report ([`report`]) puts them side by side.
+//! alone); the report ([`report`]) puts them side by side. Every flag is checked first
+//! ([`check_flags`]); SIGINT and SIGTERM stop the run and remove its temporary directory
+//! ([`signals`]).
 //!
 //! # Measurements
 //!
@@ -41,6 +43,7 @@ pub mod driver;
 pub mod gpu;
 pub mod plot;
 pub mod report;
+pub mod signals;
 pub mod trace;
 pub mod workload;
 
@@ -61,10 +64,12 @@ use crate::args::{config_value, parse_size};
 use crate::cputime::{process_cpu, thread_cpu};
 use cost::{parse_gpu, parse_model, GpuCost, GpuSpec, ModelSpec};
 use driver::{DiskTime, Offload, SchedConfig, Sim};
+use kvtier::config::MAX_BLOCK_BYTES;
 use report::{
     quantile, ratio, size, BytesMoved, CostFigures, CpuFigures, Deltas, Errors, Promotions, Report, RunFigures, Setup,
     Verdict,
 };
+use signals::{Interrupt, Scratch};
 use trace::{TraceInfo, TraceParams};
 use workload::{ChatParams, Workload};
 
@@ -86,6 +91,12 @@ pub const CHAT_REQUESTS: usize = 600;
 pub const SMALL_FILE: u64 = 256 << 10;
 /// Most memory the simulated GPU's buffers may take here.
 pub const GPU_MEMORY_LIMIT: u64 = 12 << 30;
+/// Most GPU blocks simulated: the GPU's bookkeeping takes ~50 bytes a block besides its
+/// buffers, and the largest preset (Qwen-2.5-7B on an H100, blocks of one token) has ~1.1 M.
+pub const MAX_GPU_BLOCKS: usize = 1 << 22;
+/// Most chat sessions and most chat requests: the chat holds every session, request and key in
+/// memory, and 10 M turns take hours to run.
+pub const CHAT_LIMIT: usize = 10_000_000;
 
 /// Options of `kvtier simulate`. Flags override `--config`.
 #[derive(Debug, Clone, Parser)]
@@ -99,7 +110,7 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub requests: Option<usize>,
     /// Multiply arrival times by this (2: half the request rate)
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub time_scale: f64,
     /// Tokens per KV block (with --trace, a divisor of 512)
     #[arg(long, default_value_t = 16)]
@@ -116,10 +127,10 @@ pub struct SimulateArgs {
     #[arg(long, value_parser = parse_gpu, default_value = "h100")]
     pub gpu: GpuSpec,
     /// Cost model: microseconds per prompt token computed [default: from --gpu and --model]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub prefill_us: Option<f64>,
     /// Cost model: milliseconds of a step [default: from --gpu and --model]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub decode_ms: Option<f64>,
     /// Cost model: tokens per step [default: vLLM's for --gpu]
     #[arg(long)]
@@ -128,10 +139,10 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub max_seqs: Option<usize>,
     /// Cost model: CPU -> GPU GB/s [default: 80 % of --gpu's PCIe link, per GPU]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub pcie_gbps: Option<f64>,
     /// With --sync-io: the disk's GB/s (reads and writes) at the model's size
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, requires = "sync_io", allow_negative_numbers = true)]
     pub disk_gbps: f64,
     /// GPU KV-cache capacity, blocks [default: 512 for the chat; --gpu's capacity for --model
     /// with a trace]
@@ -155,19 +166,19 @@ pub struct SimulateArgs {
     #[arg(long, value_parser = config_value::<PolicyKind>)]
     pub policy: Option<PolicyKind>,
     /// Chat: sessions (users), picked with Zipf popularity
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, conflicts_with = "trace")]
     pub sessions: usize,
-    /// Chat: system prompts shared by the sessions
-    #[arg(long, default_value_t = 4)]
+    /// Chat: system prompts shared by the sessions (at most --sessions)
+    #[arg(long, default_value_t = 4, conflicts_with = "trace")]
     pub system_prompts: usize,
     /// Chat: seed of the workload
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, conflicts_with = "trace")]
     pub seed: u64,
     /// Chat: Zipf exponent of session popularity (0: uniform)
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, conflicts_with = "trace", allow_negative_numbers = true)]
     pub zipf: f64,
     /// Chat: mean request arrivals per second
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, conflicts_with = "trace", allow_negative_numbers = true)]
     pub rate: f64,
     /// Time the disk by --disk-gbps instead of measuring it: the outcome then depends on the
     /// inputs alone
@@ -230,6 +241,16 @@ pub fn cache_config(
     if let Some(p) = args.policy {
         cfg.policy = p;
     }
+    let fs_tiers = cfg.tiers.iter().filter(|t| matches!(t, TierConfig::Fs(_))).count();
+    for (flag, given) in [
+        ("--dir", args.dir.is_some()),
+        ("--executor", args.executor.is_some()),
+        ("--disk-bytes", args.disk_bytes.is_some()),
+    ] {
+        if given && fs_tiers == 0 {
+            return Err(format!("{flag}: the configuration has no fs tier for it to set").into());
+        }
+    }
     for tier in &mut cfg.tiers {
         if let TierConfig::Fs(fs) = tier {
             if let Some(dir) = &args.dir {
@@ -238,9 +259,20 @@ pub fn cache_config(
             if let Some(e) = args.executor {
                 fs.executor = e;
             }
+            if args.dir.is_some() && fs.executor == ExecutorKind::Sim {
+                return Err("--dir: the sim executor keeps the disk tier in memory, in no directory".into());
+            }
             if args.disk_bytes.is_some() || args.config.is_none() {
-                let blocks = args.disk_bytes.unwrap_or(DEFAULT_DISK_BYTES) / block_bytes as u64;
-                fs.max_blocks = Some(usize::try_from(blocks)?.max(1));
+                let bytes = args.disk_bytes.unwrap_or(DEFAULT_DISK_BYTES);
+                let blocks = usize::try_from(bytes / block_bytes as u64)?;
+                if blocks == 0 {
+                    return Err(format!(
+                        "--disk-bytes {bytes}: the disk tier holds no block of {} (raise it or lower --bytes-per-token)",
+                        size(block_bytes as f64)
+                    )
+                    .into());
+                }
+                fs.max_blocks = Some(blocks);
             }
         }
     }
@@ -256,7 +288,7 @@ pub struct Simulation {
     pub metrics: Option<String>,
     /// The temporary directory of the disk tier, removed when dropped (which can take seconds:
     /// it holds the whole working set).
-    pub scratch: Option<tempfile::TempDir>,
+    pub scratch: Option<Scratch>,
 }
 
 fn progress_bar(args: &SimulateArgs, requests: usize) -> ProgressBar {
@@ -328,11 +360,12 @@ fn run_offload(
     sched: SchedConfig,
     cache: TieredCache,
     bar: &ProgressBar,
+    interrupt: &Interrupt,
 ) -> Result<OffloadRun, Box<dyn Error>> {
     let mut off = Offload::new(cache);
     let (p0, t0, w0) = (process_cpu(), thread_cpu(), Instant::now());
     let mut sim = Sim::new(sched, wl, Some(&mut off));
-    let ran = sim.run(bar);
+    let ran = sim.run(bar, interrupt);
     sim.shutdown();
     let (wall, p1, t1) = (w0.elapsed(), process_cpu(), thread_cpu());
     ran?;
@@ -351,13 +384,15 @@ fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
         .enumerate()
         .map(|(i, t)| match (t, engine.tier_mut::<FsTier>(i)) {
             (TierConfig::Fs(fs), Some(tier)) => format!(
-                "disk (fs) at {}: {} executor, O_DIRECT {}, {}, {} blocks already there",
-                fs.root_dir.display(),
+                "{}: {} executor, O_DIRECT {}, {}, {} blocks already there",
+                match fs.executor {
+                    ExecutorKind::Sim => "disk (fs) simulated in memory, no file written".to_string(),
+                    _ => format!("disk (fs) at {}", fs.root_dir.display()),
+                },
                 tier.executor_name(),
                 if tier.startup().o_direct { "on" } else { "off (buffered I/O)" },
                 match fs.max_blocks {
-                    Some(n) =>
-                        format!("at most {n} blocks ({:.1} GiB)", (n * cfg.block_bytes) as f64 / (1u64 << 30) as f64),
+                    Some(n) => format!("at most {n} blocks ({})", size(n as f64 * cfg.block_bytes as f64)),
                     None => "no bound".to_string(),
                 },
                 tier.startup().blocks_indexed
@@ -369,21 +404,12 @@ fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
 
 /// The workload of `args`, a description, and the trace's reading.
 fn workload(args: &SimulateArgs) -> Result<(Workload, String, Option<TraceInfo>), Box<dyn Error>> {
-    if !(args.time_scale.is_finite() && args.time_scale > 0.0) {
-        return Err(format!("--time-scale {} must be a positive number", args.time_scale).into());
-    }
-    if args.block_tokens == 0 {
-        return Err("--block-tokens must be at least 1".into());
-    }
     if let Some(path) = &args.trace {
         let params =
             TraceParams { block_tokens: args.block_tokens, requests: args.requests, time_scale: args.time_scale };
         let (wl, info) = trace::load(path, &params)?;
         let what = format!("trace {} (Mooncake format)", path.display());
         return Ok((wl, what, Some(info)));
-    }
-    if !(args.rate.is_finite() && args.rate > 0.0) {
-        return Err(format!("--rate {} must be a positive number", args.rate).into());
     }
     let p = ChatParams {
         seed: args.seed,
@@ -400,9 +426,10 @@ fn workload(args: &SimulateArgs) -> Result<(Workload, String, Option<TraceInfo>)
         r.arrival *= args.time_scale;
     }
     let what = format!(
-        "{} chat requests from {} sessions ({} shared system prompts), {} requests/s, seed {}",
-        p.requests,
+        "{} chat requests from {} sessions (Zipf popularity, exponent {}; {} shared system prompts), {} requests/s, seed {}",
+        wl.requests.len(),
         p.sessions,
+        p.zipf_s,
         p.system_prompts,
         args.rate / args.time_scale,
         p.seed
@@ -410,57 +437,136 @@ fn workload(args: &SimulateArgs) -> Result<(Workload, String, Option<TraceInfo>)
     Ok((wl, what, None))
 }
 
-/// The cost model of `args`: the presets, then the flags.
-fn cost_model(args: &SimulateArgs) -> Result<GpuCost, Box<dyn Error>> {
-    let mut cost = GpuCost::derive(&args.model, &args.gpu);
+/// Checks every flag of `args` on its own (what depends on the workload is checked once it is
+/// read): an error names the flag and its value, so that what runs is what the flags say (a
+/// value is never clamped into range behind the user's back).
+pub fn check_flags(args: &SimulateArgs) -> Result<(), String> {
     let positive = |name: &str, v: f64| {
         if v.is_finite() && v > 0.0 {
-            Ok(v)
+            Ok(())
         } else {
             Err(format!("{name} {v} must be a positive number"))
         }
     };
-    if let Some(us) = args.prefill_us {
-        cost.prefill_s_per_token = positive("--prefill-us", us)? / 1e6;
+    let at_least_one = |name: &str, v: u64| if v == 0 { Err(format!("{name} must be at least 1")) } else { Ok(()) };
+    positive("--time-scale", args.time_scale)?;
+    at_least_one("--block-tokens", args.block_tokens)?;
+    let model = args.model;
+    let model_bpt = model.kv_bytes_per_token();
+    match args.block_tokens.checked_mul(model_bpt) {
+        Some(b) if b <= MAX_BLOCK_BYTES as u64 => {}
+        _ => {
+            return Err(format!(
+                "--block-tokens {}: a block of {} KV would be more than kvtier's largest block ({})",
+                args.block_tokens,
+                model.name,
+                size(MAX_BLOCK_BYTES as f64)
+            ))
+        }
     }
-    if let Some(ms) = args.decode_ms {
-        cost.decode_step_s = positive("--decode-ms", ms)? / 1e3;
+    if let Some(bpt) = args.bytes_per_token.filter(|&b| b > model_bpt) {
+        return Err(format!(
+            "--bytes-per-token {bpt} is more than {}'s {model_bpt}: it scales the model's KV down, not up",
+            model.name
+        ));
     }
-    if let Some(gbps) = args.pcie_gbps {
-        cost.pcie_bytes_per_s = positive("--pcie-gbps", gbps)? * 1e9;
+    if let Some(n) = args.requests {
+        at_least_one("--requests", n as u64)?;
+    }
+    if args.trace.is_none() {
+        let requests = args.requests.unwrap_or(CHAT_REQUESTS);
+        for (flag, n) in [("--requests", requests), ("--sessions", args.sessions)] {
+            if !(1..=CHAT_LIMIT).contains(&n) {
+                return Err(format!("{flag} {n} is not from 1 to {CHAT_LIMIT} (the chat workload)"));
+            }
+        }
+        if !(1..=args.sessions).contains(&args.system_prompts) {
+            return Err(format!(
+                "--system-prompts {} is not from 1 to --sessions ({}): each session has one",
+                args.system_prompts, args.sessions
+            ));
+        }
+        if !(args.zipf.is_finite() && args.zipf >= 0.0) {
+            return Err(format!("--zipf {} must be a number, 0 (uniform) or more", args.zipf));
+        }
+        positive("--rate", args.rate)?;
+    }
+    for (flag, v) in
+        [("--prefill-us", args.prefill_us), ("--decode-ms", args.decode_ms), ("--pcie-gbps", args.pcie_gbps)]
+    {
+        if let Some(v) = v {
+            positive(flag, v)?;
+        }
     }
     if let Some(n) = args.batch_tokens {
-        cost.batch_tokens = n.max(1);
+        at_least_one("--batch-tokens", n)?;
     }
     if let Some(n) = args.max_seqs {
-        cost.max_seqs = n.max(1);
+        at_least_one("--max-seqs", n as u64)?;
     }
-    positive("--disk-gbps", args.disk_gbps)?;
-    Ok(cost)
+    if let Some(n) = args.gpu_blocks {
+        if !(1..=MAX_GPU_BLOCKS).contains(&n) {
+            return Err(format!("--gpu-blocks {n} is not from 1 to {MAX_GPU_BLOCKS}"));
+        }
+    }
+    positive("--disk-gbps", args.disk_gbps)
+}
+
+/// The cost model of `args` (checked by [`check_flags`]): the presets, then the flags.
+fn cost_model(args: &SimulateArgs) -> GpuCost {
+    let mut cost = GpuCost::derive(&args.model, &args.gpu);
+    if let Some(us) = args.prefill_us {
+        cost.prefill_s_per_token = us / 1e6;
+    }
+    if let Some(ms) = args.decode_ms {
+        cost.decode_step_s = ms / 1e3;
+    }
+    if let Some(gbps) = args.pcie_gbps {
+        cost.pcie_bytes_per_s = gbps * 1e9;
+    }
+    if let Some(n) = args.batch_tokens {
+        cost.batch_tokens = n;
+    }
+    if let Some(n) = args.max_seqs {
+        cost.max_seqs = n;
+    }
+    cost
 }
 
 /// Runs the simulation of `args`: the workload without offloading, with kvtier's CPU tier
 /// alone, then with kvtier. Writes the plot and the metrics file when asked for.
 pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
+    simulate_until(args, &Interrupt::never())
+}
+
+/// [`simulate`], stopped by `interrupt` (the command's SIGINT and SIGTERM; see [`signals`]):
+/// then an error, and the temporary directory is gone.
+pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simulation, Box<dyn Error>> {
     let started = Instant::now();
+    check_flags(args)?;
     let model = args.model;
     let model_bpt = model.kv_bytes_per_token();
     let bpt = args.bytes_per_token.unwrap_or(model_bpt);
-    if bpt > model_bpt {
-        return Err(format!(
-            "--bytes-per-token {bpt} is more than {}'s {model_bpt}: it scales the model's KV down, not up",
-            model.name
-        )
-        .into());
-    }
-    let cost = cost_model(args)?;
+    let cost = cost_model(args);
     let (mut wl, what, trace_info) = workload(args)?;
     let bt = wl.block_tokens;
+    // At most the model's block, which `check_flags` bounds.
     let block_bytes = usize::try_from(bt * bpt)?;
     let byte_scale = model_bpt as f64 / bpt as f64;
     let gpu_blocks = match args.gpu_blocks {
         Some(n) => n,
-        None if args.trace.is_some() => (cost.kv_capacity_tokens / bt) as usize,
+        None if args.trace.is_some() => {
+            let n = usize::try_from(cost.kv_capacity_tokens / bt)?;
+            if n > MAX_GPU_BLOCKS {
+                return Err(format!(
+                    "{}'s {} tokens of KV make {n} blocks of {bt} tokens, more than the {MAX_GPU_BLOCKS} simulated here: raise --block-tokens or give --gpu-blocks",
+                    args.gpu.name.to_uppercase(),
+                    cost.kv_capacity_tokens
+                )
+                .into());
+            }
+            n
+        }
         None => CHAT_GPU_BLOCKS,
     };
     if gpu_blocks < wl.max_request_blocks() {
@@ -470,18 +576,22 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
         )
         .into());
     }
-    let gpu_bytes = gpu_blocks as u64 * block_bytes as u64;
-    if gpu_bytes > GPU_MEMORY_LIMIT {
+    // Both at most 2^22 and 2^30: no overflow in 64 bits, checked all the same.
+    let gpu_bytes = (gpu_blocks as u64).checked_mul(block_bytes as u64);
+    if gpu_bytes.is_none_or(|b| b > GPU_MEMORY_LIMIT) {
         return Err(format!(
             "the simulated GPU's {gpu_blocks} blocks of {} take {} here, more than {}: lower --bytes-per-token (e.g. 1K) or --gpu-blocks",
             size(block_bytes as f64),
-            size(gpu_bytes as f64),
+            size(gpu_blocks as f64 * block_bytes as f64),
             size(GPU_MEMORY_LIMIT as f64)
         )
         .into());
     }
+    // The disk tier's temporary directory, unless the flags or the configuration name one, or
+    // the disk tier is the sim executor's (in memory).
+    let in_memory = args.executor == Some(ExecutorKind::Sim);
     let tmp = match (&args.dir, &args.config) {
-        (None, None) => Some(tempfile::Builder::new().prefix("kvtier-simulate-").tempdir()?),
+        (None, None) if !in_memory => Some(interrupt.scratch()?),
         _ => None,
     };
     let cfg = cache_config(args, tmp.as_ref().map(|t| t.path()), block_bytes)?;
@@ -502,7 +612,7 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
     bar.set_message("no offloading");
     let t = Instant::now();
     let mut base = Sim::new(sched, &wl, None);
-    base.run(&bar)?;
+    base.run(&bar, interrupt)?;
     let prompt_tokens = wl.prompt_tokens();
     let base_fig = RunFigures::new("no offloading", &base.tally, prompt_tokens, bt, t.elapsed().as_secs_f64());
     tracing::info!(seconds = base_fig.wall_s, "run without offloading done");
@@ -513,7 +623,7 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
     let cpu_cfg = CacheConfig { tiers: Vec::new(), ..cfg.clone() };
     let mut cpu_off = Offload::new(TieredCache::new(&cpu_cfg)?);
     let mut cpu_sim = Sim::new(sched, &wl, Some(&mut cpu_off));
-    let ran = cpu_sim.run(&bar);
+    let ran = cpu_sim.run(&bar, interrupt);
     cpu_sim.shutdown();
     ran?;
     let cpu_errors = (cpu_sim.tally.mismatched_bytes, cpu_sim.tally.load_failed);
@@ -550,9 +660,9 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
     let run = match &recorder {
         Some(rec) => metrics::with_local_recorder(rec, || {
             describe_metrics();
-            run_offload(&wl, sched, cache, &bar)
+            run_offload(&wl, sched, cache, &bar, interrupt)
         })?,
-        None => run_offload(&wl, sched, cache, &bar)?,
+        None => run_offload(&wl, sched, cache, &bar, interrupt)?,
     };
     bar.finish_and_clear();
     tracing::info!(seconds = run.wall.as_secs_f64(), "run with kvtier done");
@@ -594,8 +704,8 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
             model.name
         ));
     }
-    let has_fs = cfg.tiers.iter().any(|t| matches!(t, TierConfig::Fs(_)));
-    if has_fs && bb < SMALL_FILE && bpt < model_bpt {
+    let has_files = cfg.tiers.iter().any(|t| matches!(t, TierConfig::Fs(fs) if fs.executor != ExecutorKind::Sim));
+    if has_files && bb < SMALL_FILE && bpt < model_bpt {
         scaled.push(format!(
             "block files of {} here: below ~{} per-file costs dominate, so the disk looks slower than with the model's {} blocks (raise --block-tokens or --bytes-per-token)",
             size(bb as f64),
@@ -608,7 +718,7 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
             if let Some(n) = fs.max_blocks.filter(|_| byte_scale > 1.0) {
                 scaled.push(format!(
                     "disk tier: {n} blocks, {} here = {} at the model's size",
-                    size((n as u64 * bb) as f64),
+                    size(n as f64 * bb as f64),
                     size(n as f64 * bb as f64 * byte_scale)
                 ));
             }
@@ -722,6 +832,9 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
 
 /// `kvtier simulate`: runs [`simulate`] and prints the report (text, or JSON with `--json`).
 /// Logs go to standard error through `tracing`, filtered by `RUST_LOG` (default `warn`).
+///
+/// SIGINT and SIGTERM stop the run, remove its temporary directory, then end the process by
+/// the same signal (see [`signals`]).
 pub fn run(args: &SimulateArgs) -> Result<(), Box<dyn Error>> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -730,7 +843,16 @@ pub fn run(args: &SimulateArgs) -> Result<(), Box<dyn Error>> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
-    let outcome = simulate(args)?;
+    let interrupt = Interrupt::on_signals()?;
+    let outcome = simulate_until(args, &interrupt);
+    if let Some(sig) = interrupt.signal() {
+        // Whatever the run had made is gone once `outcome` is (its scratch directory).
+        drop(outcome);
+        let why = interrupt.check().err().unwrap_or_default();
+        eprintln!("kvtier: simulate {why}: the cache is closed, the run's temporary directory (if any) removed");
+        return Err(signals::end_by(sig).into());
+    }
+    let outcome = outcome?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&outcome.report)?);
     } else {
@@ -775,10 +897,72 @@ mod tests {
             "--batch-tokens=4096",
         ])
         .unwrap();
-        let c = cost_model(&args).unwrap();
+        check_flags(&args).unwrap();
+        let c = cost_model(&args);
         assert_eq!((c.prefill_s_per_token * 1e6, c.batch_tokens, c.max_seqs), (50.0, 4096, 256));
-        let bad = SimulateArgs::try_parse_from(["simulate", "--decode-ms=-1"]).unwrap();
-        assert!(cost_model(&bad).unwrap_err().to_string().contains("--decode-ms"));
         assert!(SimulateArgs::try_parse_from(["simulate", "--gpu=v100"]).is_err());
+    }
+
+    /// Issue 11, item 19: every flag is checked, and an error names it (`--sessions 0` printed
+    /// "0 chat sessions" and ran one, `--zipf NaN` ran, `--batch-tokens 0` and `--max-seqs 0`
+    /// ran with 1, negative numbers were refused by the parser as unknown arguments).
+    #[test]
+    fn every_flag_is_checked_and_an_error_names_it() {
+        let refused = |flags: &[&str]| {
+            let argv = ["simulate"].iter().chain(flags).copied();
+            check_flags(&SimulateArgs::try_parse_from(argv).unwrap()).unwrap_err()
+        };
+        for (flags, named) in [
+            (&["--sessions=0"][..], "--sessions 0"),
+            (&["--sessions=20000000"], "--sessions 20000000"),
+            (&["--requests=0"], "--requests"),
+            (&["--requests=20000000"], "--requests 20000000"),
+            (&["--system-prompts=0"], "--system-prompts 0"),
+            (&["--sessions=2", "--system-prompts=3"], "--system-prompts 3"),
+            (&["--zipf=NaN"], "--zipf NaN"),
+            (&["--zipf", "-1"], "--zipf -1"),
+            (&["--zipf=inf"], "--zipf inf"),
+            (&["--rate", "-1"], "--rate -1"),
+            (&["--rate=0"], "--rate 0"),
+            (&["--time-scale=NaN"], "--time-scale NaN"),
+            (&["--block-tokens=0"], "--block-tokens"),
+            (&["--batch-tokens=0"], "--batch-tokens"),
+            (&["--max-seqs=0"], "--max-seqs"),
+            (&["--gpu-blocks=0"], "--gpu-blocks 0"),
+            (&["--prefill-us=0"], "--prefill-us 0"),
+            (&["--decode-ms", "-1"], "--decode-ms -1"),
+            (&["--pcie-gbps=NaN"], "--pcie-gbps NaN"),
+            (&["--sync-io", "--disk-gbps=0"], "--disk-gbps 0"),
+            (&["--bytes-per-token=1M"], "--bytes-per-token"),
+        ] {
+            let e = refused(flags);
+            assert!(e.contains(named), "{flags:?}: {e}");
+        }
+        // The trace's own: the chat's limits do not apply to it.
+        let trace = SimulateArgs::try_parse_from(["simulate", "--trace=t.jsonl", "--requests=20000000"]).unwrap();
+        check_flags(&trace).unwrap();
+        // Flags that would be ignored are refused by the parser, naming them.
+        for flags in [&["--trace=t", "--sessions=3"][..], &["--trace=t", "--zipf=2"], &["--disk-gbps=2"]] {
+            let argv = ["simulate"].iter().chain(flags).copied();
+            let e = SimulateArgs::try_parse_from(argv).unwrap_err().to_string();
+            assert!(e.contains(flags[flags.len() - 1].split('=').next().unwrap()), "{flags:?}: {e}");
+        }
+        check_flags(&SimulateArgs::try_parse_from(["simulate"]).unwrap()).unwrap();
+    }
+
+    /// Issue 11, item 14: sizes whose products overflow are refused, naming the flag: a huge
+    /// `--block-tokens` made `block_tokens x bytes_per_token` wrap to 0 and `simulate` divide
+    /// by it (a panic, exit 101).
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        let e = |flags: &[&str]| {
+            let argv = ["simulate"].iter().chain(flags).copied();
+            check_flags(&SimulateArgs::try_parse_from(argv).unwrap()).unwrap_err()
+        };
+        assert!(e(&["--block-tokens=1152921504606846976"]).contains("--block-tokens 1152921504606846976"));
+        // A block of 8193 tokens of Llama-3.1-8B is more than 1 GiB.
+        assert!(e(&["--block-tokens=8193"]).contains("largest block"));
+        check_flags(&SimulateArgs::try_parse_from(["simulate", "--block-tokens=8192"]).unwrap()).unwrap();
+        assert!(e(&["--gpu-blocks=4503599627370497"]).contains("--gpu-blocks 4503599627370497"));
     }
 }
