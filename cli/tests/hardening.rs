@@ -188,15 +188,31 @@ fn simulate_refuses_an_invalid_configuration_file() {
     assert!(stderr.contains("kvtier.toml") && stderr.contains("`block_bytes`"), "{stderr}");
 }
 
-/// A small `simulate` run (`--sync-io`, 4 KiB blocks) with `args` on top, its temporary
-/// directory (if any) under `tmpdir`.
+/// A small `simulate` run (`--sync-io`, 20 requests, 4 KiB blocks unless `args` give
+/// `--bytes-per-token`) with `args` on top, its temporary directory (if any) under `tmpdir`.
 fn simulate(tmpdir: &Path, args: &[&str]) -> Output {
+    let bpt =
+        if args.iter().any(|a| a.starts_with("--bytes-per-token")) { None } else { Some("--bytes-per-token=256") };
     kvtier()
         .env("TMPDIR", tmpdir)
-        .args(["simulate", "--quiet", "--sync-io", "--bytes-per-token=256", "--requests=20"])
+        .args(["simulate", "--quiet", "--sync-io", "--requests=20"])
+        .args(bpt)
         .args(args)
         .output()
         .expect("run kvtier simulate")
+}
+
+/// Issue 11, item 15: a CPU tier of tiny blocks is sized by what a row takes (a 4096-byte
+/// stride), and the report says so. `--bytes-per-token 1` (16-byte blocks) made the default
+/// 2 GiB tier 2^27 rows, a 512 GiB mapping, and failed with "Cannot allocate memory".
+#[test]
+fn simulate_counts_cpu_rows_by_stride() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = simulate(tmp.path(), &["--bytes-per-token=1", "--disk-bytes=1M"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("CPU tier 524288 blocks"), "2 GiB of 4 KiB strides: {stdout}");
+    assert!(stdout.contains("each row of 16 B takes a 4 KiB stride in memory here"), "{stdout}");
 }
 
 /// The `kvtier-simulate-*` directories under `tmpdir`.

@@ -57,6 +57,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
 use kvtier::TieredCache;
 use kvtier_core::PolicyKind;
+use kvtier_fs::region::PrimaryRegion;
 use kvtier_fs::FsTier;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -148,8 +149,8 @@ pub struct SimulateArgs {
     /// with a trace]
     #[arg(long)]
     pub gpu_blocks: Option<usize>,
-    /// CPU tier size here (e.g. 1G, 512M); its rows = this / block size [default: 2G, or the
-    /// config's num_blocks]
+    /// CPU tier size here (e.g. 1G, 512M); its rows = this / a row's stride (the block size
+    /// rounded up to 4 KiB) [default: 2G, or the config's num_blocks]
     #[arg(long, value_parser = parse_size)]
     pub cpu_bytes: Option<u64>,
     /// Disk tier size here (e.g. 8G): a store beyond it evicts the least recently used block and
@@ -232,7 +233,10 @@ pub fn cache_config(
     // The driver follows the CPU tier through its events (evictions, promotions ready).
     cfg.events = true;
     if args.cpu_bytes.is_some() || args.config.is_none() {
-        let rows = args.cpu_bytes.unwrap_or(DEFAULT_CPU_BYTES) / block_bytes as u64;
+        // A row takes a whole stride in memory (a 16-byte block takes 4 KiB): the budget is
+        // counted in strides, or a 2 GiB tier of tiny blocks would map 512 GiB.
+        let stride = PrimaryRegion::stride_for(block_bytes).ok_or("the block size overflows a row's stride")?;
+        let rows = args.cpu_bytes.unwrap_or(DEFAULT_CPU_BYTES) / stride as u64;
         cfg.num_blocks = u32::try_from(rows).map_err(|_| "--cpu-bytes: too many blocks")?;
     }
     if cfg.num_blocks == 0 {
@@ -704,6 +708,15 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
             model.name
         ));
     }
+    if let Some(stride) = PrimaryRegion::stride_for(block_bytes).filter(|&s| s > block_bytes) {
+        scaled.push(format!(
+            "CPU tier: each row of {} takes a {} stride in memory here, so {} blocks fill {}",
+            size(bb as f64),
+            size(stride as f64),
+            cfg.num_blocks,
+            size(f64::from(cfg.num_blocks) * stride as f64)
+        ));
+    }
     let has_files = cfg.tiers.iter().any(|t| matches!(t, TierConfig::Fs(fs) if fs.executor != ExecutorKind::Sim));
     if has_files && bb < SMALL_FILE && bpt < model_bpt {
         scaled.push(format!(
@@ -885,6 +898,17 @@ mod tests {
         assert_eq!(fs.max_blocks, Some(4096), "8 GiB of 2 MiB blocks");
         let args = SimulateArgs::try_parse_from(["simulate"]).unwrap();
         assert_eq!(cache_config(&args, Some(Path::new("/t")), 2 << 20).unwrap().num_blocks, 1024);
+    }
+
+    /// Issue 11, item 15: the CPU tier's budget counts rows by their stride (a 16-byte block
+    /// takes 4 KiB): 1 MiB holds 256 rows, not 65536 (the default 2 GiB of 16-byte blocks
+    /// asked the kernel for 512 GiB).
+    #[test]
+    fn cpu_rows_are_counted_by_stride() {
+        let args = SimulateArgs::try_parse_from(["simulate", "--cpu-bytes=1M"]).unwrap();
+        assert_eq!(cache_config(&args, None, 16).unwrap().num_blocks, 256);
+        assert_eq!(cache_config(&args, None, 4096).unwrap().num_blocks, 256);
+        assert_eq!(cache_config(&args, None, 4097).unwrap().num_blocks, 128);
     }
 
     #[test]
