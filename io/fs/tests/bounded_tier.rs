@@ -91,3 +91,30 @@ fn a_cancelled_store_gives_its_victim_back() {
     assert!(tier.contains(&key(1)), "the victim's file was never touched: it is indexed again");
     assert_eq!(tier.stats().evicted, 0);
 }
+
+#[test]
+fn a_block_a_lookup_promised_is_not_evicted_before_its_load() {
+    let disk = SimDisk::new(9);
+    let region = Arc::new(PrimaryRegion::anonymous(4, 4096).unwrap());
+    let mut tier = open(&disk, &region, 2);
+    let (k1, k2, k3) = (key(1), key(2), key(3));
+    store(&mut tier, 1, &[k1], &[SlotId(0)]);
+    assert_eq!(finish(&mut tier), vec![(1, true)]);
+    store(&mut tier, 2, &[k2], &[SlotId(1)]);
+    assert_eq!(finish(&mut tier), vec![(2, true)]);
+
+    // One step: k1 (the least recently used) is promised by a lookup, then a cascaded store
+    // needs room before the step's promotion load is submitted. It must take k2.
+    assert_eq!(tier.lookup(&k1, REQ), TierLookup::Hit);
+    store(&mut tier, 3, &[k3], &[SlotId(2)]);
+    assert!(tier.contains(&k1) && !tier.contains(&k2));
+    tier.submit_load(Job { id: JobId(4), req: REQ, keys: &[k1], slots: &[SlotId(3)] });
+    let mut done = finish(&mut tier);
+    done.sort_unstable();
+    assert_eq!(done, vec![(3, true), (4, true)]);
+
+    // The promise lasts one step: with no lookup since the last poll, k1 is evictable again.
+    store(&mut tier, 5, &[k2], &[SlotId(1)]);
+    assert_eq!(finish(&mut tier), vec![(5, true)]);
+    assert!(!tier.contains(&k1) && tier.contains(&k3) && tier.contains(&k2));
+}

@@ -23,8 +23,9 @@
 //! - **Start-up** rebuilds the index from the directory and deals with what crashed runs left
 //!   behind ([`startup`]).
 //! - With a capacity bound ([`FsTierConfig::max_blocks`]), a store that needs room evicts the
-//!   least recently used block (stored, loaded or touched) that no load in flight is reading:
-//!   it leaves the index at once (a "removed" STORAGE event with events on), and the store's
+//!   least recently used block (stored, loaded or touched) that no load in flight is reading
+//!   and no lookup of the current step answered `Hit` for (its promotion load comes at the end
+//!   of the step): it leaves the index at once (a "removed" STORAGE event with events on), and the store's
 //!   op takes its file out of the namespace (see [`crate::op::Evict`]). A store that finds no
 //!   block to evict fails its key; so does a store of a block whose own eviction is still in
 //!   flight.
@@ -199,6 +200,11 @@ pub struct FsTier {
     storing: usize,
     /// Loads in flight, per block: such a block is never evicted.
     reading: HashMap<OffloadKey, u32>,
+    /// Blocks a lookup answered `Hit` for since the last poll: the engine submits their
+    /// promotion loads at the end of the step, so until then they are not evicted either (a
+    /// store cascaded in the same step must not take a block just promised). Cleared at the
+    /// next poll, the first call of the next step, when the loads protect them.
+    promised: HashSet<OffloadKey>,
     /// Blocks whose eviction (by a store in flight) may still take their file.
     evicting_keys: HashSet<OffloadKey>,
     exec: Box<dyn Executor>,
@@ -313,6 +319,7 @@ impl FsTier {
             max_blocks: config.max_blocks,
             storing: 0,
             reading: HashMap::new(),
+            promised: HashSet::new(),
             evicting_keys: HashSet::new(),
             exec,
             waiting: VecDeque::new(),
@@ -551,8 +558,8 @@ impl FsTier {
         if self.index.len() + self.storing < max {
             return Ok(None);
         }
-        let reading = &self.reading;
-        self.index.pop_victim(|k| reading.contains_key(k)).map(Some).ok_or(())
+        let (reading, promised) = (&self.reading, &self.promised);
+        self.index.pop_victim(|k| reading.contains_key(k) || promised.contains(k)).map(Some).ok_or(())
     }
 
     /// Reports a finished job, with whether each of its keys succeeded.
@@ -567,14 +574,25 @@ impl FsTier {
         }
     }
 
+    /// Protects `key`, just answered `Hit`, from eviction until the next poll (only a bounded
+    /// tier evicts).
+    fn promise(&mut self, key: &OffloadKey) {
+        if self.max_blocks.is_some() {
+            self.promised.insert(*key);
+        }
+    }
+
     /// Brings the index back within its bound after a block another process stored was found
     /// (probe-on-miss, which already makes syscalls on this thread): the least recently used
     /// blocks but `keep` that no load is reading are removed from the disk at once.
     fn trim(&mut self, keep: &OffloadKey) {
         let Some(max) = self.max_blocks else { return };
         while self.index.len() + self.storing > max {
-            let reading = &self.reading;
-            let Some(victim) = self.index.pop_victim(|k| k == keep || reading.contains_key(k)) else { return };
+            let (reading, promised) = (&self.reading, &self.promised);
+            let Some(victim) = self.index.pop_victim(|k| k == keep || reading.contains_key(k) || promised.contains(k))
+            else {
+                return;
+            };
             // A file already gone is evicted all the same.
             let _ = self.fs.remove_file(&self.layout.block_path(&victim));
             self.stats.evicted += 1;
@@ -736,6 +754,7 @@ impl SecondaryTier for FsTier {
             return TierLookup::Miss;
         }
         if self.index.contains(key) {
+            self.promise(key);
             return TierLookup::Hit;
         }
         if self.probe_on_miss
@@ -745,6 +764,7 @@ impl SecondaryTier for FsTier {
         {
             self.index.insert(*key);
             self.trim(key);
+            self.promise(key);
             return TierLookup::Hit;
         }
         TierLookup::Miss
@@ -760,6 +780,7 @@ impl SecondaryTier for FsTier {
 
     fn poll_finished(&mut self, out: &mut Completions) {
         self.polls += 1;
+        self.promised.clear();
         self.drive(Wait::No);
         self.collect();
         if self.verifier.is_some() {
