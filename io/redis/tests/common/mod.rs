@@ -1,0 +1,297 @@
+//! What the Redis tier's tests share: real `redis-server` processes each test starts on its own
+//! free port (and stops by pid), a cache engine over a Redis tier, block patterns, and the
+//! check that counts wrong blocks.
+//!
+//! Without `redis-server` on the machine, a test says so and passes, except in CI
+//! (`CI=true`), where `.ci/run` installs it and a missing server fails the test.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvtier_core::{AnyPolicy, EngineConfig, LookupResult, OffloadKey, PolicyKind, ReqContext, StorePlan, TieringEngine};
+use kvtier_fs::namespace::RunConfig;
+use kvtier_fs::region::{Access, PrimaryRegion};
+use kvtier_redis::{RedisTier, RedisTierConfig};
+
+/// Is `redis-server` here? In CI its absence fails the test.
+pub fn have_server() -> bool {
+    let found = Command::new("redis-server").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "redis-server is missing in CI: .ci/run installs it (apt-get install redis-server)"
+        );
+        eprintln!("redis-server not found: this test needs it (apt-get install redis-server); skipped outside CI");
+    }
+    found
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the server to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One `redis-server` this test started: stopped by its pid on drop (SIGKILL, then reaped).
+pub struct Server {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Server {
+    /// Starts `redis-server` on a free port of 127.0.0.1 with `--save ''` plus `extra`
+    /// arguments, in its own directory, and waits until it answers PING.
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--daemonize".into(),
+            "no".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = Server { port, dir, args, child: None };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        wait_ping(self.port, Duration::from_secs(10));
+    }
+
+    /// `redis://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory (an append-only file is replayed).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Sends a signal to the server's pid.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: `kill` is called with the pid of a child this test spawned and has not reaped.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+    }
+
+    /// Runs `redis-cli -p PORT args...` and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped server must be continued for SIGKILL to be reaped promptly.
+            // SAFETY: the pid of our own unreaped child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        }
+        self.kill();
+    }
+}
+
+/// `redis-cli -p port args...` (stdout).
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-p", &port.to_string()]).args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `redis-cli -p port -x args...` with `value` as the last argument (binary safe, from stdin).
+pub fn cli_set_raw(port: u16, key: &str, value: &[u8]) {
+    use std::io::Write;
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "-x", "SET", key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(value).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// Waits until a server on `port` answers PING.
+pub fn wait_ping(port: u16, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut buf = [0u8; 64];
+            // A server still loading its append-only file answers -LOADING.
+            if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG")) {
+                return;
+            }
+        }
+        assert!(start.elapsed() < limit, "redis-server on port {port} did not answer PING");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub const REQ: ReqContext = ReqContext::new(1);
+
+/// Key `i`: a 32-byte hash and group `i % 3`.
+pub fn key(i: u64) -> OffloadKey {
+    let mut hash = [0u8; 32];
+    hash[..8].copy_from_slice(&i.to_be_bytes());
+    hash[8..16].copy_from_slice(&i.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    OffloadKey::new(&hash, (i % 3) as u32).unwrap()
+}
+
+/// The bytes block `i` holds: distinct per block and per position.
+pub fn pattern(i: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i as usize * 131 + j * 7 + j / 251) as u8).collect()
+}
+
+/// A run config named after `model` (each test its own namespace on a shared server).
+pub fn run_config(model: &str) -> RunConfig {
+    RunConfig { model_name: model.into(), ..RunConfig::default() }
+}
+
+/// A tier config for `url` with a short timeout and backoff (tests exercise them).
+pub fn tier_config(url: &str, model: &str) -> RedisTierConfig {
+    let mut cfg = RedisTierConfig::new(url, run_config(model));
+    cfg.timeout = Duration::from_millis(300);
+    cfg.backoff_min = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(400);
+    cfg
+}
+
+/// An engine with one Redis tier over `slots` rows of `block` bytes.
+pub struct Cache {
+    pub engine: TieringEngine<AnyPolicy>,
+    pub region: Arc<PrimaryRegion>,
+    pub block: usize,
+    /// Blocks promoted whose bytes were not the stored ones (must stay 0).
+    pub wrong: u64,
+    /// Blocks promoted and checked.
+    pub served: u64,
+}
+
+impl Cache {
+    pub fn new(cfg: &RedisTierConfig, slots: u32, block: usize) -> Cache {
+        let region = Arc::new(PrimaryRegion::anonymous(slots as usize, block).unwrap());
+        let tier = RedisTier::open(cfg, Arc::clone(&region)).unwrap();
+        let engine = TieringEngine::new(
+            AnyPolicy::new(PolicyKind::Lru, slots),
+            vec![Box::new(tier)],
+            EngineConfig { promotion_deadline_steps: 0, events: false },
+        );
+        Cache { engine, region, block, wrong: 0, served: 0 }
+    }
+
+    pub fn tier(&mut self) -> &mut RedisTier {
+        self.engine.tier_mut::<RedisTier>(0).unwrap()
+    }
+
+    /// Stores blocks `ids` (with their patterns) and waits for the tier's jobs.
+    pub fn store(&mut self, ids: impl IntoIterator<Item = u64>) {
+        let ids: Vec<u64> = ids.into_iter().collect();
+        let keys: Vec<OffloadKey> = ids.iter().map(|&i| key(i)).collect();
+        let mut plan = StorePlan::new();
+        self.engine.prepare_store(&keys, REQ, &mut plan).unwrap();
+        for (k, &slot) in plan.keys.iter().zip(&plan.slots) {
+            let i = ids[keys.iter().position(|x| x == k).unwrap()];
+            let mut lease = self.region.lease(slot, Access::Write).unwrap();
+            lease.as_mut_slice().unwrap()[..self.block].copy_from_slice(&pattern(i, self.block));
+        }
+        self.engine.complete_store(&plan.keys, REQ, true).unwrap();
+        self.engine.end_step();
+        self.engine.drain();
+        self.engine.end_step();
+    }
+
+    /// Evicts every block from the primary pool (by storing filler blocks far away).
+    pub fn flush_primary(&mut self, filler_base: u64, slots: u64) {
+        // Filler keys are stored in the primary only: the tier stores them too, which is fine.
+        self.store(filler_base..filler_base + slots);
+    }
+
+    /// Looks block `i` up until it is ready or missed; checks its bytes when ready. Returns
+    /// whether it was served.
+    pub fn promote(&mut self, i: u64) -> bool {
+        for _ in 0..50 {
+            match self.engine.lookup(&key(i), REQ) {
+                LookupResult::Ready => {
+                    let (slot, _) = self.engine.primary().find(&key(i)).unwrap();
+                    let bytes = self.region.lease(slot, Access::Read).unwrap().block().to_vec();
+                    self.served += 1;
+                    if bytes != pattern(i, self.block) {
+                        self.wrong += 1;
+                    }
+                    return true;
+                }
+                LookupResult::Miss => return false,
+                LookupResult::Pending | LookupResult::Retry => {
+                    self.engine.end_step();
+                    self.engine.drain();
+                }
+            }
+        }
+        panic!("block {i} never became ready nor missed");
+    }
+}
+
+/// A scratch path for a test's files.
+pub fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("kvtier-redis-{name}-{}", std::process::id()))
+}
+
+/// The directory of the test binary's crate.
+pub fn manifest_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The server a non-destructive test uses: the one `.ci/run` started (`KVTIER_REDIS_URL`), or
+/// one of its own. `None` when there is no redis-server (outside CI).
+pub fn shared_server() -> Option<(Option<Server>, String)> {
+    if let Ok(url) = std::env::var("KVTIER_REDIS_URL") {
+        return Some((None, url));
+    }
+    if !have_server() {
+        return None;
+    }
+    let server = Server::start(&["--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru"]);
+    let url = server.url();
+    Some((Some(server), url))
+}
+
+/// A model name unique to this test and process: its own namespace on a shared server.
+pub fn unique_model(test: &str) -> String {
+    format!("test/{test}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
