@@ -222,6 +222,13 @@ impl Cache {
     /// Stores blocks `ids` (with their patterns) and waits for the tier's jobs.
     pub fn store(&mut self, ids: impl IntoIterator<Item = u64>) {
         let ids: Vec<u64> = ids.into_iter().collect();
+        let slots = self.region.rows();
+        for chunk in ids.chunks(slots) {
+            self.store_chunk(chunk);
+        }
+    }
+
+    fn store_chunk(&mut self, ids: &[u64]) {
         let keys: Vec<OffloadKey> = ids.iter().map(|&i| key(i)).collect();
         let mut plan = StorePlan::new();
         self.engine.prepare_store(&keys, REQ, &mut plan).unwrap();
@@ -294,4 +301,22 @@ pub fn shared_server() -> Option<(Option<Server>, String)> {
 /// A model name unique to this test and process: its own namespace on a shared server.
 pub fn unique_model(test: &str) -> String {
     format!("test/{test}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+/// One command to the server on `port` over a fresh connection, binary safe; the reply's bulk
+/// payload (if any) comes back whole. For tests that play "another client".
+pub fn raw(port: u16, args: &[&[u8]]) -> (kvtier_redis::resp::Reply, Vec<u8>) {
+    use kvtier_redis::resp::{put_command, Reply, RespReader};
+    use std::io::Write;
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = Vec::new();
+    put_command(&mut req, args);
+    stream.write_all(&req).unwrap();
+    let mut r = RespReader::new(stream);
+    let reply = r.reply().unwrap();
+    let body = match reply {
+        Reply::Bulk(n) => r.bulk_vec(n, 1 << 30).unwrap(),
+        _ => Vec::new(),
+    };
+    (reply, body)
 }
