@@ -100,6 +100,7 @@ pub fn open_tier(config: &TierConfig, region: &Arc<PrimaryRegion>) -> io::Result
             let tier = FsTier::open(&fs.tier_config(), |o_direct| make_executor(fs.executor, fs, region, o_direct))?;
             Ok(Box::new(tier))
         }
+        TierConfig::Redis(redis) => Ok(Box::new(kvtier_redis::RedisTier::open(&redis.tier_config(), region.clone())?)),
     }
 }
 

@@ -19,6 +19,10 @@
 //!   wrong type are `config` errors. `policy` is `lru` or `arc` (any case).
 //! - **`fs` tiers** are not part of this build yet: a config naming one answers `config`
 //!   ("fs tiers are not available in this build").
+//! - **`redis` tiers** (`{"type":"redis","url":...}`, the fields of a TOML `redis` entry)
+//!   start even when the server cannot be reached (every lookup then misses and the tier keeps
+//!   trying); a namespace config record on the server that does not match the run answers
+//!   `io`. `drain` waits for their jobs and background probes.
 //! - **Op fields.** Fields an op does not use are ignored (so a trace may carry `req` or
 //!   comments on every line). A line is checked in this order, the first failure answering:
 //!   JSON object with a string `op` (`invalid_request`), known op (`unknown_op`), presence and

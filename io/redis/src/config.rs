@@ -23,6 +23,10 @@ pub struct RedisTierConfig {
     /// feature, `redis+unix:///path`). A cluster is found from any of them (the others are
     /// tried if the first does not answer).
     pub urls: Vec<String>,
+    /// User name for `AUTH`, overriding the URLs'.
+    pub username: Option<String>,
+    /// Password for `AUTH`, overriding the URLs'.
+    pub password: Option<String>,
     /// The run config that names the namespace (the native storage format is added).
     pub run: RunConfig,
     /// This process's rank.
@@ -62,6 +66,8 @@ impl RedisTierConfig {
     pub fn new(url: impl Into<String>, run: RunConfig) -> Self {
         RedisTierConfig {
             urls: vec![url.into()],
+            username: None,
+            password: None,
             run,
             rank: 0,
             connections: 2,

@@ -143,8 +143,9 @@ mod tests {
         assert_eq!(names.config_key(), format!("kvt1:meta-llama__Llama__3_{}:config", digest12(&run)));
         assert_eq!(&names.namespace_bytes(), digest12(&run).as_bytes());
         // Blocks of one namespace spread over many slots.
-        let slots: std::collections::HashSet<u16> =
-            (0..1000u32).map(|i| slot(names.block_key_string(&OffloadKey::new(&i.to_be_bytes(), 0).unwrap()).as_bytes())).collect();
+        let slots: std::collections::HashSet<u16> = (0..1000u32)
+            .map(|i| slot(names.block_key_string(&OffloadKey::new(&i.to_be_bytes(), 0).unwrap()).as_bytes()))
+            .collect();
         assert!(slots.len() > 900, "{} distinct slots", slots.len());
     }
 }

@@ -131,9 +131,17 @@ impl RedisTier {
             .urls
             .iter()
             .map(|u| {
-                u.as_str()
+                let mut info = u
+                    .as_str()
                     .into_connection_info()
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("redis URL {u:?}: {e}")))
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("redis URL {u:?}: {e}")))?;
+                if cfg.username.is_some() {
+                    info.redis.username.clone_from(&cfg.username);
+                }
+                if cfg.password.is_some() {
+                    info.redis.password.clone_from(&cfg.password);
+                }
+                Ok(info)
             })
             .collect::<io::Result<Vec<ConnectionInfo>>>()?;
         let run = cfg.effective_run_config();

@@ -66,7 +66,11 @@ impl Topology {
     /// One standalone node: every slot is its.
     pub fn standalone(info: ConnectionInfo, breaker: Arc<Breaker>) -> Topology {
         let name = addr_name(&info.addr);
-        Topology { nodes: vec![Node { info, name, breaker }], slots: vec![0u16; SLOTS].into_boxed_slice(), cluster: false }
+        Topology {
+            nodes: vec![Node { info, name, breaker }],
+            slots: vec![0u16; SLOTS].into_boxed_slice(),
+            cluster: false,
+        }
     }
 
     /// The node serving `block_key`, if any.

@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvtier_core::{AnyPolicy, EngineConfig, LookupResult, OffloadKey, PolicyKind, ReqContext, StorePlan, TieringEngine};
+use kvtier_core::{
+    AnyPolicy, EngineConfig, LookupResult, OffloadKey, PolicyKind, ReqContext, StorePlan, TieringEngine,
+};
 use kvtier_fs::namespace::RunConfig;
 use kvtier_fs::region::{Access, PrimaryRegion};
 use kvtier_redis::{RedisTier, RedisTierConfig};
@@ -153,8 +155,10 @@ pub fn wait_ping(port: u16, limit: Duration) {
             use std::io::{Read, Write};
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
             let mut buf = [0u8; 64];
-            // A server still loading its append-only file answers -LOADING.
-            if s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG")) {
+            // A server still loading its append-only file answers -LOADING; one that wants a
+            // password answers -NOAUTH (it is up).
+            let n = if s.write_all(b"PING\r\n").is_ok() { s.read(&mut buf).unwrap_or(0) } else { 0 };
+            if buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH") {
                 return;
             }
         }
@@ -300,7 +304,11 @@ pub fn shared_server() -> Option<(Option<Server>, String)> {
 
 /// A model name unique to this test and process: its own namespace on a shared server.
 pub fn unique_model(test: &str) -> String {
-    format!("test/{test}-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "test/{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
 }
 
 /// One command to the server on `port` over a fresh connection, binary safe; the reply's bulk
