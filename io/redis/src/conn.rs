@@ -4,7 +4,7 @@
 //!
 //! Two implementations behind one interface:
 //! - **thin** (plain TCP or a unix socket): our own handshake (`AUTH`, `SELECT`), `writev` of
-//!   the request slices, and the [`RespReader`](crate::resp::RespReader): no copy of a value
+//!   the request slices, and the [`RespReader`]: no copy of a value
 //!   in user space either way;
 //! - **crate**: a [`redis::Connection`] (its handshake, and TLS with the `tls` feature): requests
 //!   go out through `send_packed_command` slice by slice, replies come back as

@@ -36,6 +36,9 @@ counters! {
     loaded,
     /// Row bytes loaded.
     bytes_loaded,
+    /// Blocks loaded that this tier learnt of from a probe: blocks another process (another
+    /// inference server) stored.
+    loaded_shared,
     /// Loads that found no value (evicted, expired, never stored, server restarted empty).
     missing,
     /// Loads that found a value failing verification (corrupt, truncated, foreign namespace,

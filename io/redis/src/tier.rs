@@ -95,6 +95,8 @@ pub struct RedisTier {
     probing: HashSet<OffloadKey>,
     /// Keys a probe found absent, until when (ms).
     absent: HashMap<OffloadKey, u64>,
+    /// Keys a probe found (stored by another process), for [`RedisStats::loaded_shared`].
+    found_by_probe: HashSet<OffloadKey>,
     finished: Completions,
     codes: Vec<u32>,
     key_ok: Vec<bool>,
@@ -212,6 +214,7 @@ impl RedisTier {
             index: BlockIndex::new(),
             probing: HashSet::new(),
             absent: HashMap::new(),
+            found_by_probe: HashSet::new(),
             finished: Completions::new(),
             codes: Vec::new(),
             key_ok: Vec::new(),
@@ -288,6 +291,10 @@ impl RedisTier {
             self.probing.remove(&key);
             if found {
                 self.absent.remove(&key);
+                if self.found_by_probe.len() >= self.shared.cfg.index_capacity {
+                    self.found_by_probe.clear();
+                }
+                self.found_by_probe.insert(key);
                 self.remember(key);
             } else {
                 self.absent.insert(key, until);
@@ -375,9 +382,15 @@ impl RedisTier {
                         let outcome = codes_iter.next().map_or(KeyOutcome::Lost, KeyOutcome::from_code);
                         match (rec.store, outcome) {
                             (true, KeyOutcome::Ok | KeyOutcome::Present) => self.remember(*key),
-                            (false, KeyOutcome::Ok) => self.index.touch(key),
+                            (false, KeyOutcome::Ok) => {
+                                self.index.touch(key);
+                                if self.found_by_probe.contains(key) {
+                                    self.shared.counters.loaded_shared.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                             (false, KeyOutcome::Missing | KeyOutcome::Corrupt | KeyOutcome::Moved) => {
                                 self.index.remove(key);
+                                self.found_by_probe.remove(key);
                             }
                             _ => {}
                         }

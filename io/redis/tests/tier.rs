@@ -245,6 +245,13 @@ fn lookups_answer_from_the_index_and_probe_in_the_background() {
     assert_eq!(prober.lookup(&key(99), REQ), TierLookup::Miss, "absent: cached, no Retry");
     assert_eq!(prober.stats().probes, 2);
     assert_eq!(prober.stats().probe_hits, 1);
+    // Loading the block another tier stored counts as a shared hit; the writer's own does not.
+    let (k, s) = ([keys[1]], [SlotId(8)]);
+    prober.submit_load(job(7, &k, &s));
+    wait_jobs(&mut prober, &[7], &[1]);
+    writer.submit_load(job(8, &k, &s));
+    wait_jobs(&mut writer, &[8], &[1]);
+    assert_eq!((prober.stats().loaded_shared, writer.stats().loaded_shared), (1, 0));
 }
 
 #[test]
