@@ -7,7 +7,7 @@
 //! kvtier crate, kvtier thin, ceiling), each side's best and spread reported:
 //!
 //! 1. **ceiling**: `redis-benchmark -d SIZE -c C -P P` (C = the tier's connections, P = its
-//!    batch size): C clients of a C program, pipelined `SET`s of random keys (`-r`: mostly new
+//!    pipeline depth): C clients of a C program, pipelined `SET`s of random keys (`-r`: mostly new
 //!    keys, so the server allocates as it does for new blocks), then `GET`s of one key (every
 //!    one hits and moves a whole value);
 //! 2. **kvtier**: `--blocks` blocks stored, then loaded back, through the real [`RedisTier`]
@@ -15,7 +15,7 @@
 //!    of header + row, `GET` into the row and verification; with the thin codec (`thin`) and
 //!    with the `redis` crate's client (`crate`, which copies each loaded value);
 //! 3. **peer**: `cli/bench/redis_peer.py` (redis-py, one key per block, pipelined; see
-//!    `cli/bench/README.md`), same blocks, jobs, connections.
+//!    `cli/bench/README.md`), same blocks and connections, pipelines as deep as the tier's.
 //!
 //! Throughput counts block bytes (kvtier's 4 KiB header, and the peer's metadata, are extra
 //! bytes each side pays for). **CPU** is user + system CPU-seconds per GB of the client
@@ -73,9 +73,13 @@ pub struct RedisArgs {
     /// Connections (kvtier's worker threads, redis-benchmark's clients, the peer's threads).
     #[arg(long, default_value_t = 2)]
     pub connections: usize,
-    /// Blocks per job (kvtier's pipelined batches, the peer's pipelines, redis-benchmark's -P).
+    /// Blocks per job (the engine's store and load jobs; the peer's pipelines).
     #[arg(long, default_value_t = 16)]
     pub job_blocks: usize,
+    /// Keys per pipelined batch: the tier's (it merges queued jobs up to it) and
+    /// redis-benchmark's `-P`.
+    #[arg(long, default_value_t = 64)]
+    pub pipeline: usize,
     /// kvtier clients to measure, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "thin,crate",
           value_parser = clap::builder::PossibleValuesParser::new(["thin", "crate"]))]
@@ -274,7 +278,7 @@ fn redis_benchmark(
     let mut cmd = Command::new("redis-benchmark");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", test, "--csv"])
         .args(["-d", &bs.to_string(), "-n", &requests.to_string()])
-        .args(["-c", &args.connections.to_string(), "-P", &args.job_blocks.to_string()]);
+        .args(["-c", &args.connections.to_string(), "-P", &args.pipeline.to_string()]);
     if let Some(r) = keyspace {
         cmd.args(["-r", &r.to_string()]);
     }
@@ -325,7 +329,7 @@ fn kvtier(
         RunConfig { model_name: format!("kvtier-bench/{}-{round}-{bs}", std::process::id()), ..RunConfig::default() };
     let mut cfg = RedisTierConfig::new(url, run);
     cfg.connections = args.connections;
-    cfg.pipeline = args.job_blocks;
+    cfg.pipeline = args.pipeline;
     cfg.client = client;
     cfg.timeout = Duration::from_secs(5);
     let mut tier = RedisTier::open(&cfg, Arc::clone(&region))?;
@@ -429,7 +433,8 @@ fn peer(python: &Path, port: u16, bs: u64, n: u64, args: &RedisArgs) -> Result<M
     let out = Command::new(python)
         .arg(&script)
         .args(["--port", &port.to_string(), "--block-bytes", &bs.to_string(), "--blocks", &n.to_string()])
-        .args(["--job-blocks", &args.job_blocks.to_string(), "--connections", &args.connections.to_string()])
+        // The peer pipelines as deep as the tier does (a stronger peer than LMCache's own).
+        .args(["--job-blocks", &args.pipeline.to_string(), "--connections", &args.connections.to_string()])
         .stderr(Stdio::inherit())
         .output()?;
     let server_cpu = info_cpu(port)? - srv0;
@@ -462,8 +467,13 @@ fn size_name(bytes: u64) -> String {
 
 /// Runs `kvtier bench redis`.
 pub fn run(args: &RedisArgs) -> Result<(), BoxError> {
-    if args.block_size.is_empty() || args.connections == 0 || args.job_blocks == 0 || args.blocks == Some(0) {
-        return Err("--block-size, --connections, --job-blocks and --blocks must be given and at least 1".into());
+    if args.block_size.is_empty()
+        || args.connections == 0
+        || args.job_blocks == 0
+        || args.pipeline == 0
+        || args.blocks == Some(0)
+    {
+        return Err("--block-size, --connections, --job-blocks, --pipeline and --blocks must be at least 1".into());
     }
     let (_own, port, url) = match &args.url {
         Some(url) => {
@@ -560,8 +570,8 @@ pub fn run(args: &RedisArgs) -> Result<(), BoxError> {
 fn print_table(out: &mut impl io::Write, rows: &[Row], args: &RedisArgs) -> io::Result<()> {
     writeln!(
         out,
-        "kvtier bench redis: {} connections, {} blocks per job/pipeline; best of 2 rounds (worst in brackets), GB/s of block bytes",
-        args.connections, args.job_blocks
+        "kvtier bench redis: {} connections, jobs of {} blocks, pipelines of {}; best of 2 rounds (worst in brackets), GB/s of block bytes",
+        args.connections, args.job_blocks, args.pipeline
     )?;
     writeln!(out)?;
     writeln!(

@@ -1,5 +1,6 @@
 //! The worker threads: each pops batches of key operations for one node from the shared
-//! queue, runs them on its own connection to that node as pipelines, and reports each key
+//! queue (merging the batches of the same kind and node queued behind, up to the pipeline
+//! depth), runs them on its own connection to that node as pipelines, and reports each key
 //! through its job part (the core's job table) from this thread.
 //!
 //! - **Store** batch: `EXISTS` for every key (pipelined); then `SET key value NX [PX ttl]` for
@@ -185,6 +186,9 @@ impl Shared {
     }
 }
 
+/// How many queued batches a worker looks through for ones to merge into the batch it took.
+const MERGE_SCAN: usize = 64;
+
 /// Per-worker buffers, reused across batches.
 struct Scratch {
     req: Vec<u8>,
@@ -217,16 +221,19 @@ pub(crate) fn run(shared: Arc<Shared>) {
             let mut q = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 if let Some(mut task) = q.tasks.pop_front() {
-                    if task.kind == Kind::Probe {
-                        // Probes queued for the same node go out in one pipeline.
-                        while task.items.len() < shared.cfg.pipeline {
-                            let next = q.tasks.iter().position(|t| {
-                                t.kind == Kind::Probe && t.node == task.node && Arc::ptr_eq(&t.topo, &task.topo)
-                            });
-                            let Some(i) = next else { break };
-                            if let Some(t) = q.tasks.remove(i) {
-                                task.items.extend(t.items);
-                            }
+                    // Batches of the same kind for the same node queued behind it (small jobs,
+                    // probes) go out in the same pipeline, up to `pipeline` keys.
+                    while task.items.len() < shared.cfg.pipeline {
+                        let room = shared.cfg.pipeline - task.items.len();
+                        let next = q.tasks.iter().take(MERGE_SCAN).position(|t| {
+                            t.kind == task.kind
+                                && t.node == task.node
+                                && t.items.len() <= room
+                                && Arc::ptr_eq(&t.topo, &task.topo)
+                        });
+                        let Some(i) = next else { break };
+                        if let Some(t) = q.tasks.remove(i) {
+                            task.items.extend(t.items);
                         }
                     }
                     break Some(task);
