@@ -269,6 +269,10 @@ pub struct RedisConfig {
     /// Password, overriding the URL's.
     #[serde(default)]
     pub password: Option<String>,
+    /// PEM file of the CA certificates that sign the servers' (`rediss://`; absent: the
+    /// system's roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
     /// Worker threads, each with its own connection per node (default 2).
     #[serde(default)]
     pub connections: Option<usize>,
@@ -342,6 +346,7 @@ impl RedisConfig {
             seeds: Vec::new(),
             username: None,
             password: None,
+            tls_ca_file: None,
             connections: None,
             timeout_ms: None,
             ttl_ms: None,
@@ -372,6 +377,7 @@ impl RedisConfig {
         cfg.urls.extend(self.seeds.iter().cloned());
         cfg.username = self.username.clone();
         cfg.password = self.password.clone();
+        cfg.tls_ca_file = self.tls_ca_file.clone();
         cfg.rank = self.rank;
         cfg.probe_on_miss = self.probe_on_miss;
         cfg.client = match self.client {

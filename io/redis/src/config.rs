@@ -27,6 +27,9 @@ pub struct RedisTierConfig {
     pub username: Option<String>,
     /// Password for `AUTH`, overriding the URLs'.
     pub password: Option<String>,
+    /// A PEM file of the CA certificates that sign the servers' (`rediss://`, feature `tls`);
+    /// absent: the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// The run config that names the namespace (the native storage format is added).
     pub run: RunConfig,
     /// This process's rank.
@@ -68,6 +71,7 @@ impl RedisTierConfig {
             urls: vec![url.into()],
             username: None,
             password: None,
+            tls_ca_file: None,
             run,
             rank: 0,
             connections: 2,

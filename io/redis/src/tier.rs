@@ -115,6 +115,21 @@ impl std::fmt::Debug for RedisTier {
     }
 }
 
+/// `info` with the CA certificates of the PEM file `path` trusted (a `rediss://` URL).
+#[cfg(feature = "tls")]
+fn with_ca(info: ConnectionInfo, path: &std::path::Path) -> io::Result<ConnectionInfo> {
+    let pem = std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+    let client = redis::Client::build_with_tls(info, certs)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {e}", path.display())))?;
+    Ok(client.get_connection_info().clone())
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_ca(_info: ConnectionInfo, _path: &std::path::Path) -> io::Result<ConnectionInfo> {
+    Err(io::Error::new(io::ErrorKind::InvalidInput, "tls_ca_file needs kvtier-redis built with the `tls` feature"))
+}
+
 /// Most entries of the negative probe cache before expired ones are swept.
 const ABSENT_SWEEP: usize = 1 << 16;
 
@@ -143,7 +158,10 @@ impl RedisTier {
                 if cfg.password.is_some() {
                     info.redis.password.clone_from(&cfg.password);
                 }
-                Ok(info)
+                match &cfg.tls_ca_file {
+                    Some(path) => with_ca(info, path),
+                    None => Ok(info),
+                }
             })
             .collect::<io::Result<Vec<ConnectionInfo>>>()?;
         let run = cfg.effective_run_config();

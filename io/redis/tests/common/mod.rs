@@ -43,6 +43,7 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     args: Vec<String>,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl Server {
@@ -64,7 +65,82 @@ impl Server {
             "no".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut server = Server { port, dir, args, child: None };
+        let mut server = Server { port, dir, args, child: None, tls: false };
+        server.spawn();
+        server
+    }
+
+    /// A server that speaks only TLS on its port (`--port 0 --tls-port`), with a certificate for
+    /// 127.0.0.1 signed by a CA made by `openssl` (`{dir}/ca.pem`); clients are not asked for
+    /// certificates.
+    pub fn start_tls() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        // A CA, and a certificate for 127.0.0.1 it signs (rustls refuses a CA certificate
+        // as the server's own).
+        let d = dir.path();
+        let (ca, ca_key, cert, key, csr, ext) = (
+            d.join("ca.pem"),
+            d.join("ca.key"),
+            d.join("cert.pem"),
+            d.join("key.pem"),
+            d.join("server.csr"),
+            d.join("ext"),
+        );
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let ok = Command::new("openssl").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            assert!(ok.expect("openssl runs").success(), "openssl {args:?}");
+        };
+        let s = |t: &'static str| std::ffi::OsStr::new(t);
+        openssl(
+            &[s("req"), s("-x509"), s("-newkey"), s("rsa:2048"), s("-nodes"), s("-days"), s("1")]
+                .into_iter()
+                .chain([
+                    s("-subj"),
+                    s("/CN=kvtier-test-ca"),
+                    s("-keyout"),
+                    ca_key.as_os_str(),
+                    s("-out"),
+                    ca.as_os_str(),
+                ])
+                .collect::<Vec<_>>(),
+        );
+        openssl(
+            &[s("req"), s("-newkey"), s("rsa:2048"), s("-nodes"), s("-subj"), s("/CN=127.0.0.1")]
+                .into_iter()
+                .chain([s("-keyout"), key.as_os_str(), s("-out"), csr.as_os_str()])
+                .collect::<Vec<_>>(),
+        );
+        openssl(
+            &[s("x509"), s("-req"), s("-in"), csr.as_os_str(), s("-CA"), ca.as_os_str(), s("-CAkey")]
+                .into_iter()
+                .chain([ca_key.as_os_str(), s("-CAcreateserial"), s("-days"), s("1"), s("-out"), cert.as_os_str()])
+                .chain([s("-extfile"), ext.as_os_str()])
+                .collect::<Vec<_>>(),
+        );
+        let port = free_port();
+        let path = |p: &Path| p.display().to_string();
+        let args = vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&cert),
+            "--tls-key-file".into(),
+            path(&key),
+            "--tls-ca-cert-file".into(),
+            path(&ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--dir".into(),
+            path(dir.path()),
+        ];
+        let mut server = Server { port, dir, args, child: None, tls: true };
         server.spawn();
         server
     }
@@ -77,7 +153,16 @@ impl Server {
             .spawn()
             .expect("redis-server starts");
         self.child = Some(child);
-        wait_ping(self.port, Duration::from_secs(10));
+        if self.tls {
+            // No plain PING on a TLS port: wait until it accepts connections.
+            let start = Instant::now();
+            while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                assert!(start.elapsed() < Duration::from_secs(10), "the TLS server did not come up");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        } else {
+            wait_ping(self.port, Duration::from_secs(10));
+        }
     }
 
     /// `redis://127.0.0.1:{port}`.
