@@ -619,3 +619,19 @@ fn probe(shared: &Shared, con: &mut Conn, s: &mut Scratch, items: &[Item]) -> Re
     report_probes(shared, answers.into_iter());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_codes_round_trip_and_unknown_codes_are_lost() {
+        for outcome in KeyOutcome::ALL {
+            assert_eq!(KeyOutcome::from_code(outcome as u32), outcome);
+        }
+        assert_eq!(KeyOutcome::from_code(Part::DROPPED), KeyOutcome::Lost);
+        assert_eq!(KeyOutcome::from_code(12), KeyOutcome::Lost);
+        let ok: Vec<bool> = KeyOutcome::ALL.iter().map(|o| o.is_ok()).collect();
+        assert_eq!(ok.iter().filter(|&&b| b).count(), 2, "only Ok and Present succeed");
+    }
+}

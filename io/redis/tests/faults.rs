@@ -207,9 +207,16 @@ fn corrupt_truncated_foreign_and_mistyped_values_are_never_served() {
     if !have_server() {
         return;
     }
+    for client in [kvtier_redis::ClientKind::Thin, kvtier_redis::ClientKind::Crate] {
+        damaged_values(client);
+    }
+}
+
+fn damaged_values(client: kvtier_redis::ClientKind) {
     let server = Server::start(&[]);
     let port = server.port;
-    let cfg = tier_config(&server.url(), "corrupt-test");
+    let mut cfg = tier_config(&server.url(), "corrupt-test");
+    cfg.client = client;
     let mut cache = Cache::new(&cfg, 8, BLOCK);
     cache.store(0..16);
     let name = |i: u64, c: &mut Cache| c.tier().names().block_key_string(&key(i));
