@@ -2,8 +2,9 @@
 //! free port (and stops by pid), a cache engine over a Redis tier, block patterns, and the
 //! check that counts wrong blocks.
 //!
-//! Without `redis-server` on the machine, a test says so and passes, except in CI
-//! (`CI=true`), where `.ci/run` installs it and a missing server fails the test.
+//! Without `redis-server` on the machine, a test says so and passes, except in CI, where a
+//! missing server fails the test: under `.ci/run` (which installs `redis-server`, starts one
+//! and exports its URL as `KVTIER_REDIS_URL`) or wherever `CI=true`.
 #![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
@@ -19,14 +20,16 @@ use kvtier_fs::namespace::RunConfig;
 use kvtier_fs::region::{Access, PrimaryRegion};
 use kvtier_redis::{RedisTier, RedisTierConfig};
 
+/// Whether this is CI: `.ci/run` exported its server's URL, or `CI=true`.
+pub fn in_ci() -> bool {
+    std::env::var_os("KVTIER_REDIS_URL").is_some() || std::env::var("CI").as_deref() == Ok("true")
+}
+
 /// Is `redis-server` here? In CI its absence fails the test.
 pub fn have_server() -> bool {
     let found = Command::new("redis-server").arg("--version").output().is_ok_and(|o| o.status.success());
     if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "redis-server is missing in CI: .ci/run installs it (apt-get install redis-server)"
-        );
+        assert!(!in_ci(), "redis-server is missing in CI: .ci/run installs it (apt-get install redis-server)");
         eprintln!("redis-server not found: this test needs it (apt-get install redis-server); skipped outside CI");
     }
     found
@@ -377,6 +380,12 @@ pub fn manifest_dir() -> &'static Path {
 /// one of its own. `None` when there is no redis-server (outside CI).
 pub fn shared_server() -> Option<(Option<Server>, String)> {
     if let Ok(url) = std::env::var("KVTIER_REDIS_URL") {
+        // CI promised a server: one that does not answer fails the test.
+        let port: u16 =
+            url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse().ok()).unwrap_or_else(|| {
+                panic!("KVTIER_REDIS_URL={url}: expected redis://127.0.0.1:PORT, as .ci/run exports")
+            });
+        wait_ping(port, Duration::from_secs(5));
         return Some((None, url));
     }
     if !have_server() {
