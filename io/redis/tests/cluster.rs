@@ -1,6 +1,6 @@
 //! A 3-node Redis cluster started by the test (`cluster-require-full-coverage no`, joined with
 //! `redis-cli --cluster create`): blocks spread over the nodes, the slot map matches the
-//! server's `CLUSTER KEYSLOT`, and one node SIGKILLed while traffic runs costs only the
+//! server's `CLUSTER KEYSLOT`, and one node SIGKILLed (from another thread) while traffic runs costs only the
 //! blocks it held, with 0 wrong blocks served.
 
 mod common;
@@ -51,7 +51,7 @@ fn a_three_node_cluster_survives_losing_a_node() {
     if !have_server() {
         return;
     }
-    let mut nodes = start_cluster();
+    let nodes = start_cluster();
     let mut cfg = tier_config(&nodes[0].url(), "cluster-test");
     cfg.probe_on_miss = true;
     let block = 16384;
@@ -73,25 +73,56 @@ fn a_three_node_cluster_survives_losing_a_node() {
     for i in 0..300 {
         assert!(other.promote(i), "block {i}");
     }
-    // Traffic runs while node 2 is killed: stores and promotions go on.
-    let mut served_after = 0;
-    for round in 0..10u64 {
-        if round == 3 {
-            nodes[2].kill();
-        }
+    // Traffic runs while node 2 is SIGKILLed from another thread, at a moment the traffic
+    // does not choose: stores and promotions go on. Rounds that start after the kill count
+    // what the nodes left serve.
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let (pid, killed) = (nodes[2].pid(), std::sync::Arc::clone(&killed));
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: the pid of a child this test spawned and has not reaped (the Server
+            // reaps it when dropped, after this thread is joined).
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+            killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    let (mut served_after, mut checked, mut rounds_after, mut straddled) = (0, 0u64, 0u64, 0u64);
+    let mut round = 0u64;
+    while rounds_after < 6 {
+        let after = killed.load(std::sync::atomic::Ordering::SeqCst);
         let base = 1000 + round * 40;
+        round += 1;
         cache.store(base..base + 40);
         let mut reader = Cache::new(&cfg, 32, block);
+        let mut served = 0;
         for i in base..base + 40 {
-            if reader.promote(i) && round > 3 {
-                served_after += 1;
+            if reader.promote(i) {
+                served += 1;
             }
         }
+        checked += reader.served;
         cache.wrong += reader.wrong;
+        if after {
+            served_after += served;
+            rounds_after += 1;
+        } else if killed.load(std::sync::atomic::Ordering::SeqCst) {
+            straddled += 1;
+        }
+        assert!(round < 10_000, "the killer thread never ran");
     }
+    killer.join().unwrap();
     let stats = cache.tier().stats();
-    eprintln!("after the kill: {served_after} blocks served; {} wrong; {stats:?}", cache.wrong);
+    eprintln!(
+        "cluster, node killed under traffic: {round} rounds of 40 blocks ({straddled} straddling the kill); \
+         {} blocks checked before, {checked} during and after; {served_after} of {} served after the kill; \
+         {} wrong; {stats:?}",
+        other.served,
+        rounds_after * 40,
+        cache.wrong + other.wrong
+    );
     assert_eq!(cache.wrong + other.wrong, 0, "no wrong block");
+    let served_after = served_after as u64;
     // About two thirds of the blocks live on the two nodes left.
     assert!(served_after > 6 * 40 / 3, "the live nodes keep serving ({served_after} of 240)");
     assert!(served_after < 6 * 40, "the dead node's blocks miss");

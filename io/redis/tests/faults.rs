@@ -55,8 +55,12 @@ fn killed_mid_pipeline(appendonly: bool) {
         let r = (j as usize * 8)..(j as usize * 8 + 8);
         tier.submit_store(Job { id: JobId(j), req: REQ, keys: &keys[r.clone()], slots: &slots[r] });
     }
-    // 64 MiB of pipelined SETs are in flight: kill the server under them.
-    std::thread::sleep(Duration::from_millis(30));
+    // 64 MiB of pipelined SETs are in flight: kill the server under them, once it has taken
+    // the first of them (so the kill lands mid-pipeline, not before it).
+    let start = std::time::Instant::now();
+    while raw(server.port, &[b"DBSIZE"]).0 == Reply::Int(1) && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
     server.kill();
     tier.wait_idle();
     let mut out = Completions::new();
@@ -288,6 +292,7 @@ fn two_process_child() {
     for i in 0..64 {
         assert!(cache.promote(i), "process {first}: block {i}");
     }
+    eprintln!("two processes, same keys: process {first} checked {} blocks, {} wrong", cache.served, cache.wrong);
     assert_eq!(cache.wrong, 0, "process {first}");
 }
 
