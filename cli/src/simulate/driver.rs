@@ -1155,13 +1155,16 @@ impl<'a> Sim<'a> {
     /// virtual landing time and pins the landed blocks for the requests that wait for them.
     fn settle(&mut self, start: f64) -> Result<(), String> {
         let Some(off) = self.off.as_deref_mut() else { return Ok(()) };
-        if std::mem::take(&mut off.probing) {
-            // Probes are answered in a round trip (not charged in virtual time): the requests
-            // that got Retry look their blocks up again at once (see `Sim::iterate`).
-            off.wait_probes();
-        }
+        // Probes (lookups answered Retry) are answered in a round trip, not charged in virtual
+        // time: the requests look their blocks up again at once (see `Sim::iterate`). With
+        // tier jobs in flight, the drain below waits for them too, after the promotions were
+        // timed.
+        let probing = std::mem::take(&mut off.probing);
         let engine = off.cache.engine_ref();
         if engine.tier_count() == 0 || (off.batch.is_empty() && engine.jobs_in_flight() == 0) {
+            if probing {
+                off.wait_probes();
+            }
             return Ok(());
         }
         let cascaded = engine.stats().cascade_blocks - off.last_cascaded;
