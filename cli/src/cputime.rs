@@ -27,13 +27,23 @@ pub fn process_cpu() -> Duration {
 
 /// User + system CPU-seconds of every thread of the process, from `getrusage(RUSAGE_SELF)`
 /// (0 if the call fails): the figure the benchmarks' Python peers read about themselves.
-#[allow(unsafe_code)] // getrusage
 pub fn rusage_cpu() -> f64 {
+    rusage(libc::RUSAGE_SELF)
+}
+
+/// User + system CPU-seconds of the children of this process that were waited for
+/// (`getrusage(RUSAGE_CHILDREN)`): what a benchmark tool run as a child cost.
+pub fn rusage_children_cpu() -> f64 {
+    rusage(libc::RUSAGE_CHILDREN)
+}
+
+#[allow(unsafe_code)] // getrusage
+fn rusage(who: libc::c_int) -> f64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // SAFETY: `getrusage` writes a whole `rusage` through the pointer, which points to writable
     // memory of that type; it is read only when the call reports success.
     let ru = unsafe {
-        if libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) != 0 {
+        if libc::getrusage(who, ru.as_mut_ptr()) != 0 {
             return 0.0;
         }
         ru.assume_init()

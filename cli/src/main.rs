@@ -43,6 +43,8 @@ enum BenchCommand {
     Fs(kvtier_cli::bench::fs::FsArgs),
     /// kvtier's tier against vLLM's own fs tier inside vLLM 0.33 (runs bench/vllm_tier.py).
     Vllm(kvtier_cli::bench::vllm::VllmArgs),
+    /// The Redis tier against redis-benchmark's SET/GET and a redis-py peer of LMCache's connector.
+    Redis(kvtier_cli::bench::redis::RedisArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         }
         Command::Bench { which: BenchCommand::Fs(args) } => kvtier_cli::bench::fs::run(&args),
         Command::Bench { which: BenchCommand::Vllm(args) } => kvtier_cli::bench::vllm::run(&args),
+        Command::Bench { which: BenchCommand::Redis(args) } => kvtier_cli::bench::redis::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,7 +35,7 @@ fn chat(dir: &std::path::Path, extra: &[&str]) -> Simulation {
 }
 
 fn total(s: &Sources) -> u64 {
-    s.gpu + s.cpu + s.disk + s.miss
+    s.gpu + s.cpu + s.disk + s.remote + s.miss
 }
 
 #[test]
@@ -168,7 +168,7 @@ fn trace_run(dir: &std::path::Path, trace: &str, extra: &[&str]) -> Report {
 }
 
 fn sources(gpu: u64, cpu: u64, disk: u64, miss: u64) -> String {
-    format!("{:?}", Sources { gpu, cpu, disk, miss })
+    format!("{:?}", Sources { gpu, cpu, disk, remote: 0, miss })
 }
 
 #[test]

@@ -117,6 +117,7 @@ pub fn open_tier(config: &TierConfig, region: &Arc<PrimaryRegion>) -> io::Result
             })?;
             Ok(Box::new(tier))
         }
+        TierConfig::Redis(redis) => Ok(Box::new(kvtier_redis::RedisTier::open(&redis.tier_config(), region.clone())?)),
     }
 }
 

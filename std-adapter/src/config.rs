@@ -17,6 +17,14 @@
 //! format = "native"               # or "vllm" (raw rows, vLLM-compatible)
 //! model_name = "meta-llama/Llama-3.1-8B"
 //! file_mode = 0o600               # owner-only (the default); 0o640/0o660 to share with a group
+//!
+//! [[tiers]]
+//! type = "redis"                  # a Redis/Valkey server, or any node of a cluster
+//! url = "redis://:secret@10.0.0.5:6379/0"
+//! connections = 2                 # worker threads, one connection each per node
+//! timeout_ms = 500
+//! probe_on_miss = true            # find blocks other inference servers stored
+//! model_name = "meta-llama/Llama-3.1-8B"
 //! ```
 //!
 //! A configuration is checked as a whole by [`CacheConfig::validate`] (which
@@ -25,13 +33,39 @@
 //! (`block_bytes`, `tiers[1].read_workers`).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kvtier_core::PolicyKind;
 use kvtier_fs::direct::DirectMode;
 use kvtier_fs::files::FileMode;
 use kvtier_fs::namespace::{KvCacheGroup, RunConfig};
 use kvtier_fs::{FsTierConfig, StorageFormat};
+use kvtier_redis::{ClientKind, RedisTierConfig};
 use serde::Deserialize;
+
+/// The run config named by a tier entry's run-config fields (`model_name`, `dtype`, ...), each
+/// absent one at its default: one mapping for every tier type whose entry carries them.
+macro_rules! run_config {
+    ($t:expr) => {{
+        let t = $t;
+        let d = RunConfig::default();
+        RunConfig {
+            model_name: t.model_name.clone().unwrap_or(d.model_name),
+            dtype: t.dtype.clone().unwrap_or(d.dtype),
+            tokens_per_hash: t.tokens_per_hash.unwrap_or(d.tokens_per_hash),
+            blocks_per_file: t.blocks_per_file.unwrap_or(d.blocks_per_file),
+            tp_size: t.tp_size.unwrap_or(d.tp_size),
+            pp_size: t.pp_size.unwrap_or(d.pp_size),
+            pcp_size: t.pcp_size.unwrap_or(d.pcp_size),
+            dcp_size: t.dcp_size.unwrap_or(d.dcp_size),
+            kv_cache_groups: t.kv_cache_groups.clone().unwrap_or(d.kv_cache_groups),
+            parallel_agnostic: t.parallel_agnostic.unwrap_or(d.parallel_agnostic),
+            replicated_layout: t.replicated_layout.unwrap_or(d.replicated_layout),
+            canonical_format: t.canonical_format.clone().or(d.canonical_format),
+            ..d
+        }
+    }};
+}
 
 /// The whole cache: primary pool and secondary tiers.
 #[derive(Debug, Clone, Deserialize)]
@@ -87,6 +121,8 @@ pub enum TierConfig {
     Memory(MemoryConfig),
     /// A file-system tier.
     Fs(Box<FsConfig>),
+    /// A remote tier on a Redis/Valkey server or cluster.
+    Redis(Box<RedisConfig>),
 }
 
 /// A memory tier (no settings; unknown keys are refused like everywhere else).
@@ -236,23 +272,7 @@ impl FsConfig {
 
     /// The FS tier's settings, for blocks of `block_bytes` (the primary region's rows).
     pub fn tier_config(&self, block_bytes: usize) -> FsTierConfig {
-        let d = RunConfig::default();
-        let run = RunConfig {
-            model_name: self.model_name.clone().unwrap_or(d.model_name),
-            dtype: self.dtype.clone().unwrap_or(d.dtype),
-            tokens_per_hash: self.tokens_per_hash.unwrap_or(d.tokens_per_hash),
-            blocks_per_file: self.blocks_per_file.unwrap_or(d.blocks_per_file),
-            tp_size: self.tp_size.unwrap_or(d.tp_size),
-            pp_size: self.pp_size.unwrap_or(d.pp_size),
-            pcp_size: self.pcp_size.unwrap_or(d.pcp_size),
-            dcp_size: self.dcp_size.unwrap_or(d.dcp_size),
-            kv_cache_groups: self.kv_cache_groups.clone().unwrap_or(d.kv_cache_groups),
-            parallel_agnostic: self.parallel_agnostic.unwrap_or(d.parallel_agnostic),
-            replicated_layout: self.replicated_layout.unwrap_or(d.replicated_layout),
-            canonical_format: self.canonical_format.clone().or(d.canonical_format),
-            ..d
-        };
-        let mut cfg = FsTierConfig::new(&self.root_dir, run, block_bytes);
+        let mut cfg = FsTierConfig::new(&self.root_dir, run_config!(self), block_bytes);
         cfg.rank = self.rank;
         cfg.format = self.format;
         cfg.o_direct = self.o_direct;
@@ -271,6 +291,10 @@ impl TierConfig {
         match self {
             TierConfig::Memory(_) => Ok(()),
             TierConfig::Fs(fs) => fs.validate(),
+            // The tier's own check, whose message names the setting (`connections = 0 (1 to 256)`).
+            TierConfig::Redis(redis) => {
+                redis.tier_config().validate().map_err(|reason| InvalidConfig::new("redis", reason))
+            }
         }
     }
 }
@@ -303,6 +327,169 @@ impl std::fmt::Display for InvalidConfig {
 }
 
 impl std::error::Error for InvalidConfig {}
+
+/// The data-path client of a Redis tier (spelled `thin` and `crate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisClient {
+    /// The thin RESP codec: rows written and read in place.
+    #[default]
+    Thin,
+    /// The `redis` crate's client (copies each loaded value; TLS URLs always use it).
+    Crate,
+}
+
+/// A Redis tier: the server or cluster, how the tier talks to it, and the run-config fields
+/// that name its namespace (as an `fs` entry's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (`rediss://` with the `tls` feature of
+    /// kvtier-redis, `redis+unix:///path`); for a cluster, any node.
+    pub url: String,
+    /// Further nodes to try when `url` does not answer (a cluster's other nodes).
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// User name, overriding the URL's.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password, overriding the URL's.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM file of the CA certificates that sign the servers' (`rediss://`; absent: the
+    /// system's roots).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Worker threads, each with its own connection per node (default 2).
+    #[serde(default)]
+    pub connections: Option<usize>,
+    /// Longest wait for one socket operation, in ms (default 500).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Expiry of stored blocks in ms (`SET ... PX`); absent: none.
+    #[serde(default)]
+    pub ttl_ms: Option<u64>,
+    /// On an index miss, ask the server in the background (blocks other servers stored).
+    #[serde(default)]
+    pub probe_on_miss: bool,
+    /// How long a probe's "absent" is trusted, in ms (default 1000).
+    #[serde(default)]
+    pub probe_negative_ttl_ms: Option<u64>,
+    /// Most keys per pipelined batch (default 64).
+    #[serde(default)]
+    pub pipeline: Option<usize>,
+    /// Most keys the local index remembers (default 1048576).
+    #[serde(default)]
+    pub index_capacity: Option<usize>,
+    /// The data-path client.
+    #[serde(default)]
+    pub client: RedisClient,
+    /// This process's rank.
+    #[serde(default)]
+    pub rank: u32,
+    /// Run config: model name.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Run config: KV dtype.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Run config: tokens per hash.
+    #[serde(default)]
+    pub tokens_per_hash: Option<u64>,
+    /// Run config: GPU blocks per offloaded block.
+    #[serde(default)]
+    pub blocks_per_file: Option<u64>,
+    /// Run config: tensor-parallel size.
+    #[serde(default)]
+    pub tp_size: Option<u64>,
+    /// Run config: pipeline-parallel size.
+    #[serde(default)]
+    pub pp_size: Option<u64>,
+    /// Run config: prefill context-parallel size.
+    #[serde(default)]
+    pub pcp_size: Option<u64>,
+    /// Run config: decode context-parallel size.
+    #[serde(default)]
+    pub dcp_size: Option<u64>,
+    /// Run config: KV-cache groups.
+    #[serde(default)]
+    pub kv_cache_groups: Option<Vec<KvCacheGroup>>,
+    /// Run config: whether blocks are parallel-agnostic.
+    #[serde(default)]
+    pub parallel_agnostic: Option<bool>,
+    /// Run config (vLLM 0.33): one copy of a block shared by all workers.
+    #[serde(default)]
+    pub replicated_layout: Option<bool>,
+    /// Run config (vLLM 0.33): the canonical byte-format identity.
+    #[serde(default)]
+    pub canonical_format: Option<String>,
+}
+
+impl RedisConfig {
+    /// A tier on `url` with every other setting at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisConfig {
+            url: url.into(),
+            seeds: Vec::new(),
+            username: None,
+            password: None,
+            tls_ca_file: None,
+            connections: None,
+            timeout_ms: None,
+            ttl_ms: None,
+            probe_on_miss: false,
+            probe_negative_ttl_ms: None,
+            pipeline: None,
+            index_capacity: None,
+            client: RedisClient::default(),
+            rank: 0,
+            model_name: None,
+            dtype: None,
+            tokens_per_hash: None,
+            blocks_per_file: None,
+            tp_size: None,
+            pp_size: None,
+            pcp_size: None,
+            dcp_size: None,
+            kv_cache_groups: None,
+            parallel_agnostic: None,
+            replicated_layout: None,
+            canonical_format: None,
+        }
+    }
+
+    /// The Redis tier's settings.
+    pub fn tier_config(&self) -> RedisTierConfig {
+        let mut cfg = RedisTierConfig::new(self.url.clone(), run_config!(self));
+        cfg.urls.extend(self.seeds.iter().cloned());
+        cfg.username = self.username.clone();
+        cfg.password = self.password.clone();
+        cfg.tls_ca_file = self.tls_ca_file.clone();
+        cfg.rank = self.rank;
+        cfg.probe_on_miss = self.probe_on_miss;
+        cfg.client = match self.client {
+            RedisClient::Thin => ClientKind::Thin,
+            RedisClient::Crate => ClientKind::Crate,
+        };
+        if let Some(n) = self.connections {
+            cfg.connections = n;
+        }
+        if let Some(ms) = self.timeout_ms {
+            cfg.timeout = Duration::from_millis(ms);
+        }
+        cfg.ttl = self.ttl_ms.map(Duration::from_millis);
+        if let Some(ms) = self.probe_negative_ttl_ms {
+            cfg.probe_negative_ttl = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.pipeline {
+            cfg.pipeline = n;
+        }
+        if let Some(n) = self.index_capacity {
+            cfg.index_capacity = n;
+        }
+        cfg
+    }
+}
 
 /// A configuration file could not be used.
 #[derive(Debug)]
@@ -348,7 +535,9 @@ impl CacheConfig {
     /// - `block_bytes` from 1 to [`MAX_BLOCK_BYTES`];
     /// - `shared_memory`, when given, is not an empty path;
     /// - each tier's: an fs tier's `root_dir` is not empty, and `read_workers` and
-    ///   `write_workers`, when given, are from 1 to [`MAX_WORKERS`].
+    ///   `write_workers`, when given, are from 1 to [`MAX_WORKERS`]; a redis tier's settings
+    ///   are in range (`connections` 1 to 256, `timeout_ms`, `ttl_ms`, `pipeline` and
+    ///   `index_capacity` at least 1).
     ///
     /// `num_blocks = 0` is valid (a cache that keeps nothing: every store answers no space);
     /// any `u32` is, as far as limits go: with rows of at most 1 GiB the region's size fits in
@@ -427,6 +616,13 @@ mod tests {
             CacheConfig::from_toml(ok).unwrap();
         }
         CacheConfig::from_toml(&fs("read_workers = 1\nwrite_workers = 1024")).unwrap();
+        let redis = |line: &str| format!("num_blocks = 1\n[[tiers]]\ntype = \"redis\"\nurl = \"redis://h:1\"\n{line}");
+        for bad in ["connections = 0", "connections = 257", "timeout_ms = 0", "pipeline = 0", "ttl_ms = 0"] {
+            let text = CacheConfig::from_toml(&redis(bad)).unwrap_err();
+            let setting = bad.split(' ').next().unwrap().trim_end_matches("_ms");
+            assert!(text.contains("`tiers[0].redis`") && text.contains(setting), "{bad}: {text}");
+        }
+        CacheConfig::from_toml(&redis("connections = 256\ntimeout_ms = 1")).unwrap();
 
         let err = CacheConfig::from_toml("num_blocks = 4\nblock_bytes = 0").unwrap_err();
         assert!(err.contains("`block_bytes`"), "{err}");
@@ -476,7 +672,7 @@ mod tests {
             let text = format!("num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\n{line}");
             CacheConfig::from_toml(&text).map(|c| match &c.tiers[0] {
                 TierConfig::Fs(fs) => fs.tier_config(4096),
-                TierConfig::Memory(_) => unreachable!(),
+                _ => unreachable!(),
             })
         };
         for (text, mode) in [("auto", DirectMode::Auto), ("on", DirectMode::On), ("off", DirectMode::Off)] {
@@ -491,5 +687,44 @@ mod tests {
         }
         assert_eq!(CacheConfig::from_toml("num_blocks = 1\npolicy = \"lru\"").unwrap().policy, PolicyKind::Lru);
         assert!(CacheConfig::from_toml("num_blocks = 1\npolicy = \"LRU\"").is_err());
+    }
+
+    #[test]
+    fn redis_entries() {
+        let cfg = CacheConfig::from_toml(
+            r#"
+            num_blocks = 8
+            [[tiers]]
+            type = "redis"
+            url = "redis://:pw@127.0.0.1:7000/2"
+            seeds = ["redis://127.0.0.1:7001"]
+            connections = 3
+            timeout_ms = 250
+            ttl_ms = 60000
+            probe_on_miss = true
+            client = "crate"
+            model_name = "m/n"
+            tp_size = 2
+            rank = 1
+            "#,
+        )
+        .unwrap();
+        let TierConfig::Redis(redis) = &cfg.tiers[0] else { panic!("redis tier expected") };
+        let t = redis.tier_config();
+        assert_eq!(t.urls, ["redis://:pw@127.0.0.1:7000/2", "redis://127.0.0.1:7001"]);
+        assert_eq!((t.connections, t.timeout, t.ttl), (3, Duration::from_millis(250), Some(Duration::from_secs(60))));
+        assert_eq!((t.rank, t.probe_on_miss, t.client), (1, true, ClientKind::Crate));
+        assert_eq!((t.run.model_name.as_str(), t.run.tp_size), ("m/n", 2));
+        let defaults = RedisConfig::new("redis://x").tier_config();
+        assert_eq!(
+            (defaults.connections, defaults.timeout, defaults.client),
+            (2, Duration::from_millis(500), ClientKind::Thin)
+        );
+        for bad in
+            ["url = \"redis://x\"\nconections = 2", "client = \"thin\"", "url = \"redis://x\"\nclient = \"Thin\""]
+        {
+            let text = format!("num_blocks = 1\n[[tiers]]\ntype = \"redis\"\n{bad}");
+            assert!(CacheConfig::from_toml(&text).is_err(), "{bad}");
+        }
     }
 }

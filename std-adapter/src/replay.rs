@@ -26,6 +26,10 @@
 //!   the tier really runs, on its executor, in `root_dir`. One that cannot start (a directory
 //!   that cannot be created, a run config that differs from the one on disk) answers `io`,
 //!   naming the path and what failed.
+//! - **`redis` tiers** (`{"type":"redis","url":...}`, the fields of a TOML `redis` entry)
+//!   start even when the server cannot be reached (every lookup then misses and the tier keeps
+//!   trying); a namespace config record on the server that does not match the run answers
+//!   `io`. `drain` waits for their jobs and background probes.
 //! - **Op fields.** Fields an op does not use are ignored (so a trace may carry `req` or
 //!   comments on every line). A line is checked in this order, the first failure answering:
 //!   JSON object with a string `op` (`invalid_request`), known op (`unknown_op`), presence and

@@ -3,4 +3,5 @@
 
 pub mod core;
 pub mod fs;
+pub mod redis;
 pub mod vllm;

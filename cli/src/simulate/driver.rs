@@ -52,9 +52,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
 use kvtier::TieredCache;
-use kvtier_core::{EventLog, LookupResult, Medium, OffloadKey, PoolLookup, ReqContext, SlotId, StorePlan};
+use kvtier_core::{
+    EventLog, LookupResult, Medium, OffloadKey, PoolLookup, ReqContext, SecondaryTier as _, SlotId, StorePlan,
+};
 use kvtier_fs::region::Access;
 use kvtier_fs::FsTier;
+use kvtier_redis::{RedisStats, RedisTier};
 use metrics::{counter, gauge, histogram};
 
 use super::cost::GpuCost;
@@ -118,6 +121,8 @@ pub struct Tally {
     pub cpu: u64,
     /// Prompt blocks promoted from disk, then loaded.
     pub disk: u64,
+    /// Prompt blocks promoted from the remote tier (Redis), then loaded.
+    pub remote: u64,
     /// Full prompt blocks computed.
     pub miss: u64,
     /// Prompt tokens computed (misses and partial blocks).
@@ -148,6 +153,10 @@ pub struct Tally {
     pub disk_stored: u64,
     /// Blocks promoted disk -> CPU tier.
     pub disk_loaded: u64,
+    /// Blocks the remote tiers stored (`SET NX` answered OK).
+    pub remote_stored: u64,
+    /// Blocks promoted remote tier -> CPU tier.
+    pub remote_loaded: u64,
     /// Blocks `prepare_store` could not take (every slot pinned).
     pub store_rejected: u64,
     /// Blocks not offloaded because the simulated disk had not written enough of the earlier
@@ -176,6 +185,122 @@ pub struct Tally {
     pub written_here: (u64, f64),
 }
 
+/// Adds the counters of `s` the simulation reports to `sum`.
+pub fn add_remote(sum: &mut RedisStats, s: &RedisStats) {
+    for (a, b) in [
+        (&mut sum.stored, s.stored),
+        (&mut sum.present, s.present),
+        (&mut sum.loaded, s.loaded),
+        (&mut sum.loaded_shared, s.loaded_shared),
+        (&mut sum.missing, s.missing),
+        (&mut sum.corrupt, s.corrupt),
+        (&mut sum.oom, s.oom),
+        (&mut sum.timeouts, s.timeouts),
+        (&mut sum.connection_errors, s.connection_errors),
+        (&mut sum.fast_failed, s.fast_failed),
+        (&mut sum.probes, s.probes),
+        (&mut sum.probe_hits, s.probe_hits),
+    ] {
+        *a += b;
+    }
+}
+
+impl Tally {
+    /// Adds another server's counters to these: counts and busy times add up, latencies pool,
+    /// the span runs from the first arrival to the last finish of either.
+    pub fn absorb(&mut self, o: Tally) {
+        let Tally {
+            requests,
+            steps,
+            iterations,
+            gpu,
+            cpu,
+            disk,
+            remote,
+            miss,
+            prefill_tokens,
+            decode_tokens,
+            gpu_busy_s,
+            first_arrival,
+            last_finish,
+            ttft,
+            e2e,
+            transfer_s,
+            promo_waits,
+            promo_wait_s,
+            cpu_stored,
+            cpu_loaded,
+            disk_stored,
+            disk_loaded,
+            remote_stored,
+            remote_loaded,
+            store_rejected,
+            disk_behind,
+            load_failed,
+            mismatched_bytes,
+            lookups,
+            cpu_evictions,
+            promo_batches,
+            promo_real_ms,
+            promo_virtual_ms,
+            disk_busy_s,
+            read_here,
+            written_here,
+        } = o;
+        if self.requests == 0 && self.iterations == 0 {
+            self.first_arrival = first_arrival;
+        }
+        self.first_arrival = self.first_arrival.min(first_arrival);
+        self.last_finish = self.last_finish.max(last_finish);
+        for (a, b) in [
+            (&mut self.requests, requests),
+            (&mut self.steps, steps),
+            (&mut self.iterations, iterations),
+            (&mut self.gpu, gpu),
+            (&mut self.cpu, cpu),
+            (&mut self.disk, disk),
+            (&mut self.remote, remote),
+            (&mut self.miss, miss),
+            (&mut self.prefill_tokens, prefill_tokens),
+            (&mut self.decode_tokens, decode_tokens),
+            (&mut self.promo_waits, promo_waits),
+            (&mut self.cpu_stored, cpu_stored),
+            (&mut self.cpu_loaded, cpu_loaded),
+            (&mut self.disk_stored, disk_stored),
+            (&mut self.disk_loaded, disk_loaded),
+            (&mut self.remote_stored, remote_stored),
+            (&mut self.remote_loaded, remote_loaded),
+            (&mut self.store_rejected, store_rejected),
+            (&mut self.disk_behind, disk_behind),
+            (&mut self.load_failed, load_failed),
+            (&mut self.mismatched_bytes, mismatched_bytes),
+            (&mut self.cpu_evictions, cpu_evictions),
+            (&mut self.promo_batches, promo_batches),
+            (&mut self.read_here.0, read_here.0),
+            (&mut self.written_here.0, written_here.0),
+        ] {
+            *a += b;
+        }
+        for (a, b) in [
+            (&mut self.gpu_busy_s, gpu_busy_s),
+            (&mut self.transfer_s, transfer_s),
+            (&mut self.promo_wait_s, promo_wait_s),
+            (&mut self.disk_busy_s, disk_busy_s),
+            (&mut self.read_here.1, read_here.1),
+            (&mut self.written_here.1, written_here.1),
+        ] {
+            *a += b;
+        }
+        for (a, b) in self.lookups.iter_mut().zip(lookups) {
+            *a += b;
+        }
+        self.ttft.extend(ttft);
+        self.e2e.extend(e2e);
+        self.promo_real_ms.extend(promo_real_ms);
+        self.promo_virtual_ms.extend(promo_virtual_ms);
+    }
+}
+
 /// What happened in one iteration (blocks), at virtual time `t`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
@@ -197,6 +322,8 @@ pub struct Sample {
     pub disk_stored: u32,
     /// Blocks promoted from disk.
     pub disk_loaded: u32,
+    /// Prompt blocks promoted from the remote tier.
+    pub remote: u32,
 }
 
 /// kvtier, as the simulated engine holds it, with the bookkeeping of promotions.
@@ -214,6 +341,10 @@ pub struct Offload {
     batch: Vec<OffloadKey>,
     /// Promoted blocks not loaded since, with their virtual landing time.
     promoted: HashMap<OffloadKey, f64>,
+    /// Blocks whose last promotion came from a remote tier (the others came from disk).
+    from_remote: HashSet<OffloadKey>,
+    /// A lookup answered Retry: a remote tier's probe is in flight.
+    probing: bool,
     /// Blocks that became ready in the CPU tier since the last look (filled by events).
     readied: Vec<OffloadKey>,
     /// When the simulated disk has served the promotions so far (reads go first), virtual s.
@@ -225,6 +356,8 @@ pub struct Offload {
     /// Blocks of `writes`.
     unwritten: u64,
     last_disk_stored: u64,
+    last_disk_loaded: u64,
+    last_remote: RedisStats,
     last_stats: kvtier_core::EngineStats,
     /// Blocks cascaded to the tiers when the disk was last charged.
     last_cascaded: u64,
@@ -249,12 +382,16 @@ impl Offload {
             events: EventLog::new(),
             batch: Vec::new(),
             promoted: HashMap::new(),
+            from_remote: HashSet::new(),
+            probing: false,
             readied: Vec::new(),
             read_free: 0.0,
             write_free: 0.0,
             writes: VecDeque::new(),
             unwritten: 0,
             last_disk_stored: 0,
+            last_disk_loaded: 0,
+            last_remote: RedisStats::default(),
             last_stats: kvtier_core::EngineStats::default(),
             last_cascaded: 0,
         }
@@ -266,6 +403,43 @@ impl Offload {
         (0..engine.tier_count()).filter_map(|i| engine.tier_mut::<FsTier>(i).map(|t| t.stats().blocks_stored)).sum()
     }
 
+    /// The counters of the remote (Redis) tiers so far, summed.
+    pub fn remote_stats(&mut self) -> RedisStats {
+        let engine = self.cache.engine();
+        let mut sum = RedisStats::default();
+        for i in 0..engine.tier_count() {
+            if let Some(t) = engine.tier_mut::<RedisTier>(i) {
+                add_remote(&mut sum, &t.stats());
+            }
+        }
+        sum
+    }
+
+    /// Whether the tier a lookup of `key` promotes from is a remote one: the first tier, in
+    /// order, that holds it (as the engine picks).
+    fn promotes_from_remote(&mut self, key: &OffloadKey) -> bool {
+        let engine = self.cache.engine();
+        for i in 0..engine.tier_count() {
+            if engine.tier_mut::<FsTier>(i).is_some_and(|t| t.contains(key)) {
+                return false;
+            }
+            if engine.tier_mut::<RedisTier>(i).is_some_and(|t| t.contains(key)) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Waits (really) until the remote tiers' probes are answered.
+    fn wait_probes(&mut self) {
+        let engine = self.cache.engine();
+        for i in 0..engine.tier_count() {
+            if let Some(t) = engine.tier_mut::<RedisTier>(i) {
+                t.wait_idle();
+            }
+        }
+    }
+
     /// Runs `f` on the engine, adding the scheduler thread's CPU time to `kv_cpu`.
     fn kv<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
         let t = thread_cpu();
@@ -273,6 +447,43 @@ impl Offload {
         self.kv_cpu += thread_cpu().saturating_sub(t);
         out
     }
+}
+
+/// Runs `servers` inference servers to completion, each its workload with its own GPU and,
+/// when given, its own kvtier (whose tiers may share a remote one), in step on the virtual
+/// clock: the next iteration is always the one of the server furthest behind, so that a block
+/// one server stores at virtual time t reaches the others' lookups after t, never before.
+/// Returns the servers' counters and samples pooled (samples in virtual-time order).
+pub fn run_servers<'a>(
+    cfg: SchedConfig,
+    servers: Vec<(&'a Workload, Option<&'a mut Offload>)>,
+    bar: &ProgressBar,
+    interrupt: &Interrupt,
+) -> Result<(Tally, Vec<Sample>), String> {
+    let mut sims: Vec<Sim<'a>> = servers.into_iter().map(|(wl, off)| Sim::new(cfg, wl, off)).collect();
+    let mut cursors: Vec<Cursor> = sims.iter_mut().map(Sim::start).collect();
+    let mut ran = Ok(());
+    while let Some(i) =
+        (0..sims.len()).filter(|&i| !sims[i].finished()).min_by(|&a, &b| cursors[a].now.total_cmp(&cursors[b].now))
+    {
+        ran = interrupt.check().and_then(|()| sims[i].iterate(&mut cursors[i], interrupt));
+        if ran.is_err() {
+            break;
+        }
+        bar.set_position(sims.iter().map(|s| s.tally.requests).sum());
+    }
+    for sim in &mut sims {
+        sim.shutdown();
+    }
+    ran?;
+    let mut tally = Tally::default();
+    let mut samples = Vec::new();
+    for sim in &mut sims {
+        tally.absorb(std::mem::take(&mut sim.tally));
+        samples.append(&mut sim.samples);
+    }
+    samples.sort_by(|a, b| a.t.total_cmp(&b.t));
+    Ok((tally, samples))
 }
 
 /// An admitted request.
@@ -289,6 +500,17 @@ struct Live {
     ready_at: f64,
     /// Output tokens produced (the first one by the prefill).
     generated: u64,
+}
+
+/// Where a run stands between iterations: its virtual clock and queues.
+pub struct Cursor {
+    /// Virtual time of the next iteration, seconds.
+    pub now: f64,
+    next: usize,
+    horizon: f64,
+    waiting: VecDeque<usize>,
+    live: Vec<Live>,
+    stalled: u32,
 }
 
 enum Admit {
@@ -321,6 +543,8 @@ pub struct Sim<'a> {
     done: Vec<bool>,
     /// When the PCIe link is free (virtual seconds).
     link_free: f64,
+    /// A lookup of this iteration answered Retry.
+    retried: bool,
 }
 
 impl<'a> Sim<'a> {
@@ -344,6 +568,7 @@ impl<'a> Sim<'a> {
             wait_since: vec![None; n],
             done: vec![false; n],
             link_free: 0.0,
+            retried: false,
         }
     }
 
@@ -351,76 +576,90 @@ impl<'a> Sim<'a> {
         &self.wl.requests[id]
     }
 
-    /// Runs every request to completion, or until `interrupt` asks it to stop (an error
-    /// naming the signal, at the next iteration or while it waits for I/O).
-    pub fn run(&mut self, bar: &ProgressBar, interrupt: &Interrupt) -> Result<(), String> {
+    /// Where a run starts: the first arrival, nothing waiting or running.
+    pub fn start(&mut self) -> Cursor {
+        let reqs = &self.wl.requests;
+        let now = reqs.first().map_or(0.0, |r| r.arrival);
+        self.tally.first_arrival = now;
+        Cursor {
+            now,
+            next: 0,
+            horizon: reqs.last().map_or(0.0, |r| r.arrival) + 1e7,
+            waiting: VecDeque::new(),
+            live: Vec::new(),
+            stalled: 0,
+        }
+    }
+
+    /// Whether every request has finished.
+    pub fn finished(&self) -> bool {
+        self.tally.requests as usize >= self.wl.requests.len()
+    }
+
+    /// One scheduler iteration at `cursor.now` (see the module's documentation); advances the
+    /// cursor's clock, or leaves it when requests look their blocks up again at once.
+    pub fn iterate(&mut self, c: &mut Cursor, interrupt: &Interrupt) -> Result<(), String> {
         let reqs = &self.wl.requests;
         let n = reqs.len();
-        let mut now = reqs.first().map_or(0.0, |r| r.arrival);
-        self.tally.first_arrival = now;
-        let horizon = reqs.last().map_or(0.0, |r| r.arrival) + 1e7;
-        let mut next = 0;
-        let mut waiting: VecDeque<usize> = VecDeque::new();
-        let mut live: Vec<Live> = Vec::new();
-        let mut stalled = 0;
-        while (self.tally.requests as usize) < n {
-            interrupt.check()?;
-            while next < n && reqs[next].arrival <= now {
-                waiting.push_back(next);
-                next += 1;
+        while c.next < n && reqs[c.next].arrival <= c.now {
+            c.waiting.push_back(c.next);
+            c.next += 1;
+        }
+        self.sample = Sample { t: c.now, ..Sample::default() };
+        self.retried = false;
+        let (plan, step_s) = self.schedule(c.now, &mut c.waiting, &mut c.live);
+        let stepped = !plan.is_empty();
+        let start = c.now;
+        if stepped {
+            c.now += step_s;
+            self.tally.gpu_busy_s += step_s;
+            self.tally.steps += 1;
+            self.apply(c.now, &plan, &mut c.live);
+        }
+        if self.off.is_some() {
+            self.end_step();
+            self.settle(start, interrupt)?;
+        }
+        self.samples.push(self.sample);
+        self.tally.iterations += 1;
+        if !stepped {
+            let mut t = f64::INFINITY;
+            if c.next < n {
+                t = t.min(reqs[c.next].arrival);
             }
-            self.sample = Sample { t: now, ..Sample::default() };
-            let (plan, step_s) = self.schedule(now, &mut waiting, &mut live);
-            let stepped = !plan.is_empty();
-            let start = now;
-            if stepped {
-                now += step_s;
-                self.tally.gpu_busy_s += step_s;
-                self.tally.steps += 1;
-                self.apply(now, &plan, &mut live);
+            for l in &c.live {
+                if l.ready_at > c.now {
+                    t = t.min(l.ready_at);
+                }
             }
-            if self.off.is_some() {
-                self.end_step();
-                self.settle(start, interrupt)?;
+            let mut retry = false;
+            for &id in &c.waiting {
+                if self.kv_ready[id] > c.now {
+                    t = t.min(self.kv_ready[id]);
+                }
+                // Its promotions failed: it can look its blocks up again at once.
+                retry |= self.kv_ready[id] <= c.now && self.wait_since[id].is_some();
             }
-            self.samples.push(self.sample);
-            self.tally.iterations += 1;
-            bar.set_position(self.tally.requests);
-            if !stepped {
-                let mut t = f64::INFINITY;
-                if next < n {
-                    t = t.min(reqs[next].arrival);
-                }
-                for l in &live {
-                    if l.ready_at > now {
-                        t = t.min(l.ready_at);
-                    }
-                }
-                let mut retry = false;
-                for &id in &waiting {
-                    if self.kv_ready[id] > now {
-                        t = t.min(self.kv_ready[id]);
-                    }
-                    // Its promotions failed: it can look its blocks up again at once.
-                    retry |= self.kv_ready[id] <= now && self.wait_since[id].is_some();
-                }
-                stalled = if retry && !t.is_finite() { stalled + 1 } else { 0 };
-                if retry && !t.is_finite() && stalled < 3 {
-                    continue;
-                }
-                if !t.is_finite() {
-                    return Err(format!(
-                        "no progress at {now:.3} s: {} of {n} requests done, {} running, {} waiting",
-                        self.tally.requests,
-                        live.len(),
-                        waiting.len()
-                    ));
-                }
-                now = t;
+            // A lookup answered Retry (a remote tier's probe, answered by now): the requests
+            // look their blocks up again at once, a few times at most.
+            let again = (retry && !t.is_finite()) || self.retried;
+            c.stalled = if again { c.stalled + 1 } else { 0 };
+            if again && c.stalled < 3 {
+                return Ok(());
             }
-            if now > horizon {
-                return Err(format!("no progress: {} of {n} requests done at {now:.0} s", self.tally.requests));
+            if !t.is_finite() {
+                return Err(format!(
+                    "no progress at {:.3} s: {} of {n} requests done, {} running, {} waiting",
+                    c.now,
+                    self.tally.requests,
+                    c.live.len(),
+                    c.waiting.len()
+                ));
             }
+            c.now = t;
+        }
+        if c.now > c.horizon {
+            return Err(format!("no progress: {} of {n} requests done at {:.0} s", self.tally.requests, c.now));
         }
         Ok(())
     }
@@ -547,7 +786,7 @@ impl<'a> Sim<'a> {
             bufs.push(self.gpu.allocate().expect("room was checked"));
         }
         let hit = n_gpu + ready;
-        let (cpu, disk) = self.load(&r.prompt[n_gpu..hit], &bufs[n_gpu..hit]);
+        let (cpu, disk, remote) = self.load(&r.prompt[n_gpu..hit], &bufs[n_gpu..hit]);
         self.release_held(id, ReqContext::new(id as u64));
         for (&k, &b) in r.prompt[n_gpu..hit].iter().zip(&bufs[n_gpu..hit]) {
             self.gpu.publish(b, k);
@@ -567,13 +806,16 @@ impl<'a> Sim<'a> {
         let miss = (r.prompt.len() - hit) as u64;
         let t = &mut self.tally;
         (t.gpu, t.cpu, t.disk, t.miss) = (t.gpu + n_gpu as u64, t.cpu + cpu, t.disk + disk, t.miss + miss);
+        t.remote += remote;
         let s = &mut self.sample;
         s.gpu += n_gpu as u32;
         s.cpu += cpu as u32;
         s.disk += disk as u32;
+        s.remote += remote as u32;
         s.miss += miss as u32;
         if self.off.is_some() {
-            for (source, n) in [("gpu", n_gpu as u64), ("cpu", cpu), ("disk", disk), ("miss", miss)] {
+            for (source, n) in [("gpu", n_gpu as u64), ("cpu", cpu), ("disk", disk), ("remote", remote), ("miss", miss)]
+            {
                 counter!("kvtier_prefix_blocks_total", "source" => source).increment(n);
             }
         }
@@ -621,12 +863,14 @@ impl<'a> Sim<'a> {
         let mut held_total = self.held_total;
         let mut answers = [0u64; 4];
         let (ready, pending, lands) = off.kv(|o| {
-            let (mut ready, mut pending, mut lands) = (0, 0, now);
+            let (mut ready, mut pending, mut lands, mut retried) = (0, 0, now, false);
             for &k in keys {
                 let key = wl.key(k);
                 if held.contains(&k) {
-                    ready += 1;
-                    lands = o.promoted.get(key).map_or(lands, |&t| lands.max(t));
+                    if !retried {
+                        ready += 1;
+                        lands = o.promoted.get(key).map_or(lands, |&t| lands.max(t));
+                    }
                     continue;
                 }
                 if held_total + o.batch.len() >= max_held {
@@ -634,6 +878,10 @@ impl<'a> Sim<'a> {
                 }
                 let before = o.cache.engine_ref().stats().promotions_reserved;
                 match o.cache.engine().lookup(key, req) {
+                    // After a Retry the request waits anyway: blocks further on are not
+                    // pinned (they must follow a contiguous prefix), but their promotions and
+                    // probes start now.
+                    LookupResult::Ready if retried => answers[0] += 1,
                     LookupResult::Ready => {
                         answers[0] += 1;
                         o.slots.clear();
@@ -652,12 +900,20 @@ impl<'a> Sim<'a> {
                         pending += 1;
                         if o.cache.engine_ref().stats().promotions_reserved > before {
                             o.batch.push(*key);
+                            if o.promotes_from_remote(key) {
+                                o.from_remote.insert(*key);
+                            } else {
+                                o.from_remote.remove(key);
+                            }
                         }
                         awaiting.push(k);
                     }
                     LookupResult::Retry => {
+                        // A remote tier is probing the server for the block: the request waits
+                        // for the answer (see `Sim::settle`) and looks it up again.
                         answers[2] += 1;
-                        break;
+                        retried = true;
+                        o.probing = true;
                     }
                     LookupResult::Miss => {
                         answers[3] += 1;
@@ -665,7 +921,9 @@ impl<'a> Sim<'a> {
                     }
                 }
             }
-            (ready, pending, lands)
+            // A Retry makes the request wait, as a pending promotion does.
+            self.retried |= retried;
+            (ready, pending + usize::from(retried), lands)
         });
         self.held_total = held_total;
         if !self.awaiting[id].is_empty() && !self.awaiting_ids.contains(&id) {
@@ -679,12 +937,12 @@ impl<'a> Sim<'a> {
     }
 
     /// Copies ready, pinned blocks `keys` into GPU buffers `bufs` and checks their bytes:
-    /// (cpu hits, disk hits).
-    fn load(&mut self, keys: &[u32], bufs: &[u32]) -> (u64, u64) {
+    /// (cpu hits, disk hits, remote hits).
+    fn load(&mut self, keys: &[u32], bufs: &[u32]) -> (u64, u64, u64) {
         let wl = self.wl;
-        let Some(off) = self.off.as_deref_mut() else { return (0, 0) };
+        let Some(off) = self.off.as_deref_mut() else { return (0, 0, 0) };
         let region = off.cache.region().clone();
-        let (mut cpu, mut disk) = (0, 0);
+        let (mut cpu, mut disk, mut remote) = (0, 0, 0);
         for (&k, &b) in keys.iter().zip(bufs) {
             let key = wl.key(k);
             let dst = self.gpu.buf_mut(b);
@@ -704,7 +962,11 @@ impl<'a> Sim<'a> {
                 counter!("kvtier_verify_mismatched_bytes_total").increment(bad);
             }
             if off.promoted.remove(key).is_some() {
-                disk += 1;
+                if off.from_remote.remove(key) {
+                    remote += 1;
+                } else {
+                    disk += 1;
+                }
             } else {
                 cpu += 1;
             }
@@ -714,7 +976,7 @@ impl<'a> Sim<'a> {
         self.sample.cpu_loaded += n as u32;
         counter!("kvtier_blocks_loaded_total", "tier" => "cpu").increment(n);
         counter!("kvtier_bytes_loaded_total", "tier" => "cpu").increment(n * self.cfg.block_bytes as u64);
-        (cpu, disk)
+        (cpu, disk, remote)
     }
 
     /// Unpins every block request `id` holds.
@@ -831,11 +1093,28 @@ impl<'a> Sim<'a> {
         counter!("kvtier_cascade_jobs_total").increment(stats.cascade_jobs - last.cascade_jobs);
         counter!("kvtier_cascade_jobs_failed_total").increment(stats.cascade_jobs_failed - last.cascade_jobs_failed);
         off.last_stats = stats;
-        let loaded = stats.promotions_loaded - last.promotions_loaded;
+        let remote = off.remote_stats();
+        let remote_loaded = remote.loaded - off.last_remote.loaded;
+        let remote_stored = remote.stored - off.last_remote.stored;
+        off.last_remote = remote;
+        // The engine counts every tier's promotions; the remote tiers count theirs a little
+        // earlier (when their worker verified the value): the disk's are the difference of the
+        // totals, which is exact once the tiers are idle.
+        let disk_total = stats.promotions_loaded.saturating_sub(remote.loaded).max(off.last_disk_loaded);
+        let loaded = disk_total - off.last_disk_loaded;
+        off.last_disk_loaded = disk_total;
         let stored_total = off.disk_blocks_stored();
         let stored = stored_total - off.last_disk_stored;
         off.last_disk_stored = stored_total;
         let bb = self.cfg.block_bytes as u64;
+        self.tally.remote_loaded += remote_loaded;
+        self.tally.remote_stored += remote_stored;
+        if remote_loaded + remote_stored > 0 {
+            counter!("kvtier_blocks_loaded_total", "tier" => "remote").increment(remote_loaded);
+            counter!("kvtier_bytes_loaded_total", "tier" => "remote").increment(remote_loaded * bb);
+            counter!("kvtier_blocks_stored_total", "tier" => "remote").increment(remote_stored);
+            counter!("kvtier_bytes_stored_total", "tier" => "remote").increment(remote_stored * bb);
+        }
         self.tally.disk_loaded += loaded;
         self.tally.disk_stored += stored;
         self.sample.disk_loaded += loaded as u32;
@@ -878,8 +1157,16 @@ impl<'a> Sim<'a> {
     /// virtual landing time and pins the landed blocks for the requests that wait for them.
     fn settle(&mut self, start: f64, interrupt: &Interrupt) -> Result<(), String> {
         let Some(off) = self.off.as_deref_mut() else { return Ok(()) };
+        // Probes (lookups answered Retry) are answered in a round trip, not charged in virtual
+        // time: the requests look their blocks up again at once (see `Sim::iterate`). With
+        // tier jobs in flight, the drain below waits for them too, after the promotions were
+        // timed.
+        let probing = std::mem::take(&mut off.probing);
         let engine = off.cache.engine_ref();
         if engine.tier_count() == 0 || (off.batch.is_empty() && engine.jobs_in_flight() == 0) {
+            if probing {
+                off.wait_probes();
+            }
             return Ok(());
         }
         let cascaded = engine.stats().cascade_blocks - off.last_cascaded;

@@ -21,8 +21,22 @@
 //!   cost model and the measured disk, not this machine's wall time (which the report gives
 //!   too, as the run's cost here).
 //! - **Hits** are the prompt's full blocks: reused from the GPU prefix cache, loaded from the CPU
-//!   tier, promoted from disk then loaded, or computed. "Disk" stands for the secondary tiers:
-//!   with a `--config` that puts a memory tier first, its promotions count there too.
+//!   tier, promoted from disk then loaded, promoted from the remote tier (Redis) then loaded,
+//!   or computed. "Disk" stands for the secondary tiers other than Redis: with a `--config`
+//!   that puts a memory tier first, its promotions count there too.
+//! - **A remote tier** (`--redis URL`, or `type = "redis"` in `--config`) comes after the
+//!   others (CPU -> disk -> Redis; `--no-disk`: CPU -> Redis) on a real server. Its I/O is
+//!   timed like the disk's, measured here x the byte scale, on the same simulated queue
+//!   ("disk/remote busy"). Each run stores into a namespace of its own (the model name gets a
+//!   run tag), so that nothing from an earlier run is a hit.
+//! - **Several servers** (`--servers N`): N simulated inference servers, each with its own GPU,
+//!   CPU tier and disk directory, share the remote tier (probe on miss on). A session stays on
+//!   one server; new sessions (and trace requests) go round-robin. The servers advance together
+//!   on the virtual clock (the one furthest behind runs next), so a block one stores is found by
+//!   another only after it was stored in virtual time. The report pools them (TTFT over every
+//!   request, throughput of all together) and counts the remote loads of blocks another server
+//!   stored. A probe (a lookup answered Retry) is waited for really and costs no virtual time
+//!   (a round trip, ~0.1 ms here).
 //! - **Scaling**: a real model's KV cache is large (Llama-3.1-8B: 128 KiB per token, 2 MiB per
 //!   16-token block), and traces are long. `--bytes-per-token` moves fewer bytes per token here;
 //!   capacities are then given in blocks (tokens), the cost model keeps the model's sizes, and a
@@ -54,7 +68,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
+use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, RedisConfig, TierConfig};
 use kvtier::TieredCache;
 use kvtier_core::PolicyKind;
 use kvtier_fs::region::PrimaryRegion;
@@ -64,11 +78,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use crate::args::{config_value, parse_size};
 use crate::cputime::{process_cpu, thread_cpu};
 use cost::{parse_gpu, parse_model, GpuCost, GpuSpec, ModelSpec};
-use driver::{DiskTime, Offload, SchedConfig, Sim};
+use driver::{DiskTime, Offload, SchedConfig};
 use kvtier::config::MAX_BLOCK_BYTES;
+use kvtier_redis::{RedisStats, RedisTier};
 use report::{
-    quantile, ratio, size, BytesMoved, CostFigures, CpuFigures, Deltas, Errors, Promotions, Report, RunFigures, Setup,
-    Verdict,
+    quantile, ratio, size, BytesMoved, CostFigures, CpuFigures, Deltas, Errors, Promotions, RemoteFigures, Report,
+    RunFigures, Setup, Verdict,
 };
 use signals::{Interrupt, Scratch};
 use trace::{TraceInfo, TraceParams};
@@ -95,6 +110,9 @@ pub const GPU_MEMORY_LIMIT: u64 = 12 << 30;
 /// Most GPU blocks simulated: the GPU's bookkeeping takes ~50 bytes a block besides its
 /// buffers, and the largest preset (Qwen-2.5-7B on an H100, blocks of one token) has ~1.1 M.
 pub const MAX_GPU_BLOCKS: usize = 1 << 22;
+/// Most simulated inference servers: each runs its own cache (primary region, tiers, worker
+/// threads) in this one process.
+pub const MAX_SERVERS: usize = 64;
 /// Most chat sessions and most chat requests: the chat holds every session, request and key in
 /// memory, and 10 M turns take hours to run.
 pub const CHAT_LIMIT: usize = 10_000_000;
@@ -188,6 +206,17 @@ pub struct SimulateArgs {
     /// Cache configuration (TOML, the library's CacheConfig)
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// A remote tier on this Redis/Valkey server (or any node of a cluster), after the other
+    /// tiers: CPU -> disk -> Redis (with --no-disk, CPU -> Redis)
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// No disk tier (the config's fs tiers are left out): with a remote tier, CPU -> Redis
+    #[arg(long)]
+    pub no_disk: bool,
+    /// Inference servers, each with its own GPU, CPU tier and disk, sharing the remote tier; a
+    /// chat session stays on one server, new sessions (and trace requests) go round-robin
+    #[arg(long, default_value_t = 1)]
+    pub servers: usize,
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
@@ -280,7 +309,59 @@ pub fn cache_config(
             }
         }
     }
+    if args.no_disk {
+        cfg.tiers.retain(|t| !matches!(t, TierConfig::Fs(_)));
+    }
+    if let Some(url) = &args.redis {
+        let mut redis = RedisConfig::new(url.clone());
+        redis.model_name = Some(args.model.name.into());
+        cfg.tiers.push(TierConfig::Redis(Box::new(redis)));
+    }
+    if args.servers > 1 {
+        let mut shared = false;
+        for tier in &mut cfg.tiers {
+            if let TierConfig::Redis(redis) = tier {
+                // Blocks the other servers stored are not in this server's index.
+                redis.probe_on_miss = true;
+                shared = true;
+            }
+        }
+        if !shared {
+            return Err("--servers N share a remote tier: give --redis URL or a redis tier in --config".into());
+        }
+    }
     Ok(cfg)
+}
+
+/// Server `i`'s configuration of `n`: its own disk directory (`server-{i}` under the fs
+/// tiers' roots) when there are several.
+fn server_config(cfg: &CacheConfig, i: usize, n: usize) -> CacheConfig {
+    let mut c = cfg.clone();
+    if n > 1 {
+        for tier in &mut c.tiers {
+            if let TierConfig::Fs(fs) = tier {
+                fs.root_dir = fs.root_dir.join(format!("server-{i}"));
+            }
+        }
+    }
+    c
+}
+
+/// Puts the remote tiers of `cfg` in a namespace of their own for this run (the model name
+/// gets the run's tag): blocks of earlier runs on the same server are not hits, and every
+/// block a server finds there was stored by one of this run's servers.
+fn fresh_remote_namespace(cfg: &mut CacheConfig, model: &str) {
+    let tag = format!(
+        "sim-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    );
+    for tier in &mut cfg.tiers {
+        if let TierConfig::Redis(redis) = tier {
+            let name = redis.model_name.as_deref().unwrap_or(model);
+            redis.model_name = Some(format!("{name}@{tag}"));
+        }
+    }
 }
 
 /// What a simulation produced: the report and, when asked for, the metrics text.
@@ -356,29 +437,33 @@ struct OffloadRun {
     wall: Duration,
     kv_cpu: Duration,
     io_cpu: Duration,
-    stats: kvtier_core::EngineStats,
+    /// Each server's engine counters.
+    stats: Vec<kvtier_core::EngineStats>,
+    /// The remote tiers' counters, summed over the servers.
+    remote: RedisStats,
 }
 
 fn run_offload(
-    wl: &Workload,
+    wls: &[&Workload],
     sched: SchedConfig,
-    cache: TieredCache,
+    caches: Vec<TieredCache>,
     bar: &ProgressBar,
     interrupt: &Interrupt,
 ) -> Result<OffloadRun, Box<dyn Error>> {
-    let mut off = Offload::new(cache);
+    let mut offs: Vec<Offload> = caches.into_iter().map(Offload::new).collect();
     let (p0, t0, w0) = (process_cpu(), thread_cpu(), Instant::now());
-    let mut sim = Sim::new(sched, wl, Some(&mut off));
-    let ran = sim.run(bar, interrupt);
-    sim.shutdown();
+    let ran = driver::run_servers(sched, wls.iter().copied().zip(offs.iter_mut().map(Some)).collect(), bar, interrupt);
     let (wall, p1, t1) = (w0.elapsed(), process_cpu(), thread_cpu());
-    ran?;
-    let (tally, samples) = (std::mem::take(&mut sim.tally), std::mem::take(&mut sim.samples));
-    drop(sim);
+    let (tally, samples) = ran?;
     let io_cpu = p1.saturating_sub(p0).saturating_sub(t1.saturating_sub(t0));
-    metrics::gauge!("kvtier_cpu_seconds").set((off.kv_cpu + io_cpu).as_secs_f64());
-    let stats = *off.cache.engine_ref().stats();
-    Ok(OffloadRun { tally, samples, wall, kv_cpu: off.kv_cpu, io_cpu, stats })
+    let kv_cpu: Duration = offs.iter().map(|o| o.kv_cpu).sum();
+    metrics::gauge!("kvtier_cpu_seconds").set((kv_cpu + io_cpu).as_secs_f64());
+    let stats = offs.iter().map(|o| *o.cache.engine_ref().stats()).collect();
+    let mut remote = RedisStats::default();
+    for o in &mut offs {
+        driver::add_remote(&mut remote, &o.remote_stats());
+    }
+    Ok(OffloadRun { tally, samples, wall, kv_cpu, io_cpu, stats, remote })
 }
 
 fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
@@ -387,6 +472,19 @@ fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
         .iter()
         .enumerate()
         .map(|(i, t)| match (t, engine.tier_mut::<FsTier>(i)) {
+            (TierConfig::Redis(redis), _) => match engine.tier_mut::<RedisTier>(i) {
+                Some(tier) => {
+                    let st = tier.startup();
+                    format!(
+                        "remote (redis) at {}: {}, namespace {} (this run's own), probe on miss {}",
+                        redis.url,
+                        if st.cluster { format!("cluster of {} nodes", st.nodes) } else { "one server".into() },
+                        tier.names().base(),
+                        if redis.probe_on_miss { "on" } else { "off" }
+                    )
+                }
+                None => "remote (redis)".to_string(),
+            },
             (TierConfig::Fs(fs), Some(tier)) => format!(
                 "{}: {} executor, O_DIRECT {}, {}, {} blocks already there",
                 match fs.executor {
@@ -513,6 +611,9 @@ pub fn check_flags(args: &SimulateArgs) -> Result<(), String> {
             return Err(format!("--gpu-blocks {n} is not from 1 to {MAX_GPU_BLOCKS}"));
         }
     }
+    if !(1..=MAX_SERVERS).contains(&args.servers) {
+        return Err(format!("--servers {} is not from 1 to {MAX_SERVERS}", args.servers));
+    }
     positive("--disk-gbps", args.disk_gbps)
 }
 
@@ -580,13 +681,15 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
         )
         .into());
     }
-    // Both at most 2^22 and 2^30: no overflow in 64 bits, checked all the same.
-    let gpu_bytes = (gpu_blocks as u64).checked_mul(block_bytes as u64);
+    // At most 2^22, 2^30 and 64: no overflow in 64 bits, checked all the same.
+    let gpu_bytes =
+        (gpu_blocks as u64).checked_mul(block_bytes as u64).and_then(|b| b.checked_mul(args.servers as u64));
     if gpu_bytes.is_none_or(|b| b > GPU_MEMORY_LIMIT) {
         return Err(format!(
-            "the simulated GPU's {gpu_blocks} blocks of {} take {} here, more than {}: lower --bytes-per-token (e.g. 1K) or --gpu-blocks",
+            "the simulated GPUs' {gpu_blocks} blocks of {} (x {} servers) take {} here, more than {}: lower --bytes-per-token (e.g. 1K) or --gpu-blocks",
             size(block_bytes as f64),
-            size(gpu_blocks as f64 * block_bytes as f64),
+            args.servers,
+            size(gpu_blocks as f64 * block_bytes as f64 * args.servers as f64),
             size(GPU_MEMORY_LIMIT as f64)
         )
         .into());
@@ -598,7 +701,12 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
         (None, None) if !in_memory => Some(interrupt.scratch()?),
         _ => None,
     };
-    let cfg = cache_config(args, tmp.as_ref().map(|t| t.path()), block_bytes)?;
+    let mut cfg = cache_config(args, tmp.as_ref().map(|t| t.path()), block_bytes)?;
+    fresh_remote_namespace(&mut cfg, model.name);
+    let has_remote = cfg.tiers.iter().any(|t| matches!(t, TierConfig::Redis(_)));
+    let n = args.servers;
+    let parts = if n > 1 { wl.split(n) } else { Vec::new() };
+    let wls: Vec<&Workload> = if n > 1 { parts.iter().collect() } else { vec![&wl] };
     let disk_time =
         if args.sync_io { DiskTime::Rate { bytes_per_s: args.disk_gbps * 1e9 } } else { DiskTime::Measured };
     let sched = SchedConfig {
@@ -615,33 +723,38 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
     let bar = progress_bar(args, wl.requests.len());
     bar.set_message("no offloading");
     let t = Instant::now();
-    let mut base = Sim::new(sched, &wl, None);
-    base.run(&bar, interrupt)?;
+    let (base_tally, base_samples) =
+        driver::run_servers(sched, wls.iter().map(|&w| (w, None)).collect(), &bar, interrupt)?;
     let prompt_tokens = wl.prompt_tokens();
-    let base_fig = RunFigures::new("no offloading", &base.tally, prompt_tokens, bt, t.elapsed().as_secs_f64());
+    let base_fig = RunFigures::new("no offloading", &base_tally, prompt_tokens, bt, t.elapsed().as_secs_f64());
     tracing::info!(seconds = base_fig.wall_s, "run without offloading done");
 
     bar.reset();
     bar.set_message("CPU tier only");
     let t = Instant::now();
     let cpu_cfg = CacheConfig { tiers: Vec::new(), ..cfg.clone() };
-    let mut cpu_off = Offload::new(TieredCache::new(&cpu_cfg)?);
-    let mut cpu_sim = Sim::new(sched, &wl, Some(&mut cpu_off));
-    let ran = cpu_sim.run(&bar, interrupt);
-    cpu_sim.shutdown();
-    ran?;
-    let cpu_errors = (cpu_sim.tally.mismatched_bytes, cpu_sim.tally.load_failed);
-    let cpu_fig = RunFigures::new("CPU tier only", &cpu_sim.tally, prompt_tokens, bt, t.elapsed().as_secs_f64());
-    let cpu_ttft = std::mem::take(&mut cpu_sim.tally.ttft);
-    drop(cpu_sim);
-    drop(cpu_off);
+    let mut cpu_offs = (0..n).map(|_| TieredCache::new(&cpu_cfg).map(Offload::new)).collect::<Result<Vec<_>, _>>()?;
+    let (mut cpu_tally, _) =
+        driver::run_servers(sched, wls.iter().copied().zip(cpu_offs.iter_mut().map(Some)).collect(), &bar, interrupt)?;
+    drop(cpu_offs);
+    let cpu_errors = (cpu_tally.mismatched_bytes, cpu_tally.load_failed);
+    let cpu_fig = RunFigures::new("CPU tier only", &cpu_tally, prompt_tokens, bt, t.elapsed().as_secs_f64());
+    let cpu_ttft = std::mem::take(&mut cpu_tally.ttft);
     tracing::info!(seconds = cpu_fig.wall_s, "run with the CPU tier alone done");
 
     bar.reset();
     bar.set_message("kvtier");
-    let mut cache = TieredCache::new(&cfg)?;
-    let tiers = describe_tiers(&mut cache, &cfg);
-    tracing::info!(?tiers, cpu_blocks = cfg.num_blocks, "cache open");
+    let mut caches = (0..n).map(|i| TieredCache::new(&server_config(&cfg, i, n))).collect::<Result<Vec<_>, _>>()?;
+    for cache in &mut caches {
+        let engine = cache.engine();
+        for i in 0..engine.tier_count() {
+            if let Some(why) = engine.tier_mut::<RedisTier>(i).and_then(|t| t.startup().unreachable.clone()) {
+                return Err(format!("the remote tier's server did not answer at start-up: {why}").into());
+            }
+        }
+    }
+    let tiers = describe_tiers(&mut caches[0], &cfg);
+    tracing::info!(?tiers, cpu_blocks = cfg.num_blocks, servers = n, "caches open");
     let recorder = match &args.metrics_file {
         Some(_) => Some(
             PrometheusBuilder::new()
@@ -664,9 +777,9 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
     let run = match &recorder {
         Some(rec) => metrics::with_local_recorder(rec, || {
             describe_metrics();
-            run_offload(&wl, sched, cache, &bar, interrupt)
+            run_offload(&wls, sched, caches, &bar, interrupt)
         })?,
-        None => run_offload(&wl, sched, cache, &bar, interrupt)?,
+        None => run_offload(&wls, sched, caches, &bar, interrupt)?,
     };
     bar.finish_and_clear();
     tracing::info!(seconds = run.wall.as_secs_f64(), "run with kvtier done");
@@ -678,9 +791,19 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
         cpu_loaded: t.cpu_loaded * bb,
         disk_stored: t.disk_stored * bb,
         disk_loaded: t.disk_loaded * bb,
+        remote_stored: t.remote_stored * bb,
+        remote_loaded: t.remote_loaded * bb,
     };
     let kv = run.kv_cpu.as_secs_f64() + run.io_cpu.as_secs_f64();
-    let offload = RunFigures::new("kvtier (CPU+disk)", t, prompt_tokens, bt, run.wall.as_secs_f64());
+    let has_fs = cfg.tiers.iter().any(|t| matches!(t, TierConfig::Fs(_)));
+    let has_files = cfg.tiers.iter().any(|t| matches!(t, TierConfig::Fs(fs) if fs.executor != ExecutorKind::Sim));
+    let name = match (has_fs, has_remote) {
+        (true, true) => "kvtier CPU+disk+Redis",
+        (false, true) => "kvtier CPU+Redis",
+        (true, false) => "kvtier (CPU+disk)",
+        (false, false) => "kvtier",
+    };
+    let offload = RunFigures::new(name, t, prompt_tokens, bt, run.wall.as_secs_f64());
     let verdict =
         Verdict { vs_no_offloading: Deltas::of(&offload, &base_fig), vs_cpu_only: Deltas::of(&offload, &cpu_fig) };
     let mut scaled = Vec::new();
@@ -717,7 +840,6 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
             size(f64::from(cfg.num_blocks) * stride as f64)
         ));
     }
-    let has_files = cfg.tiers.iter().any(|t| matches!(t, TierConfig::Fs(fs) if fs.executor != ExecutorKind::Sim));
     if has_files && bb < SMALL_FILE && bpt < model_bpt {
         scaled.push(format!(
             "block files of {} here: below ~{} per-file costs dominate, so the disk looks slower than with the model's {} blocks (raise --block-tokens or --bytes-per-token)",
@@ -738,6 +860,25 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
         }
     }
     let steps: Vec<f64> = t.promo_real_ms.clone();
+    let engines = |f: fn(&kvtier_core::EngineStats) -> u64| run.stats.iter().map(f).sum::<u64>();
+    let remote = has_remote.then(|| {
+        let r = &run.remote;
+        RemoteFigures {
+            servers: n,
+            prompt_blocks: t.remote,
+            stored: r.stored,
+            present: r.present,
+            loaded: r.loaded,
+            loaded_from_other_servers: r.loaded_shared,
+            missing: r.missing,
+            corrupt: r.corrupt,
+            refused_oom: r.oom,
+            probes: r.probes,
+            probe_hits: r.probe_hits,
+            timeouts: r.timeouts,
+            connection_errors: r.connection_errors,
+        }
+    });
     let mut report = Report {
         setup: Setup {
             workload: what,
@@ -758,6 +899,7 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
             prompt_blocks: wl.prompt_blocks(),
             prompt_tokens,
             sync_io: args.sync_io,
+            servers: n,
             scaled,
         },
         cost: CostFigures {
@@ -787,11 +929,12 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
         baseline: base_fig,
         verdict,
         bytes,
+        remote,
         promotions: Promotions {
-            reserved: run.stats.promotions_reserved,
-            loaded: run.stats.promotions_loaded,
-            failed: run.stats.promotions_failed,
-            overdue: run.stats.promotions_overdue,
+            reserved: engines(|s| s.promotions_reserved),
+            loaded: engines(|s| s.promotions_loaded),
+            failed: engines(|s| s.promotions_failed),
+            overdue: engines(|s| s.promotions_overdue),
             batches: t.promo_batches,
             p50_ms: quantile(&steps, 0.5),
             p99_ms: quantile(&steps, 0.99),
@@ -814,19 +957,19 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
             load_failures: t.load_failed + cpu_errors.1,
             stores_rejected: t.store_rejected,
             disk_behind: t.disk_behind,
-            protocol_errors: run.stats.protocol_errors,
+            protocol_errors: engines(|s| s.protocol_errors),
         },
         runtime_s: 0.0,
     };
     if let Some(path) = &args.plot {
-        let span = (t.last_finish - t.first_arrival).max(base.tally.last_finish - base.tally.first_arrival);
+        let span = (t.last_finish - t.first_arrival).max(base_tally.last_finish - base_tally.first_arrival);
         let window = (span / 120.0).max(1e-3);
         let with = plot::windows(&run.samples, window, block_bytes);
-        let without = plot::windows(&base.samples, window, block_bytes);
+        let without = plot::windows(&base_samples, window, block_bytes);
         let ttfts = [
             plot::Ttfts { name: &report.offload.name, values: &t.ttft },
             plot::Ttfts { name: &report.cpu_only.name, values: &cpu_ttft },
-            plot::Ttfts { name: &report.baseline.name, values: &base.tally.ttft },
+            plot::Ttfts { name: &report.baseline.name, values: &base_tally.ttft },
         ];
         plot::draw(path, &with, &without, window, &ttfts)?;
         tracing::info!(path = %path.display(), "plot written");
@@ -839,6 +982,7 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
     if let (Some(path), Some(text)) = (&args.metrics_file, &metrics_text) {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
+    drop(parts);
     drop(std::mem::take(&mut wl.keys));
     Ok(Simulation { report, metrics: metrics_text, scratch: tmp })
 }
@@ -909,6 +1053,30 @@ mod tests {
         assert_eq!(cache_config(&args, None, 16).unwrap().num_blocks, 256);
         assert_eq!(cache_config(&args, None, 4096).unwrap().num_blocks, 256);
         assert_eq!(cache_config(&args, None, 4097).unwrap().num_blocks, 128);
+    }
+
+    #[test]
+    fn remote_tier_flags() {
+        let parse = |a: &[&str]| SimulateArgs::try_parse_from(["simulate"].iter().chain(a)).unwrap();
+        let cfg = cache_config(&parse(&["--redis=redis://h:1"]), Some(Path::new("/t")), 4096).unwrap();
+        assert!(matches!(cfg.tiers[..], [TierConfig::Fs(_), TierConfig::Redis(_)]), "CPU -> disk -> Redis");
+        let cfg = cache_config(&parse(&["--redis=redis://h:1", "--no-disk", "--servers=3"]), None, 4096).unwrap();
+        let [TierConfig::Redis(r)] = &cfg.tiers[..] else { panic!("CPU -> Redis: {:?}", cfg.tiers) };
+        assert!(r.probe_on_miss, "servers find each other's blocks by probing");
+        assert_eq!((r.url.as_str(), r.model_name.as_deref()), ("redis://h:1", Some("llama-3.1-8b")));
+        let mut tagged = cfg.clone();
+        fresh_remote_namespace(&mut tagged, "m");
+        let TierConfig::Redis(t) = &tagged.tiers[0] else { unreachable!() };
+        assert!(t.model_name.as_deref().unwrap().starts_with("llama-3.1-8b@sim-"), "{:?}", t.model_name);
+        let disk = cache_config(&parse(&[]), Some(Path::new("/t")), 4096).unwrap();
+        let two = server_config(&disk, 1, 2);
+        let TierConfig::Fs(fs) = &two.tiers[0] else { unreachable!() };
+        assert_eq!(fs.root_dir, Path::new("/t/server-1"), "each server its own disk");
+        assert!(cache_config(&parse(&["--servers=2"]), None, 4096).unwrap_err().to_string().contains("remote tier"));
+        for n in ["0", "65"] {
+            let err = check_flags(&parse(&["--redis=redis://h:1", &format!("--servers={n}")])).unwrap_err();
+            assert!(err.contains("--servers"), "{err}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub struct Series {
     pub gpu: Vec<f64>,
     /// GPU + CPU tier hit rate, %.
     pub gpu_cpu: Vec<f64>,
-    /// GPU + CPU + disk hit rate, %.
+    /// GPU + CPU + disk (and remote tier) hit rate, %.
     pub all: Vec<f64>,
     /// MiB stored into the CPU tier.
     pub cpu_stored: Vec<f64>,
@@ -45,7 +45,7 @@ pub fn windows(samples: &[Sample], window: f64, block_bytes: usize) -> Series {
         }
         let chunk = &samples[i..j];
         let sum = |f: fn(&Sample) -> u32| chunk.iter().map(|x| f64::from(f(x))).sum::<f64>();
-        let (g, c, d, m) = (sum(|x| x.gpu), sum(|x| x.cpu), sum(|x| x.disk), sum(|x| x.miss));
+        let (g, c, d, m) = (sum(|x| x.gpu), sum(|x| x.cpu), sum(|x| x.disk + x.remote), sum(|x| x.miss));
         let total = g + c + d + m;
         if total > 0.0 {
             last = (100.0 * g / total, 100.0 * (g + c) / total, 100.0 * (g + c + d) / total);
@@ -109,7 +109,7 @@ pub fn draw(path: &Path, with: &Series, without: &Series, window: f64, ttfts: &[
         .draw()
         .map_err(|e| err(&e))?;
     let hit_lines: [(&str, &[f64], &[f64], RGBColor); 4] = [
-        ("GPU + CPU + disk (kvtier)", &with.x, &with.all, RGBColor(200, 30, 30)),
+        ("GPU + CPU + lower tiers (kvtier)", &with.x, &with.all, RGBColor(200, 30, 30)),
         ("GPU + CPU (kvtier)", &with.x, &with.gpu_cpu, RGBColor(230, 140, 0)),
         ("GPU prefix cache (kvtier run)", &with.x, &with.gpu, RGBColor(30, 90, 200)),
         ("no offloading (GPU only)", &without.x, &without.gpu, RGBColor(90, 90, 90)),

@@ -27,6 +27,8 @@ pub struct Report {
     pub verdict: Verdict,
     /// Data moved through kvtier in the kvtier run, bytes (as moved here, not scaled).
     pub bytes: BytesMoved,
+    /// The remote tier in the kvtier run (with a `redis` tier).
+    pub remote: Option<RemoteFigures>,
     /// Promotions disk -> CPU tier in the kvtier run.
     pub promotions: Promotions,
     /// CPU time spent in kvtier in the kvtier run.
@@ -78,6 +80,8 @@ pub struct Setup {
     /// Tier I/O waited for at every iteration and promotions timed by the model: the outcome
     /// depends on the inputs alone.
     pub sync_io: bool,
+    /// Inference servers (each its own GPU, CPU tier and disk; a remote tier shared).
+    pub servers: usize,
     /// What was scaled down to fit this machine, in words.
     pub scaled: Vec<String>,
 }
@@ -122,13 +126,15 @@ pub struct Sources {
     pub cpu: u64,
     /// The disk tier (promoted, then loaded).
     pub disk: u64,
+    /// The remote tier (promoted, then loaded).
+    pub remote: u64,
     /// Recomputed.
     pub miss: u64,
 }
 
 impl Sources {
     fn total(&self) -> u64 {
-        self.gpu + self.cpu + self.disk + self.miss
+        self.gpu + self.cpu + self.disk + self.remote + self.miss
     }
 
     fn share(&self, n: u64) -> f64 {
@@ -202,7 +208,7 @@ pub struct RunFigures {
 impl RunFigures {
     /// The figures of a run's counters.
     pub fn new(name: &str, t: &Tally, prompt_tokens: u64, block_tokens: u64, wall_s: f64) -> Self {
-        let blocks = Sources { gpu: t.gpu, cpu: t.cpu, disk: t.disk, miss: t.miss };
+        let blocks = Sources { gpu: t.gpu, cpu: t.cpu, disk: t.disk, remote: t.remote, miss: t.miss };
         let makespan = t.last_finish - t.first_arrival;
         let output = t.decode_tokens + t.requests;
         RunFigures {
@@ -216,7 +222,7 @@ impl RunFigures {
             gpu_busy_s: t.gpu_busy_s,
             steps: t.steps,
             blocks,
-            hit_rate: ratio(((t.gpu + t.cpu + t.disk) * block_tokens) as f64, prompt_tokens as f64),
+            hit_rate: ratio(((t.gpu + t.cpu + t.disk + t.remote) * block_tokens) as f64, prompt_tokens as f64),
             tokens_computed: t.prefill_tokens,
             transfer_s: t.transfer_s,
             disk_busy_s: t.disk_busy_s,
@@ -287,13 +293,53 @@ pub struct BytesMoved {
     pub disk_stored: u64,
     /// Disk -> CPU tier (promotions).
     pub disk_loaded: u64,
+    /// CPU tier -> remote tier (blocks the server took).
+    pub remote_stored: u64,
+    /// Remote tier -> CPU tier (promotions).
+    pub remote_loaded: u64,
 }
 
 impl BytesMoved {
-    /// All four.
+    /// All of them.
     pub fn total(&self) -> u64 {
-        self.cpu_stored + self.cpu_loaded + self.disk_stored + self.disk_loaded
+        self.cpu_stored
+            + self.cpu_loaded
+            + self.disk_stored
+            + self.disk_loaded
+            + self.remote_stored
+            + self.remote_loaded
     }
+}
+
+/// The remote (Redis) tier in the kvtier run, over all the servers.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteFigures {
+    /// Inference servers sharing it.
+    pub servers: usize,
+    /// Prompt blocks promoted from it, then loaded.
+    pub prompt_blocks: u64,
+    /// Blocks stored (`SET NX` answered OK).
+    pub stored: u64,
+    /// Stores skipped: the block was there already (stored by this server or another).
+    pub present: u64,
+    /// Blocks loaded into a CPU tier, verified.
+    pub loaded: u64,
+    /// Of those, blocks another server stored (found by a probe, not in this server's index).
+    pub loaded_from_other_servers: u64,
+    /// Loads that found no value (evicted by the server).
+    pub missing: u64,
+    /// Loads that failed verification (never served).
+    pub corrupt: u64,
+    /// Keys the server refused with OOM.
+    pub refused_oom: u64,
+    /// Probes (`EXISTS` on a lookup that missed the local index).
+    pub probes: u64,
+    /// Probes that found the block.
+    pub probe_hits: u64,
+    /// Connections dropped after a timeout.
+    pub timeouts: u64,
+    /// Connections that failed or broke.
+    pub connection_errors: u64,
 }
 
 /// Promotions from disk into the CPU tier.
@@ -477,14 +523,21 @@ impl Report {
         for t in &s.tiers {
             let _ = writeln!(o, "  tier: {t}");
         }
+        if s.servers > 1 {
+            let _ = writeln!(
+                o,
+                "  {} inference servers, each with its own GPU, CPU tier and disk (each column is all of them together); sessions stay on one server, new ones go round-robin",
+                s.servers
+            );
+        }
         for line in &s.scaled {
             let _ = writeln!(o, "  scaled: {line}");
         }
         let _ = writeln!(o);
         let runs = [&self.offload, &self.cpu_only, &self.baseline];
-        let _ = writeln!(o, "{:<28}{:>20}{:>16}{:>16}", "virtual time", runs[0].name, runs[1].name, runs[2].name);
+        let _ = writeln!(o, "{:<28}{:>22}{:>16}{:>16}", "virtual time", runs[0].name, runs[1].name, runs[2].name);
         let row = |o: &mut String, name: &str, f: &dyn Fn(&RunFigures) -> String| {
-            let _ = writeln!(o, "  {name:<26}{:>20}{:>16}{:>16}", f(runs[0]), f(runs[1]), f(runs[2]));
+            let _ = writeln!(o, "  {name:<26}{:>22}{:>16}{:>16}", f(runs[0]), f(runs[1]), f(runs[2]));
         };
         row(&mut o, "TTFT p50", &|r| secs(r.ttft.p50));
         row(&mut o, "TTFT p90", &|r| secs(r.ttft.p90));
@@ -493,11 +546,13 @@ impl Report {
         row(&mut o, "throughput (requests/s)", &|r| format!("{:.2}", r.requests_per_s));
         row(&mut o, "output tokens/s", &|r| format!("{:.0}", r.output_tokens_per_s));
         row(&mut o, "GPU busy", &|r| secs(r.gpu_busy_s));
-        row(&mut o, "disk busy", &|r| secs(r.disk_busy_s));
+        let disk = if self.remote.is_some() { "disk/remote" } else { "disk" };
+        row(&mut o, &format!("{disk} busy"), &|r| secs(r.disk_busy_s));
         row(&mut o, "first arrival to last token", &|r| secs(r.makespan_s));
         row(&mut o, "prompt tokens computed", &|r| count(r.tokens_computed as f64));
         row(&mut o, "prompt hit rate", &|r| pct(r.hit_rate));
-        row(&mut o, "waits for disk (requests)", &|r| r.promotion_waits.0.to_string());
+        let waits = if self.remote.is_some() { "waits (promotions, probes)" } else { "waits for disk (requests)" };
+        row(&mut o, waits, &|r| r.promotion_waits.0.to_string());
         let _ = writeln!(o, "kvtier vs no offloading: {}", self.verdict.vs_no_offloading.line());
         let _ = writeln!(o, "kvtier vs CPU tier only: {}", self.verdict.vs_cpu_only.line());
         let _ = writeln!(o);
@@ -509,18 +564,43 @@ impl Report {
             ("GPU prefix cache", r.blocks.gpu),
             ("CPU tier", r.blocks.cpu),
             ("disk tier", r.blocks.disk),
+            ("remote tier (Redis)", r.blocks.remote),
             ("computed", r.blocks.miss),
         ] {
+            if name.starts_with("remote") && self.remote.is_none() {
+                continue;
+            }
             let _ = writeln!(o, "  {name:<26} {n:>12} {:>13} {:>7}", n * bt, pct(r.blocks.share(n)));
         }
         let m = &self.bytes;
         let _ = writeln!(o, "data moved here              stored      loaded");
         let _ = writeln!(o, "  CPU tier             {:>8.2} GB {:>8.2} GB", gb(m.cpu_stored), gb(m.cpu_loaded));
         let _ = writeln!(o, "  disk tier            {:>8.2} GB {:>8.2} GB", gb(m.disk_stored), gb(m.disk_loaded));
+        if let Some(rt) = &self.remote {
+            let _ =
+                writeln!(o, "  remote tier          {:>8.2} GB {:>8.2} GB", gb(m.remote_stored), gb(m.remote_loaded));
+            let _ = writeln!(
+                o,
+                "remote tier shared by {} server(s): {} blocks stored ({} skipped, already there), {} loaded, {} of them stored by another server; {} loads missed (evicted), {} failed verification (not served), {} refused (OOM); {} probes, {} found; {} timeouts, {} connection errors",
+                rt.servers,
+                rt.stored,
+                rt.present,
+                rt.loaded,
+                rt.loaded_from_other_servers,
+                rt.missing,
+                rt.corrupt,
+                rt.refused_oom,
+                rt.probes,
+                rt.probe_hits,
+                rt.timeouts,
+                rt.connection_errors
+            );
+        }
         let p = &self.promotions;
         let _ = writeln!(
             o,
-            "promotions disk -> CPU: {} loaded in {} batches ({} reserved, {} failed, {} overdue); latency measured here p50 {:.2} ms, p99 {:.2} ms; virtual p50 {:.1} ms, p99 {:.1} ms",
+            "promotions {} -> CPU: {} loaded in {} batches ({} reserved, {} failed, {} overdue); latency measured here p50 {:.2} ms, p99 {:.2} ms; virtual p50 {:.1} ms, p99 {:.1} ms",
+            disk,
             p.loaded, p.batches, p.reserved, p.failed, p.overdue, p.p50_ms, p.p99_ms, p.virtual_p50_ms, p.virtual_p99_ms
         );
         if s.tiers.iter().any(|t| t.starts_with("disk")) {

@@ -153,6 +153,34 @@ struct Turn {
 }
 
 impl Workload {
+    /// The requests `n` inference servers behind a session-affine router serve: a request goes
+    /// where the previous turn of its session went; a request that starts a session (every
+    /// request of a trace) goes to the next server in turn. Each part keeps every key (indices
+    /// stay valid) and its requests in arrival order, their `prev` renumbered.
+    pub fn split(&self, n: usize) -> Vec<Workload> {
+        let n = n.max(1);
+        let mut parts: Vec<Workload> = (0..n)
+            .map(|_| Workload { keys: self.keys.clone(), requests: Vec::new(), block_tokens: self.block_tokens })
+            .collect();
+        // Server and index there of each request.
+        let mut placed: Vec<(usize, usize)> = Vec::with_capacity(self.requests.len());
+        let mut turn = 0;
+        for r in &self.requests {
+            let server = match r.prev {
+                Some(p) => placed[p].0,
+                None => {
+                    turn += 1;
+                    (turn - 1) % n
+                }
+            };
+            let mut r = r.clone();
+            r.prev = r.prev.map(|p| placed[p].1);
+            placed.push((server, parts[server].requests.len()));
+            parts[server].requests.push(r);
+        }
+        parts
+    }
+
     /// The multi-turn chat workload of `p` (deterministic in `p`).
     ///
     /// Multi-turn sessions share a few system prompts; each turn's prompt is the conversation so
@@ -347,6 +375,27 @@ fn word(seed: u64, i: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_keeps_sessions_on_one_server() {
+        let wl = Workload::chat(&ChatParams { requests: 200, sessions: 12, ..small() });
+        let parts = wl.split(3);
+        assert_eq!(parts.iter().map(|p| p.requests.len()).sum::<usize>(), 200);
+        for p in &parts {
+            assert!(!p.requests.is_empty());
+            assert!(p.requests.windows(2).all(|w| w[0].arrival <= w[1].arrival), "arrival order");
+            for (i, r) in p.requests.iter().enumerate() {
+                if let Some(prev) = r.prev {
+                    // The session's previous turn is on the same server, earlier.
+                    assert!(prev < i && p.requests[prev].arrival <= r.arrival);
+                }
+            }
+        }
+        // Every turn that follows another is where that one went.
+        let followers: usize = wl.requests.iter().filter(|r| r.prev.is_some()).count();
+        assert_eq!(parts.iter().flat_map(|p| &p.requests).filter(|r| r.prev.is_some()).count(), followers);
+        assert_eq!(wl.split(1)[0].requests, wl.requests);
+    }
 
     fn small() -> ChatParams {
         ChatParams { seed: 7, sessions: 16, requests: 300, ..ChatParams::default() }
