@@ -1,15 +1,20 @@
 //! The file-system operations the FS tier does itself, outside its [`crate::Executor`]: the
 //! run config (`config.json`), the rank directory, the start-up scan (with stale temp-file
 //! removal), the `O_DIRECT` probe and probe-on-miss. Block I/O never goes through here.
+//! A disk engine (`kvtier-regions`) does its own metadata I/O here too: creating and locking
+//! its device file, its header, and the reads of its recovery ([`Vfs::read_at`],
+//! [`Vfs::write_at`], [`Vfs::create_sized`], [`Vfs::device_size`], [`Vfs::lock`]).
 //!
 //! [`HostFs`] is the real file system (what [`crate::FsTier::open`] uses). A simulated disk
 //! (the `kvtier-io-sim` crate) implements [`Vfs`] over its in-memory namespace, so the tier,
 //! opened with [`crate::FsTier::open_on`], sees exactly the files its sim executor wrote; the
 //! executor conformance suite reads and damages files through the same trait.
 
+use std::any::Any;
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// One entry of [`Vfs::read_dir`].
@@ -36,6 +41,23 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     fn set_len(&self, path: &Path, len: u64) -> io::Result<()>;
     /// The length of the file at `path`.
     fn len(&self, path: &Path) -> io::Result<u64>;
+    /// The size of the file or block device at `path` (a device's `len` is 0).
+    fn device_size(&self, path: &Path) -> io::Result<u64> {
+        self.len(path)
+    }
+    /// Reads `buf.len()` bytes at `offset` of the file at `path`; returns how many were read
+    /// (fewer only at the end of the file).
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes `bytes` at `offset` of the existing file at `path`, in place (extending it if
+    /// need be), then with `sync` makes the file's data durable (`fdatasync`).
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()>;
+    /// Creates the file `path` (it must not exist: `AlreadyExists`), owner-only (`0o600`), `len`
+    /// bytes long and reading as zeros, its space allocated where the file system can
+    /// (`fallocate`), and durable.
+    fn create_sized(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// An exclusive lock on the file at `path` (`flock`), held while the returned guard lives;
+    /// `WouldBlock` while anyone else (another process, or another guard) holds it.
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send>>;
     /// Renames `from` onto `to` (replacing a file at `to`).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes `link` a second name of the file at `original`.
@@ -98,6 +120,56 @@ impl Vfs for HostFs {
         Ok(fs::metadata(path)?.len())
     }
 
+    fn device_size(&self, path: &Path) -> io::Result<u64> {
+        fs::File::open(path)?.seek(io::SeekFrom::End(0))
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let file = fs::File::open(path)?;
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+        let file = fs::OpenOptions::new().write(true).open(path)?;
+        file.write_all_at(bytes, offset)?;
+        if sync {
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn create_sized(&self, path: &Path, len: u64) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        let made = crate::sys::fallocate(file.as_fd(), len)
+            .or_else(|e| match e.raw_os_error() {
+                // A file system without fallocate: a sparse file of the same length.
+                Some(libc::EOPNOTSUPP) => file.set_len(len),
+                _ => Err(e),
+            })
+            .and_then(|()| file.sync_all());
+        if made.is_err() {
+            let _ = fs::remove_file(path);
+        }
+        made
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send>> {
+        use std::os::fd::AsFd;
+        let file = fs::File::open(path)?;
+        crate::sys::flock_exclusive(file.as_fd())?;
+        Ok(Box::new(file))
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(from, to)
     }
@@ -147,5 +219,34 @@ impl Vfs for HostFs {
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
         use std::os::fd::AsFd;
         crate::sys::syncfs(fs::File::open(dir)?.as_fd())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calls a disk engine makes on its device file: created sized and owner-only,
+    /// positioned reads and writes, and one lock holder at a time (`flock` locks belong to an
+    /// open file, so a second guard is refused even in the same process).
+    #[test]
+    fn device_calls_on_the_host() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev");
+        HostFs.create_sized(&path, 1 << 20).unwrap();
+        assert_eq!(HostFs.create_sized(&path, 10).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!((HostFs.len(&path).unwrap(), HostFs.device_size(&path).unwrap()), (1 << 20, 1 << 20));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        HostFs.write_at(&path, 4096, b"hello", true).unwrap();
+        let mut buf = [0u8; 7];
+        assert_eq!(HostFs.read_at(&path, 4095, &mut buf).unwrap(), 7);
+        assert_eq!(&buf, b"\0hello\0");
+        assert_eq!(HostFs.read_at(&path, (1 << 20) - 3, &mut buf).unwrap(), 3, "short at the end");
+        let guard = HostFs.lock(&path).unwrap();
+        assert_eq!(HostFs.lock(&path).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(guard);
+        drop(HostFs.lock(&path).unwrap());
+        assert!(HostFs.lock(&dir.path().join("missing")).is_err());
     }
 }

@@ -97,6 +97,9 @@ struct State {
     o_direct: bool,
     rng: SplitMix64,
     crash_stats: CrashStats,
+    /// Files locked ([`Vfs::lock`]): by whom (the generation) and which guard.
+    locks: BTreeMap<PathBuf, (u32, u64)>,
+    next_lock: u64,
 }
 
 /// A handle on an in-memory disk; clones share it. See the module docs.
@@ -232,6 +235,8 @@ impl SimDisk {
             o_direct: true,
             rng: SplitMix64::new(seed ^ 0xd15c_d15c_d15c_d15c),
             crash_stats: CrashStats::default(),
+            locks: BTreeMap::new(),
+            next_lock: 0,
         };
         SimDisk { state: Arc::new(Mutex::new(state)) }
     }
@@ -491,6 +496,24 @@ impl SimDisk {
     }
 }
 
+/// A lock [`Vfs::lock`] took on a file of a [`SimDisk`]; released on drop (and by a crash,
+/// which kills its process).
+#[derive(Debug)]
+struct SimLock {
+    disk: SimDisk,
+    path: PathBuf,
+    id: u64,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut s = self.disk.lock();
+        if s.locks.get(&self.path).is_some_and(|&(_, id)| id == self.id) {
+            s.locks.remove(&self.path);
+        }
+    }
+}
+
 /// FNV-1a, 64 bits.
 #[derive(Debug, Clone, Copy)]
 pub struct Fnv(pub u64);
@@ -550,6 +573,50 @@ impl Vfs for SimDisk {
 
     fn len(&self, path: &Path) -> io::Result<u64> {
         self.lock().file(path).map(|i| i.data.len() as u64)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let s = self.lock();
+        let data = &s.file(path)?.data;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+
+    /// As an extent store: in place, durable with `sync`, else a dirty range (see the crash
+    /// model).
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+        let (generation, ino) = {
+            let s = self.lock();
+            match s.entry(path) {
+                Some(Entry::File(ino)) => (s.generation, ino),
+                Some(Entry::Dir) => return Err(err(libc::EISDIR)),
+                None => return Err(err(libc::ENOENT)),
+            }
+        };
+        SimDisk::write_at(self, generation, ino, offset, bytes, sync)
+    }
+
+    fn create_sized(&self, path: &Path, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| err(libc::EFBIG))?;
+        self.lock().create_file(path, vec![0; len], true)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send>> {
+        let mut s = self.lock();
+        if !matches!(s.entry(path), Some(Entry::File(_))) {
+            return Err(err(libc::ENOENT));
+        }
+        let generation = s.generation;
+        if s.locks.get(path).is_some_and(|&(holder, _)| holder == generation) {
+            return Err(err(libc::EWOULDBLOCK));
+        }
+        // A lock of a crashed process died with it.
+        let id = s.next_lock;
+        s.next_lock += 1;
+        s.locks.insert(path.to_path_buf(), (generation, id));
+        Ok(Box::new(SimLock { disk: self.clone(), path: path.to_path_buf(), id }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
