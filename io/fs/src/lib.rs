@@ -58,6 +58,8 @@ pub mod vfs;
 
 pub use direct::DIRECT_ALIGN;
 pub use layout::BlockLayout;
-pub use op::{BlockFormat, Evict, Executor, Extent, FileId, FileOp, Full, Target, Wait};
+pub use op::{
+    Batch, BatchBlock, BatchData, BatchFull, BlockFormat, Evict, Executor, Extent, FileId, FileOp, Full, Target, Wait,
+};
 pub use outcome::{OpError, Outcome};
 pub use tier::{FsStats, FsTier, FsTierConfig, StartupReport, StorageFormat};
