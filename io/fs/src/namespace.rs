@@ -515,7 +515,10 @@ fn write_config(fs: &dyn Vfs, base: &Path, path: &Path, cfg: &RunConfig) -> Resu
     })
 }
 
-fn compare_config(path: &Path, bytes: &[u8], cfg: &RunConfig) -> Result<(), NamespaceError> {
+/// Checks that `bytes`, the run config found at `path` (a `config.json`, or a disk engine's
+/// device header), describes `cfg`: `Mismatch` names the fields that differ (an absent
+/// optional field means its default, on either side).
+pub fn compare_config(path: &Path, bytes: &[u8], cfg: &RunConfig) -> Result<(), NamespaceError> {
     let invalid = |reason: String| NamespaceError::Invalid { path: path.to_owned(), reason };
     let disk: Value = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     let Value::Object(disk) = disk else {

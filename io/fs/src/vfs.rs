@@ -57,7 +57,7 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     fn create_sized(&self, path: &Path, len: u64) -> io::Result<()>;
     /// An exclusive lock on the file at `path` (`flock`), held while the returned guard lives;
     /// `WouldBlock` while anyone else (another process, or another guard) holds it.
-    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send>>;
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>>;
     /// Renames `from` onto `to` (replacing a file at `to`).
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes `link` a second name of the file at `original`.
@@ -163,7 +163,7 @@ impl Vfs for HostFs {
         made
     }
 
-    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send>> {
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn Any + Send + Sync>> {
         use std::os::fd::AsFd;
         let file = fs::File::open(path)?;
         crate::sys::flock_exclusive(file.as_fd())?;

@@ -603,7 +603,7 @@ impl Vfs for SimDisk {
         self.lock().create_file(path, vec![0; len], true)
     }
 
-    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send>> {
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
         let mut s = self.lock();
         if !matches!(s.entry(path), Some(Entry::File(_))) {
             return Err(err(libc::ENOENT));
