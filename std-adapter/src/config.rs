@@ -14,6 +14,14 @@
 //! executor = "auto"               # "threaded", "uring", "sim" or "auto"
 //! format = "native"               # or "vllm" (raw rows, vLLM-compatible)
 //! model_name = "meta-llama/Llama-3.1-8B"
+//!
+//! # Or a region engine: one device, one owner, the fastest disk tier.
+//! # [[tiers]]
+//! # type = "regions"
+//! # path = "/mnt/nvme/kvtier.dev"   # a file (created and preallocated) or a block device
+//! # capacity = "512G"               # bytes, or a string with K, M, G, T (binary)
+//! # region_bytes = "16M"
+//! # model_name = "meta-llama/Llama-3.1-8B"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,6 +30,7 @@ use kvtier_core::PolicyKind;
 use kvtier_fs::direct::DirectMode;
 use kvtier_fs::namespace::{KvCacheGroup, RunConfig};
 use kvtier_fs::{FsTierConfig, StorageFormat};
+use kvtier_regions::{Eviction, RegionsTierConfig};
 use serde::Deserialize;
 
 /// The whole cache: primary pool and secondary tiers.
@@ -63,6 +72,8 @@ pub enum TierConfig {
     Memory(MemoryConfig),
     /// A file-system tier.
     Fs(Box<FsConfig>),
+    /// A region engine on one device ([`kvtier_regions`]).
+    Regions(Box<RegionsConfig>),
 }
 
 /// A memory tier (no settings; unknown keys are refused like everywhere else).
@@ -160,6 +171,30 @@ pub struct FsConfig {
     pub write_workers: Option<usize>,
 }
 
+/// The run config named by a tier entry's run-config fields (absent ones take
+/// [`RunConfig::default`]'s values): one definition for every tier type that has them.
+macro_rules! run_config_of {
+    ($c:expr) => {{
+        let c = $c;
+        let d = RunConfig::default();
+        RunConfig {
+            model_name: c.model_name.clone().unwrap_or(d.model_name),
+            dtype: c.dtype.clone().unwrap_or(d.dtype),
+            tokens_per_hash: c.tokens_per_hash.unwrap_or(d.tokens_per_hash),
+            blocks_per_file: c.blocks_per_file.unwrap_or(d.blocks_per_file),
+            tp_size: c.tp_size.unwrap_or(d.tp_size),
+            pp_size: c.pp_size.unwrap_or(d.pp_size),
+            pcp_size: c.pcp_size.unwrap_or(d.pcp_size),
+            dcp_size: c.dcp_size.unwrap_or(d.dcp_size),
+            kv_cache_groups: c.kv_cache_groups.clone().unwrap_or(d.kv_cache_groups),
+            parallel_agnostic: c.parallel_agnostic.unwrap_or(d.parallel_agnostic),
+            replicated_layout: c.replicated_layout.unwrap_or(d.replicated_layout),
+            canonical_format: c.canonical_format.clone().or(d.canonical_format),
+            ..d
+        }
+    }};
+}
+
 impl FsConfig {
     /// A tier under `root_dir` with every other setting at its default (as an `fs` table with
     /// only `root_dir` would have them).
@@ -193,22 +228,7 @@ impl FsConfig {
 
     /// The FS tier's settings.
     pub fn tier_config(&self) -> FsTierConfig {
-        let d = RunConfig::default();
-        let run = RunConfig {
-            model_name: self.model_name.clone().unwrap_or(d.model_name),
-            dtype: self.dtype.clone().unwrap_or(d.dtype),
-            tokens_per_hash: self.tokens_per_hash.unwrap_or(d.tokens_per_hash),
-            blocks_per_file: self.blocks_per_file.unwrap_or(d.blocks_per_file),
-            tp_size: self.tp_size.unwrap_or(d.tp_size),
-            pp_size: self.pp_size.unwrap_or(d.pp_size),
-            pcp_size: self.pcp_size.unwrap_or(d.pcp_size),
-            dcp_size: self.dcp_size.unwrap_or(d.dcp_size),
-            kv_cache_groups: self.kv_cache_groups.clone().unwrap_or(d.kv_cache_groups),
-            parallel_agnostic: self.parallel_agnostic.unwrap_or(d.parallel_agnostic),
-            replicated_layout: self.replicated_layout.unwrap_or(d.replicated_layout),
-            canonical_format: self.canonical_format.clone().or(d.canonical_format),
-            ..d
-        };
+        let run = run_config_of!(self);
         let mut cfg = FsTierConfig::new(&self.root_dir, run);
         cfg.rank = self.rank;
         cfg.format = self.format;
@@ -217,6 +237,178 @@ impl FsConfig {
         cfg.probe_on_miss = self.probe_on_miss;
         cfg.events = self.events;
         cfg.max_blocks = self.max_blocks;
+        cfg
+    }
+}
+
+/// A byte count: an integer, or a string of digits with an optional binary unit (`K`, `M`,
+/// `G`, `T`: `"64G"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl std::str::FromStr for Bytes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Bytes, String> {
+        let t = s.trim();
+        let (digits, shift) = match t.char_indices().last() {
+            Some((i, 'K' | 'k')) => (&t[..i], 10),
+            Some((i, 'M' | 'm')) => (&t[..i], 20),
+            Some((i, 'G' | 'g')) => (&t[..i], 30),
+            Some((i, 'T' | 't')) => (&t[..i], 40),
+            _ => (t, 0),
+        };
+        let n: u64 = digits.trim().parse().map_err(|_| format!("{s:?} is not a byte count (e.g. 4096, \"64M\")"))?;
+        n.checked_mul(1 << shift).map(Bytes).ok_or_else(|| format!("{s:?} overflows"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte count: an integer or a string like \"64G\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Bytes, E> {
+                u64::try_from(v).map(Bytes).map_err(|_| E::custom(format!("a negative byte count {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bytes, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A region engine: its device, its layout, and the run-config fields that name its namespace
+/// (checked against the device's header).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionsConfig {
+    /// The device: a file (created and preallocated at `capacity` if absent) or a block device.
+    pub path: PathBuf,
+    /// Bytes of the device to use.
+    pub capacity: Bytes,
+    /// Bytes of a region (default 16 MiB).
+    #[serde(default)]
+    pub region_bytes: Option<Bytes>,
+    /// Executor.
+    #[serde(default)]
+    pub executor: ExecutorKind,
+    /// Which region a reclaim takes: `lru` (default) or `fifo`.
+    #[serde(default)]
+    pub eviction: Eviction,
+    /// Copy blocks loaded since they were written out of a reclaimed region (default true).
+    #[serde(default = "default_true")]
+    pub reinsert: bool,
+    /// `fdatasync` every write before it counts (the index then survives a power cut as is).
+    #[serde(default)]
+    pub fsync: bool,
+    /// O_DIRECT mode.
+    #[serde(default)]
+    pub o_direct: DirectMode,
+    /// Raise STORAGE events for stored and evicted blocks.
+    #[serde(default)]
+    pub events: bool,
+    /// This process's rank.
+    #[serde(default)]
+    pub rank: u32,
+    /// Run config: model name.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Run config: KV dtype.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Run config: tokens per hash.
+    #[serde(default)]
+    pub tokens_per_hash: Option<u64>,
+    /// Run config: GPU blocks per file.
+    #[serde(default)]
+    pub blocks_per_file: Option<u64>,
+    /// Run config: tensor-parallel size.
+    #[serde(default)]
+    pub tp_size: Option<u64>,
+    /// Run config: pipeline-parallel size.
+    #[serde(default)]
+    pub pp_size: Option<u64>,
+    /// Run config: prefill context-parallel size.
+    #[serde(default)]
+    pub pcp_size: Option<u64>,
+    /// Run config: decode context-parallel size.
+    #[serde(default)]
+    pub dcp_size: Option<u64>,
+    /// Run config: KV-cache groups.
+    #[serde(default)]
+    pub kv_cache_groups: Option<Vec<KvCacheGroup>>,
+    /// Run config: whether blocks are parallel-agnostic.
+    #[serde(default)]
+    pub parallel_agnostic: Option<bool>,
+    /// Run config (vLLM 0.33): one copy of a block shared by all workers.
+    #[serde(default)]
+    pub replicated_layout: Option<bool>,
+    /// Run config (vLLM 0.33): the canonical byte-format identity.
+    #[serde(default)]
+    pub canonical_format: Option<String>,
+    /// Read-priority worker threads (threaded executor).
+    #[serde(default)]
+    pub read_workers: Option<usize>,
+    /// Write-priority worker threads (threaded executor).
+    #[serde(default)]
+    pub write_workers: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl RegionsConfig {
+    /// A device at `path` of `capacity` bytes, every other setting at its default.
+    pub fn new(path: impl Into<PathBuf>, capacity: u64) -> Self {
+        RegionsConfig {
+            path: path.into(),
+            capacity: Bytes(capacity),
+            region_bytes: None,
+            executor: ExecutorKind::default(),
+            eviction: Eviction::default(),
+            reinsert: true,
+            fsync: false,
+            o_direct: DirectMode::default(),
+            events: false,
+            rank: 0,
+            model_name: None,
+            dtype: None,
+            tokens_per_hash: None,
+            blocks_per_file: None,
+            tp_size: None,
+            pp_size: None,
+            pcp_size: None,
+            dcp_size: None,
+            kv_cache_groups: None,
+            parallel_agnostic: None,
+            replicated_layout: None,
+            canonical_format: None,
+            read_workers: None,
+            write_workers: None,
+        }
+    }
+
+    /// The engine's settings.
+    pub fn tier_config(&self) -> RegionsTierConfig {
+        let mut cfg = RegionsTierConfig::new(&self.path, self.capacity.0, run_config_of!(self));
+        if let Some(b) = self.region_bytes {
+            cfg.region_bytes = b.0;
+        }
+        cfg.rank = self.rank;
+        cfg.o_direct = self.o_direct;
+        cfg.fsync = self.fsync;
+        cfg.eviction = self.eviction;
+        cfg.reinsert = self.reinsert;
+        cfg.events = self.events;
         cfg
     }
 }
@@ -283,6 +475,19 @@ mod tests {
         assert_eq!((t.rank, t.format, t.run.model_name.as_str()), (2, StorageFormat::Vllm, "m/n"));
         assert!(CacheConfig::from_toml("num_blocks = 1\nnum_blokcs = 2").unwrap_err().contains("num_blokcs"));
         let bad = "num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\nexecutr = \"uring\"";
+        let regions = CacheConfig::from_toml(
+            "num_blocks = 1\n[[tiers]]\ntype = \"regions\"\npath = \"/d\"\ncapacity = \"2G\"\nregion_bytes = 1048576\n\
+             eviction = \"fifo\"\nmodel_name = \"m\"",
+        )
+        .unwrap();
+        let TierConfig::Regions(r) = &regions.tiers[0] else { panic!("a regions tier expected") };
+        let t = r.tier_config();
+        assert_eq!((t.capacity, t.region_bytes, t.eviction, t.reinsert), (2 << 30, 1 << 20, Eviction::Fifo, true));
+        assert_eq!(t.run.model_name, "m");
+        for bad in ["capacity = \"2X\"", "capacity = -1", "capacty = 1"] {
+            let text = format!("num_blocks = 1\n[[tiers]]\ntype = \"regions\"\npath = \"/d\"\n{bad}");
+            assert!(CacheConfig::from_toml(&text).is_err(), "{bad}");
+        }
         assert!(CacheConfig::from_toml(bad).unwrap_err().contains("executr"));
         assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"tape\"").is_err());
         assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"memory\"\nsize = 3").is_err());
@@ -294,7 +499,7 @@ mod tests {
             let text = format!("num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\n{line}");
             CacheConfig::from_toml(&text).map(|c| match &c.tiers[0] {
                 TierConfig::Fs(fs) => fs.tier_config(),
-                TierConfig::Memory(_) => unreachable!(),
+                TierConfig::Memory(_) | TierConfig::Regions(_) => unreachable!(),
             })
         };
         for (text, mode) in [("auto", DirectMode::Auto), ("on", DirectMode::On), ("off", DirectMode::Off)] {

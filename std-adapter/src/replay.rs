@@ -19,6 +19,9 @@
 //!   wrong type are `config` errors. `policy` is `lru` or `arc` (any case).
 //! - **`fs` tiers** are not part of this build yet: a config naming one answers `config`
 //!   ("fs tiers are not available in this build").
+//! - **`regions` tiers** take the keys of [`crate::config::RegionsConfig`] (`path`, `capacity`,
+//!   `region_bytes`, `executor`, the run-config fields...); the `sim` executor keeps the device
+//!   in memory, as it does an `fs` tier's directory.
 //! - **Op fields.** Fields an op does not use are ignored (so a trace may carry `req` or
 //!   comments on every line). A line is checked in this order, the first failure answering:
 //!   JSON object with a string `op` (`invalid_request`), known op (`unknown_op`), presence and

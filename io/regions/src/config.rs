@@ -24,7 +24,7 @@ pub enum Eviction {
 
 /// Settings of one region engine.
 #[derive(Debug, Clone)]
-pub struct RegionsConfig {
+pub struct RegionsTierConfig {
     /// The device: a regular file (created and preallocated at `capacity` if absent) or a
     /// block device.
     pub path: PathBuf,
@@ -53,11 +53,11 @@ pub struct RegionsConfig {
     pub events: bool,
 }
 
-impl RegionsConfig {
+impl RegionsTierConfig {
     /// Defaults for a device at `path` of `capacity` bytes: 16 MiB regions, `O_DIRECT` auto,
     /// no fsync, LRU over regions with reinsertion, no events.
     pub fn new(path: impl Into<PathBuf>, capacity: u64, run: RunConfig) -> Self {
-        RegionsConfig {
+        RegionsTierConfig {
             path: path.into(),
             capacity,
             region_bytes: DEFAULT_REGION_BYTES,

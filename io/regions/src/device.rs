@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use kvtier_fs::namespace::{canonical_json, compare_config, digest12};
 use kvtier_fs::vfs::Vfs;
 
-use crate::config::RegionsConfig;
+use crate::config::RegionsTierConfig;
 use crate::geometry::{Geometry, HEADER_AREA};
 use crate::meta::{DeviceHeader, DeviceState, MetaError, DEVICE_HEADER_LEN, NAMESPACE_LEN};
 
@@ -81,7 +81,7 @@ impl Device {
     /// Opens the device of `config` for blocks of `block_bytes`: locks it (creating it if it is
     /// an absent file), checks its header against the run config, the rank and the geometry
     /// (a mismatch is an error, never an overwrite), or initializes a blank one.
-    pub fn open(fs: &dyn Vfs, config: &RegionsConfig, block_bytes: u64) -> io::Result<Device> {
+    pub fn open(fs: &dyn Vfs, config: &RegionsTierConfig, block_bytes: u64) -> io::Result<Device> {
         let geometry = Geometry::new(config.capacity, config.region_bytes, block_bytes)
             .map_err(|e| invalid(format!("regions device {}: {e}", config.path.display())))?;
         let run = config.effective_run_config();

@@ -20,7 +20,7 @@
 //! - [`recovery`]: rebuilding the index at open, and its report.
 //! - [`index`]: the in-memory index, at most 48 bytes per block.
 //! - [`order`]: the reclaim order (LRU or FIFO over regions).
-//! - [`config`]: the engine's settings, [`RegionsConfig`].
+//! - [`config`]: the engine's settings, [`RegionsTierConfig`].
 //!
 //! Block records are the native format ([`kvtier_fs::format`]): a 4 KiB header with the
 //! namespace digest, the full key, the payload length, its CRC-32C and the record's sequence
@@ -41,7 +41,7 @@ pub mod order;
 pub mod recovery;
 pub mod tier;
 
-pub use config::{Eviction, RegionsConfig, REGIONS_STORAGE_FORMAT};
+pub use config::{Eviction, RegionsTierConfig, REGIONS_STORAGE_FORMAT};
 pub use geometry::Geometry;
 pub use recovery::{Mode, RecoveryReport};
 pub use tier::{RegionsStats, RegionsTier};

@@ -47,7 +47,7 @@ use kvtier_fs::{
     Target, Wait,
 };
 
-use crate::config::{Eviction, RegionsConfig};
+use crate::config::{Eviction, RegionsTierConfig};
 use crate::device::Device;
 use crate::geometry::Geometry;
 use crate::index::{fingerprint, Index};
@@ -253,7 +253,7 @@ impl RegionsTier {
     /// primary region's `row_bytes`: the executor's rows), on the host's file system.
     /// `make_executor` gets whether `O_DIRECT` is to be used.
     pub fn open(
-        config: &RegionsConfig,
+        config: &RegionsTierConfig,
         block_bytes: usize,
         make_executor: impl FnOnce(bool) -> io::Result<Box<dyn Executor>>,
     ) -> io::Result<RegionsTier> {
@@ -263,7 +263,7 @@ impl RegionsTier {
     /// [`RegionsTier::open`] with the engine's own I/O (device, header, recovery) on `fs`, e.g.
     /// the simulated disk its sim executor works on.
     pub fn open_on(
-        config: &RegionsConfig,
+        config: &RegionsTierConfig,
         block_bytes: usize,
         fs: Arc<dyn Vfs>,
         make_executor: impl FnOnce(bool) -> io::Result<Box<dyn Executor>>,

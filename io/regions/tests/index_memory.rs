@@ -96,7 +96,7 @@ fn at_most_48_bytes_per_block() {
     std::fs::File::create(&path).unwrap().set_len(g.capacity).unwrap();
     let region = Arc::new(PrimaryRegion::anonymous(1, 64 << 10).unwrap());
     let run = kvtier_fs::namespace::RunConfig::default();
-    let mut cfg = kvtier_regions::RegionsConfig::new(&path, g.capacity, run);
+    let mut cfg = kvtier_regions::RegionsTierConfig::new(&path, g.capacity, run);
     cfg.o_direct = kvtier_fs::direct::DirectMode::Off;
     let exec_region = Arc::clone(&region);
     let before = live();

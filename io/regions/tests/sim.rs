@@ -19,7 +19,7 @@ use kvtier_fs::rng::SplitMix64;
 use kvtier_fs::vfs::Vfs;
 use kvtier_io_sim::{Faults, SimConfig, SimDisk, SimExecutor};
 use kvtier_regions::geometry::HEADER_AREA;
-use kvtier_regions::{Mode, RegionsConfig, RegionsTier};
+use kvtier_regions::{Mode, RegionsTier, RegionsTierConfig};
 
 const BLOCK: usize = 5000;
 const REGION: u64 = 64 << 10;
@@ -27,7 +27,13 @@ const REGIONS: u64 = 6;
 const KEYS: u64 = 200;
 const ROWS: u32 = 16;
 
-fn open(cfg: &RegionsConfig, region: &Arc<PrimaryRegion>, disk: &SimDisk, seed: u64, faults: Faults) -> RegionsTier {
+fn open(
+    cfg: &RegionsTierConfig,
+    region: &Arc<PrimaryRegion>,
+    disk: &SimDisk,
+    seed: u64,
+    faults: Faults,
+) -> RegionsTier {
     let (r, d) = (Arc::clone(region), disk.clone());
     RegionsTier::open_on(cfg, region.row_bytes(), Arc::new(disk.clone()), move |o_direct| {
         let sim = SimConfig { seed, o_direct, faults, max_latency: 6, ..SimConfig::default() };

@@ -12,7 +12,7 @@ use kvtier_fs::rng::SplitMix64;
 use kvtier_fs::Executor;
 use kvtier_io_sim::{SimConfig, SimDisk, SimExecutor};
 use kvtier_io_threaded::{ThreadedConfig, ThreadedExecutor};
-use kvtier_regions::{RegionsConfig, RegionsTier};
+use kvtier_regions::{RegionsTier, RegionsTierConfig};
 
 pub fn key(i: u64) -> OffloadKey {
     let mut h = [0u8; 32];
@@ -37,8 +37,8 @@ pub fn run() -> RunConfig {
     RunConfig { model_name: "regions/test".into(), ..RunConfig::default() }
 }
 
-pub fn config(path: &Path, capacity: u64, region_bytes: u64) -> RegionsConfig {
-    RegionsConfig { region_bytes, ..RegionsConfig::new(path, capacity, run()) }
+pub fn config(path: &Path, capacity: u64, region_bytes: u64) -> RegionsTierConfig {
+    RegionsTierConfig { region_bytes, ..RegionsTierConfig::new(path, capacity, run()) }
 }
 
 pub fn threaded(region: &Arc<PrimaryRegion>, o_direct: bool) -> std::io::Result<Box<dyn Executor>> {
@@ -51,12 +51,12 @@ pub fn uring(region: &Arc<PrimaryRegion>, o_direct: bool) -> std::io::Result<Box
     Ok(Box::new(kvtier_io_uring::UringExecutor::new(Arc::clone(region), config)?))
 }
 
-pub fn open_host(config: &RegionsConfig, region: &Arc<PrimaryRegion>) -> std::io::Result<RegionsTier> {
+pub fn open_host(config: &RegionsTierConfig, region: &Arc<PrimaryRegion>) -> std::io::Result<RegionsTier> {
     RegionsTier::open(config, region.row_bytes(), |o_direct| threaded(region, o_direct))
 }
 
 /// The engine over io_uring; `None` (with a message) where io_uring cannot run here.
-pub fn open_uring(config: &RegionsConfig, region: &Arc<PrimaryRegion>) -> Option<RegionsTier> {
+pub fn open_uring(config: &RegionsTierConfig, region: &Arc<PrimaryRegion>) -> Option<RegionsTier> {
     if let Err(e) = kvtier_io_uring::probe(false) {
         eprintln!("skipped: {e}");
         return None;
@@ -64,7 +64,7 @@ pub fn open_uring(config: &RegionsConfig, region: &Arc<PrimaryRegion>) -> Option
     Some(RegionsTier::open(config, region.row_bytes(), |o_direct| uring(region, o_direct)).unwrap())
 }
 
-pub fn open_sim(config: &RegionsConfig, region: &Arc<PrimaryRegion>, disk: &SimDisk, seed: u64) -> RegionsTier {
+pub fn open_sim(config: &RegionsTierConfig, region: &Arc<PrimaryRegion>, disk: &SimDisk, seed: u64) -> RegionsTier {
     let (r, d) = (Arc::clone(region), disk.clone());
     RegionsTier::open_on(config, region.row_bytes(), Arc::new(disk.clone()), move |o_direct| {
         let sim = SimConfig { seed, o_direct, ..SimConfig::default() };
