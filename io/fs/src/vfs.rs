@@ -52,8 +52,8 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
     /// need be), then with `sync` makes the file's data durable (`fdatasync`).
     fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()>;
     /// Creates the file `path` (it must not exist: `AlreadyExists`), owner-only (`0o600`), `len`
-    /// bytes long and reading as zeros, its space allocated where the file system can
-    /// (`fallocate`), and durable.
+    /// bytes of zeros, its space allocated and written (so later `O_DIRECT` writes overwrite
+    /// blocks in place), and durable.
     fn create_sized(&self, path: &Path, len: u64) -> io::Result<()>;
     /// An exclusive lock on the file at `path` (`flock`), held while the returned guard lives;
     /// `WouldBlock` while anyone else (another process, or another guard) holds it.
@@ -92,6 +92,8 @@ pub trait Vfs: Send + Sync + std::fmt::Debug {
         fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
     }
 }
+
+const DIRECT_ALIGN_U64: u64 = crate::direct::DIRECT_ALIGN as u64;
 
 /// The host's file system, through `std::fs`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -147,17 +149,42 @@ impl Vfs for HostFs {
         Ok(())
     }
 
+    /// `fallocate`, then zeros written over the whole file with large `O_DIRECT` writes
+    /// (buffered where the file system refuses `O_DIRECT`): a file only allocated holds
+    /// *unwritten* extents, and on ext4 every `O_DIRECT` write into one must convert it, which
+    /// cut a region engine's first-pass store throughput by a third (measured: 1.3-1.6 against
+    /// 2.0-2.4 GB/s at 64 KiB to 1 MiB blocks).
     fn create_sized(&self, path: &Path, len: u64) -> io::Result<()> {
         use std::os::fd::AsFd;
         let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-        let made = crate::sys::fallocate(file.as_fd(), len)
-            .or_else(|e| match e.raw_os_error() {
-                // A file system without fallocate: a sparse file of the same length.
+        let made = (|| {
+            crate::sys::fallocate(file.as_fd(), len).or_else(|e| match e.raw_os_error() {
+                // A file system without fallocate: the writes below allocate.
                 Some(libc::EOPNOTSUPP) => file.set_len(len),
                 _ => Err(e),
-            })
-            .and_then(|()| file.sync_all());
+            })?;
+            let direct = fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path);
+            let (out, chunk) = match direct {
+                Ok(f) => (f, 8 << 20),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (file.try_clone()?, 1 << 20),
+                Err(e) => return Err(e),
+            };
+            // A page-aligned, zeroed buffer (an anonymous mapping), as `O_DIRECT` needs.
+            let zeros = memmap2::MmapMut::map_anon(chunk)?;
+            let aligned = len / DIRECT_ALIGN_U64 * DIRECT_ALIGN_U64;
+            let mut at = 0u64;
+            while at < aligned {
+                let n = (chunk as u64).min(aligned - at) as usize;
+                out.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            if at < len {
+                file.write_all_at(&zeros[..(len - at) as usize], at)?;
+            }
+            file.sync_all()
+        })();
         if made.is_err() {
+            // Ours: created above.
             let _ = fs::remove_file(path);
         }
         made
