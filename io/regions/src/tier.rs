@@ -209,6 +209,7 @@ pub struct RegionsTier {
     events_enabled: bool,
     exec: Box<dyn Executor>,
     file: FileId,
+    o_direct: bool,
     index: Index,
     regions: Vec<Region>,
     order: Order,
@@ -314,6 +315,7 @@ impl RegionsTier {
             events_enabled: config.events,
             exec,
             file,
+            o_direct,
             index: recovered.index,
             regions,
             order,
@@ -386,6 +388,11 @@ impl RegionsTier {
     /// Bytes the index holds on the heap.
     pub fn index_bytes(&self) -> usize {
         self.index.allocated_bytes()
+    }
+
+    /// Whether the executor uses `O_DIRECT`.
+    pub fn o_direct(&self) -> bool {
+        self.o_direct
     }
 
     /// The executor's name.
