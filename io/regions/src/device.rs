@@ -28,7 +28,7 @@ pub struct Device {
     /// The header found at open (`None`: the device was blank and is initialized now).
     pub found: Option<DeviceHeader>,
     /// The lock (`flock`), held while the device is open.
-    _lock: Box<dyn Any + Send + Sync>,
+    lock: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -167,7 +167,7 @@ impl Device {
                 geometry.capacity
             )));
         }
-        let device = Device { path, geometry, namespace, config_text, header, found, _lock: guard };
+        let device = Device { path, geometry, namespace, config_text, header, found, lock: Some(guard) };
         if device.found.is_none() {
             // A blank device: its run config first, then its header (closed, so a crash now
             // leaves a device with nothing to recover).
@@ -175,6 +175,17 @@ impl Device {
             device.write_header(fs, DeviceState::Closed, true)?;
         }
         Ok(device)
+    }
+
+    /// Releases the lock: another process (or another engine of this one) may open the
+    /// device. Nothing may be written to it afterwards.
+    pub fn unlock(&mut self) {
+        self.lock = None;
+    }
+
+    /// Whether this process still holds the lock.
+    pub fn locked(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// Writes the header with `state` (and this process's pid, boot and fsync setting);

@@ -175,6 +175,9 @@ struct Region {
     readers: u32,
     /// Marker writes that failed in a row.
     failures: u8,
+    /// A record was dropped from its entries while its summary was being written: the summary
+    /// is written again once that write completes.
+    stale_summary: bool,
     /// This pass's records, for its summary (while open or full).
     entries: Vec<Option<Entry>>,
 }
@@ -297,7 +300,16 @@ impl RegionsTier {
                         (State::Sealed, epoch)
                     }
                 };
-                Region { state, epoch, fill: 0, outstanding: 0, readers: 0, failures: 0, entries: Vec::new() }
+                Region {
+                    state,
+                    epoch,
+                    fill: 0,
+                    outstanding: 0,
+                    readers: 0,
+                    failures: 0,
+                    stale_summary: false,
+                    entries: Vec::new(),
+                }
             })
             .collect();
         // The oldest pass is reclaimed first.
@@ -568,12 +580,14 @@ impl RegionsTier {
         let r = self.geo.region_of(slot);
         let i = (slot % self.geo.slots_per_region) as usize;
         match self.regions[r as usize].state {
-            // Not summarized yet (or being summarized: a summary in flight may still list it,
-            // and a later load drops it again).
+            // Not summarized yet, or being summarized (the summary in flight may still list
+            // it: it is written again once that write completes).
             State::Open | State::Full | State::Sealing => {
-                if let Some(e) = self.regions[r as usize].entries.get_mut(i) {
+                let rg = &mut self.regions[r as usize];
+                if let Some(e) = rg.entries.get_mut(i) {
                     *e = None;
                 }
+                rg.stale_summary = rg.state == State::Sealing;
             }
             State::Sealed => {
                 let entries = self.read_entries(r);
@@ -898,6 +912,10 @@ impl RegionsTier {
             Internal::Summary { region, attempt } => {
                 if outcome.is_ok() {
                     self.stats.summaries += 1;
+                    if std::mem::take(&mut self.regions[region as usize].stale_summary) {
+                        self.write_region_summary(region, 0);
+                        return;
+                    }
                 } else {
                     self.stats.meta_failures += 1;
                     if attempt < 2 && outcome != Outcome::Cancelled {
@@ -930,6 +948,10 @@ impl RegionsTier {
                     if still {
                         self.index.remove_slot(from);
                         self.index.insert(key, to);
+                    } else {
+                        // Dropped (found corrupt) or stored anew while it was copied: the copy
+                        // leaves its region's summary too.
+                        self.retire(to, 0);
                     }
                     self.stats.reinserted += 1;
                 } else {
@@ -1112,6 +1134,8 @@ impl SecondaryTier for RegionsTier {
             if settled && self.unsummarized == 0 && alive {
                 let _ = self.device.write_header(&*self.fs, DeviceState::Closed, true);
             }
+            // The device is free for its next owner.
+            self.device.unlock();
         }
         out.append(&mut self.finished);
     }

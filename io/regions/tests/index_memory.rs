@@ -77,18 +77,19 @@ fn at_most_48_bytes_per_block() {
     }
     let churned = live() - before;
     let per_block = full as f64 / f64::from(slots);
+    let reported = index.allocated_bytes();
+    drop(index);
+    let freed = live() == before;
     println!(
         "index of {slots} blocks (100 GiB of 64 KiB blocks): {empty} bytes empty, {full} full, {churned} after \
-         churn: {per_block:.1} bytes per block (reported by the index: {})",
-        index.allocated_bytes()
+         churn: {per_block:.1} bytes per block (reported by the index: {reported})"
     );
+    assert!(freed, "everything is freed");
     assert_eq!(empty, full, "filling allocates nothing");
     assert_eq!(full, churned, "churn allocates nothing");
     assert!(per_block <= 48.0, "{per_block:.1} bytes per block");
-    let reported = index.allocated_bytes() as f64;
+    let reported = reported as f64;
     assert!((reported - full as f64).abs() / (full as f64) < 0.01, "allocated_bytes {reported} vs counted {full}");
-    drop(index);
-    assert_eq!(live(), before, "everything is freed");
 
     // The whole engine on a sparse 100 GiB file: its index and its per-region state.
     let dir = tempfile::tempdir().unwrap();
