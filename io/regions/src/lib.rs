@@ -19,6 +19,7 @@
 //!   check: a mismatch is an error, never an overwrite).
 //! - [`recovery`]: rebuilding the index at open, and its report.
 //! - [`index`]: the in-memory index, at most 48 bytes per block.
+//! - [`inspect`]: reading a device without opening it as an engine (`kvtier inspect`).
 //! - [`order`]: the reclaim order (LRU or FIFO over regions).
 //! - [`config`]: the engine's settings, [`RegionsTierConfig`].
 //!
@@ -36,6 +37,7 @@ pub mod config;
 pub mod device;
 pub mod geometry;
 pub mod index;
+pub mod inspect;
 pub mod meta;
 pub mod order;
 pub mod recovery;
@@ -43,5 +45,6 @@ pub mod tier;
 
 pub use config::{Eviction, RegionsTierConfig, REGIONS_STORAGE_FORMAT};
 pub use geometry::Geometry;
+pub use inspect::{inspect_device, DeviceReport, VerifyReport};
 pub use recovery::{Mode, RecoveryReport};
 pub use tier::{RegionsStats, RegionsTier};

@@ -23,6 +23,7 @@
 //! was read, what was indexed and what was dropped, and how long it took.
 
 use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -32,8 +33,9 @@ use kvtier_fs::format::{self, HEADER_LEN};
 use kvtier_fs::vfs::Vfs;
 
 use crate::device::Device;
+use crate::geometry::Geometry;
 use crate::index::Index;
-use crate::meta::{DeviceState, Entry, MetaError, Summary, SummaryKind};
+use crate::meta::{DeviceState, Entry, MetaError, Summary, SummaryKind, NAMESPACE_LEN};
 
 /// How much recovery reads (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -163,14 +165,9 @@ fn recover_region(fs: &dyn Vfs, device: &Device, mode: Mode, r: u32) -> io::Resu
         dropped_stale: 0,
         bytes_read: 0,
     };
-    let mut area = vec![0u8; g.summary_bytes as usize];
-    let n = fs.read_at(&device.path, g.region_offset(r), &mut area)?;
-    out.bytes_read += n as u64;
-    let summary = match Summary::decode(&area[..n]) {
-        Err(MetaError::Blank) => return Ok(out),
-        Ok(s) if s.region == r && s.namespace == device.namespace && valid_count(&s, g.slots_per_region) => Some(s),
-        _ => None,
-    };
+    let (summary, n) = read_summary(fs, &device.path, g, &device.namespace, r)?;
+    out.bytes_read += n;
+    let Some(summary) = summary else { return Ok(out) };
     out.bad_summary = summary.is_none();
     // The oldest sequence number of this pass over the region (0: any).
     let epoch = summary.as_ref().map_or(0, |s| s.epoch);
@@ -193,24 +190,13 @@ fn recover_region(fs: &dyn Vfs, device: &Device, mode: Mode, r: u32) -> io::Resu
     }
     // Read and verify the records of this pass.
     out.scanned = true;
-    let per_chunk = (SCAN_CHUNK / g.record_bytes).max(1) as u32;
-    let mut buf = vec![0u8; (u64::from(per_chunk) * g.record_bytes) as usize];
-    let mut i = 0;
-    while i < g.slots_per_region {
-        let n_rec = per_chunk.min(g.slots_per_region - i);
-        let want = (u64::from(n_rec) * g.record_bytes) as usize;
-        let got = fs.read_at(&device.path, g.slot_offset(g.slot(r, i)), &mut buf[..want])?;
-        out.bytes_read += got as u64;
-        for (k, rec) in buf[..got].chunks(g.record_bytes as usize).enumerate() {
-            match check_record(rec, device, epoch) {
-                Check::Empty => {}
-                Check::Stale => out.dropped_stale += 1,
-                Check::Corrupt => out.dropped_corrupt += 1,
-                Check::Ok(key, seq) => out.records.push((i + k as u32, key, seq)),
-            }
-        }
-        i += n_rec;
-    }
+    let read = scan_region(fs, &device.path, g, &device.namespace, r, epoch, |i, check| match check {
+        Check::Empty => {}
+        Check::Stale => out.dropped_stale += 1,
+        Check::Corrupt => out.dropped_corrupt += 1,
+        Check::Ok(key, seq) => out.records.push((i, key, seq)),
+    })?;
+    out.bytes_read += read;
     match (out.records.iter().map(|r| r.2).min(), &summary) {
         (Some(first), _) => {
             out.found = Found::Sealed { epoch: epoch.max(1).min(first) };
@@ -227,6 +213,25 @@ fn recover_region(fs: &dyn Vfs, device: &Device, mode: Mode, r: u32) -> io::Resu
     Ok(out)
 }
 
+/// Reads region `r`'s summary area: `None` if it was never written, `Some(None)` if what it
+/// holds does not verify or belongs to another region or device, and the bytes read.
+pub(crate) fn read_summary(
+    fs: &dyn Vfs,
+    path: &Path,
+    g: &Geometry,
+    namespace: &[u8; NAMESPACE_LEN],
+    r: u32,
+) -> io::Result<(Option<Option<Summary>>, u64)> {
+    let mut area = vec![0u8; g.summary_bytes as usize];
+    let n = fs.read_at(path, g.region_offset(r), &mut area)?;
+    let summary = match Summary::decode(&area[..n]) {
+        Err(MetaError::Blank) => None,
+        Ok(s) if s.region == r && s.namespace == *namespace && valid_count(&s, g.slots_per_region) => Some(Some(s)),
+        _ => Some(None),
+    };
+    Ok((summary, n as u64))
+}
+
 fn valid_count(s: &Summary, slots: u32) -> bool {
     match s.kind {
         SummaryKind::Sealed => s.entries.len() == slots as usize,
@@ -234,23 +239,28 @@ fn valid_count(s: &Summary, slots: u32) -> bool {
     }
 }
 
-enum Check {
+/// What a scan found in one record slot.
+pub(crate) enum Check {
+    /// Never written (its header page is zero).
     Empty,
+    /// A record of an older pass over its region (sequence below the epoch).
     Stale,
+    /// Torn, rotten, foreign or of another block size.
     Corrupt,
+    /// A block of this device that verifies (header and payload): its key and sequence.
     Ok(OffloadKey, u64),
 }
 
-/// A record found by a scan: never written (its header page is zero), of an older pass,
-/// corrupt, or a block of this device that verifies (header and payload).
-fn check_record(rec: &[u8], device: &Device, epoch: u64) -> Check {
+/// Classifies a record read by a scan of a device of geometry `g` and `namespace`, in a pass
+/// that began at `epoch`.
+fn check_record(rec: &[u8], g: &Geometry, namespace: &[u8; NAMESPACE_LEN], epoch: u64) -> Check {
     let Some(header) = rec.get(..HEADER_LEN) else { return Check::Corrupt };
     if header.iter().all(|&b| b == 0) {
         return Check::Empty;
     }
     let Ok(h) = format::decode_header(header) else { return Check::Corrupt };
-    let block = device.geometry.block_bytes as usize;
-    if h.namespace != device.namespace || h.payload_len != block as u64 || h.seq == 0 {
+    let block = g.block_bytes as usize;
+    if h.namespace != *namespace || h.payload_len != block as u64 || h.seq == 0 {
         return Check::Corrupt;
     }
     if h.seq < epoch {
@@ -261,6 +271,34 @@ fn check_record(rec: &[u8], device: &Device, epoch: u64) -> Check {
         (Ok(()), Ok(key)) => Check::Ok(key, h.seq),
         _ => Check::Corrupt,
     }
+}
+
+/// Reads every record of region `r` (in chunks of whole records) and hands each one's index
+/// in the region and its [`Check`] to `found`. Returns the bytes read.
+pub(crate) fn scan_region(
+    fs: &dyn Vfs,
+    path: &Path,
+    g: &Geometry,
+    namespace: &[u8; NAMESPACE_LEN],
+    r: u32,
+    epoch: u64,
+    mut found: impl FnMut(u32, Check),
+) -> io::Result<u64> {
+    let per_chunk = (SCAN_CHUNK / g.record_bytes).max(1) as u32;
+    let mut buf = vec![0u8; (u64::from(per_chunk) * g.record_bytes) as usize];
+    let mut bytes_read = 0;
+    let mut i = 0;
+    while i < g.slots_per_region {
+        let n_rec = per_chunk.min(g.slots_per_region - i);
+        let want = (u64::from(n_rec) * g.record_bytes) as usize;
+        let got = fs.read_at(path, g.slot_offset(g.slot(r, i)), &mut buf[..want])?;
+        bytes_read += got as u64;
+        for (k, rec) in buf[..got].chunks(g.record_bytes as usize).enumerate() {
+            found(i + k as u32, check_record(rec, g, namespace, epoch));
+        }
+        i += n_rec;
+    }
+    Ok(bytes_read)
 }
 
 /// Rebuilds the index of `device` (see the module docs), resealing the regions it scanned.
