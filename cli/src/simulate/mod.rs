@@ -51,10 +51,11 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, TierConfig};
+use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, RegionsConfig, TierConfig};
 use kvtier::TieredCache;
 use kvtier_core::PolicyKind;
 use kvtier_fs::FsTier;
+use kvtier_regions::RegionsTier;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::args::{config_value, parse_size};
@@ -151,6 +152,11 @@ pub struct SimulateArgs {
     /// Executor of the disk tier: threaded, uring, sim or auto [default: auto]
     #[arg(long, value_parser = config_value::<ExecutorKind>)]
     pub executor: Option<ExecutorKind>,
+    /// Disk engine of the disk tiers: `files` (the FS tier, a file per block) or `regions` (the
+    /// region engine: one device file, `regions.dev` in --dir, of --disk-bytes, headers and
+    /// summaries included) [default: files, or the config's]
+    #[arg(long, value_enum)]
+    pub disk_engine: Option<DiskEngine>,
     /// Eviction policy of the CPU tier: lru or arc [default: lru]
     #[arg(long, value_parser = config_value::<PolicyKind>)]
     pub policy: Option<PolicyKind>,
@@ -190,6 +196,18 @@ pub struct SimulateArgs {
     pub quiet: bool,
 }
 
+/// A disk engine `--disk-engine` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskEngine {
+    /// The FS tier: a file per block.
+    Files,
+    /// The region engine: one device cut into regions.
+    Regions,
+}
+
+/// The device file of a region engine the simulator makes in `dir`.
+pub const REGIONS_DEVICE: &str = "regions.dev";
+
 fn default_fs(root: &Path) -> FsConfig {
     let mut fs = FsConfig::new(root);
     fs.executor = ExecutorKind::Auto;
@@ -226,18 +244,44 @@ pub fn cache_config(
     if let Some(p) = args.policy {
         cfg.policy = p;
     }
+    let disk_bytes =
+        (args.disk_bytes.is_some() || args.config.is_none()).then(|| args.disk_bytes.unwrap_or(DEFAULT_DISK_BYTES));
     for tier in &mut cfg.tiers {
-        if let TierConfig::Fs(fs) = tier {
-            if let Some(dir) = &args.dir {
-                fs.root_dir = dir.clone();
+        if let (TierConfig::Fs(fs), Some(DiskEngine::Regions)) = (&*tier, args.disk_engine) {
+            // The same disk tier on the region engine: a device file where the FS tier's root
+            // was, of the bytes the FS tier was bounded to.
+            let bytes = disk_bytes.or(fs.max_blocks.map(|n| (n * block_bytes) as u64)).unwrap_or(DEFAULT_DISK_BYTES);
+            let mut r = RegionsConfig::new(fs.root_dir.join(REGIONS_DEVICE), bytes);
+            r.executor = fs.executor;
+            r.o_direct = fs.o_direct;
+            r.rank = fs.rank;
+            r.model_name.clone_from(&fs.model_name);
+            *tier = TierConfig::Regions(Box::new(r));
+        }
+        match tier {
+            TierConfig::Fs(fs) => {
+                if let Some(dir) = &args.dir {
+                    fs.root_dir = dir.clone();
+                }
+                if let Some(e) = args.executor {
+                    fs.executor = e;
+                }
+                if let Some(bytes) = disk_bytes {
+                    fs.max_blocks = Some(usize::try_from(bytes / block_bytes as u64)?.max(1));
+                }
             }
-            if let Some(e) = args.executor {
-                fs.executor = e;
+            TierConfig::Regions(r) => {
+                if let Some(dir) = &args.dir {
+                    r.path = dir.join(REGIONS_DEVICE);
+                }
+                if let Some(e) = args.executor {
+                    r.executor = e;
+                }
+                if let Some(bytes) = disk_bytes {
+                    r.capacity = kvtier::config::Bytes(bytes);
+                }
             }
-            if args.disk_bytes.is_some() || args.config.is_none() {
-                let blocks = args.disk_bytes.unwrap_or(DEFAULT_DISK_BYTES) / block_bytes as u64;
-                fs.max_blocks = Some(usize::try_from(blocks)?.max(1));
-            }
+            TierConfig::Memory(_) => {}
         }
     }
     Ok(cfg)
@@ -358,6 +402,27 @@ fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
                 },
                 tier.startup().blocks_indexed
             ),
+            (TierConfig::Regions(_), _) => match engine.tier_mut::<RegionsTier>(i) {
+                Some(tier) => {
+                    let g = tier.geometry();
+                    let rep = tier.recovery();
+                    format!(
+                        "disk (regions) at {}: {} executor, O_DIRECT {}, {:.1} GiB in {} regions of {} MiB ({} slots), \
+                         {} blocks already there (recovered in {:.0} ms: {} dropped as corrupt)",
+                        tier.path().display(),
+                        tier.executor_name(),
+                        if tier.o_direct() { "on" } else { "off (buffered I/O)" },
+                        g.capacity as f64 / (1u64 << 30) as f64,
+                        g.regions,
+                        g.region_bytes >> 20,
+                        g.slots(),
+                        rep.blocks_indexed,
+                        rep.duration.as_secs_f64() * 1e3,
+                        rep.dropped_corrupt
+                    )
+                }
+                None => "disk (regions)".to_string(),
+            },
             _ => "memory".to_string(),
         })
         .collect()
@@ -521,6 +586,15 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
 
     bar.reset();
     bar.set_message("kvtier");
+    for tier in &cfg.tiers {
+        // A region device is created in a directory that exists (the FS tier makes its root).
+        if let Some(dir) = match tier {
+            TierConfig::Regions(r) => r.path.parent().filter(|d| !d.as_os_str().is_empty()),
+            _ => None,
+        } {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+    }
     let mut cache = TieredCache::new(&cfg)?;
     let tiers = describe_tiers(&mut cache, &cfg);
     tracing::info!(?tiers, cpu_blocks = cfg.num_blocks, "cache open");
@@ -606,6 +680,15 @@ pub fn simulate(args: &SimulateArgs) -> Result<Simulation, Box<dyn Error>> {
                     "disk tier: {n} blocks, {} here = {} at the model's size",
                     size((n as u64 * bb) as f64),
                     size(n as f64 * bb as f64 * byte_scale)
+                ));
+            }
+        }
+        if let TierConfig::Regions(r) = tier {
+            if byte_scale > 1.0 {
+                scaled.push(format!(
+                    "disk tier: a region device of {} here = {} at the model's size",
+                    size(r.capacity.0 as f64),
+                    size(r.capacity.0 as f64 * byte_scale)
                 ));
             }
         }
@@ -759,6 +842,26 @@ mod tests {
         assert_eq!(fs.max_blocks, Some(4096), "8 GiB of 2 MiB blocks");
         let args = SimulateArgs::try_parse_from(["simulate"]).unwrap();
         assert_eq!(cache_config(&args, Some(Path::new("/t")), 2 << 20).unwrap().num_blocks, 1024);
+    }
+
+    #[test]
+    fn disk_engine_regions_puts_the_disk_tier_on_a_device() {
+        let args = SimulateArgs::try_parse_from([
+            "simulate",
+            "--disk-engine=regions",
+            "--dir=/d",
+            "--disk-bytes=1G",
+            "--executor=threaded",
+        ])
+        .unwrap();
+        let cfg = cache_config(&args, None, 2 << 20).unwrap();
+        let TierConfig::Regions(r) = &cfg.tiers[0] else { panic!("regions tier expected: {:?}", cfg.tiers) };
+        assert_eq!(
+            (r.path.as_path(), r.capacity.0, r.executor),
+            (Path::new("/d/regions.dev"), 1 << 30, ExecutorKind::Threaded)
+        );
+        assert_eq!(r.model_name.as_deref(), Some("meta-llama/Llama-3.1-8B"), "the FS tier's run config is kept");
+        assert!(SimulateArgs::try_parse_from(["simulate", "--disk-engine=blocks"]).is_err());
     }
 
     #[test]
