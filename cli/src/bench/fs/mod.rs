@@ -114,6 +114,11 @@ pub struct FsArgs {
     /// Do not run the Python peer.
     #[arg(long)]
     pub no_peer: bool,
+    /// Run the Python peer before kvtier at each size and state (default: after). Two runs,
+    /// one with this flag, give the order kvtier, peer, peer, kvtier: neither side always
+    /// runs on a disk the other just wrote to.
+    #[arg(long)]
+    pub peer_first: bool,
     /// Print one JSON object instead of the table (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -296,6 +301,10 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
                 ceilings.push((qd, c));
             }
             let first_row = rows.len();
+            let mut peer_figures = match &peer {
+                Some((python, script)) if args.peer_first => Some(measure_peer(&mut ctx, python, script, bs, n, state)),
+                _ => None,
+            };
             let engines = dedup(&args.engine);
             let runs = executors.iter().flat_map(|(name, qd)| engines.iter().map(move |e| (e.as_str(), name, *qd)));
             for (engine, name, qd) in runs {
@@ -327,6 +336,7 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
                     peer_load_gbps: None,
                     peer_cpu_s_per_gb: None,
                     recovery_s_per_gib: kv.recovery_s_per_gib,
+                    scan_s_per_gib: kv.scan_s_per_gib,
                     queue_depth: qd,
                     create_us: kv.create_us,
                     peer_create_us: None,
@@ -343,25 +353,15 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
                 ));
                 rows.push(row);
             }
-            if let Some((python, script)) = &peer {
-                let started = Instant::now();
-                match run_peer(&mut ctx, python, script, bs, n, state) {
-                    Ok(p) => {
-                        progress(format_args!(
-                            "{label}: peer: create {} us/file; store {:.2} GB/s, load {:.2} GB/s ({:.1} s)",
-                            p.create_us.map_or_else(|| "-".into(), |c| format!("{c:.0}")),
-                            p.store_gbps,
-                            p.load_gbps,
-                            started.elapsed().as_secs_f64()
-                        ));
-                        for row in &mut rows[first_row..] {
-                            row.peer_store_gbps = Some(p.store_gbps);
-                            row.peer_load_gbps = Some(p.load_gbps);
-                            row.peer_cpu_s_per_gb = Some(p.cpu_s_per_gb);
-                            row.peer_create_us = p.create_us;
-                        }
-                    }
-                    Err(e) => eprintln!("kvtier bench fs: warning: the peer failed: {e}"),
+            if let (Some((python, script)), None) = (&peer, &peer_figures) {
+                peer_figures = Some(measure_peer(&mut ctx, python, script, bs, n, state));
+            }
+            if let Some(Some(p)) = peer_figures {
+                for row in &mut rows[first_row..] {
+                    row.peer_store_gbps = Some(p.store_gbps);
+                    row.peer_load_gbps = Some(p.load_gbps);
+                    row.peer_cpu_s_per_gb = Some(p.cpu_s_per_gb);
+                    row.peer_create_us = p.create_us;
                 }
             }
             for (qd, best) in &mut ceilings {
@@ -394,6 +394,37 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
     }
     drop(scratch);
     Ok(())
+}
+
+/// Runs the peer at one size and state, with its progress line; `None` (and a warning) if it
+/// failed.
+fn measure_peer(
+    ctx: &mut Ctx,
+    python: &str,
+    script: &std::path::Path,
+    bs: u64,
+    n: u64,
+    state: State,
+) -> Option<peer::PeerFigures> {
+    let started = Instant::now();
+    match run_peer(ctx, python, script, bs, n, state) {
+        Ok(p) => {
+            progress(format_args!(
+                "{} {}: peer: create {} us/file; store {:.2} GB/s, load {:.2} GB/s ({:.1} s)",
+                state.name(),
+                size_name(bs),
+                p.create_us.map_or_else(|| "-".into(), |c| format!("{c:.0}")),
+                p.store_gbps,
+                p.load_gbps,
+                started.elapsed().as_secs_f64()
+            ));
+            Some(p)
+        }
+        Err(e) => {
+            eprintln!("kvtier bench fs: warning: the peer failed: {e}");
+            None
+        }
+    }
 }
 
 /// The 1-minute load average (other work on the machine skews every figure).

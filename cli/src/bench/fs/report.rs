@@ -29,6 +29,8 @@ pub(super) struct Row {
     pub(super) peer_cpu_s_per_gb: Option<f64>,
     /// Region engine: seconds a clean reopen took per GiB of blocks indexed.
     pub(super) recovery_s_per_gib: Option<f64>,
+    /// Region engine: seconds a reopen as after a power cut (a full scan) took per GiB indexed.
+    pub(super) scan_s_per_gib: Option<f64>,
     #[serde(skip)]
     pub(super) queue_depth: usize,
     #[serde(skip)]
@@ -110,6 +112,13 @@ pub(super) fn print_table(
             "not run"
         }
     )?;
+    if peer {
+        writeln!(
+            out,
+            "  order at each size and state: {}",
+            if args.peer_first { "peer, then kvtier" } else { "kvtier, then peer" }
+        )?;
+    }
     writeln!(
         out,
         "  load average (1 min) at start {}, at end {} ({} CPUs): other work skews every figure",
@@ -123,21 +132,21 @@ pub(super) fn print_table(
     writeln!(out)?;
     writeln!(
         out,
-        "{:<7} {:<8} {:>5} {:<5} {:>3} {:>9} | {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>6} {:>6} {:>6} | {:>6}",
+        "{:<7} {:<8} {:>5} {:<5} {:>3} {:>9} | {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6}",
         "engine", "executor", "block", "state", "QD", "mk us",
         "store", "rndW", "seqW", "x", "peer", "x",
         "load", "ceil-R", "x", "peer", "x",
         "cpu-st", "cpu-ld", "peer", "x",
-        "recov",
+        "recov", "scan",
     )?;
     writeln!(
         out,
-        "{:<7} {:<8} {:>5} {:<5} {:>3} {:>9} | {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>6} {:>6} {:>6} | {:>6}",
+        "{:<7} {:<8} {:>5} {:<5} {:>3} {:>9} | {:>6} {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>6} {:>5} {:>6} {:>5} | {:>6} {:>6} {:>6} {:>6} | {:>6} {:>6}",
         "", "", "", "", "", "kv/peer",
         "GB/s", "GB/s", "GB/s", "ceil", "GB/s", "peer",
         "GB/s", "GB/s", "ceil", "GB/s", "peer",
         "s/GB", "s/GB", "s/GB", "peer",
-        "s/GiB",
+        "s/GiB", "s/GiB",
     )?;
     for r in rows {
         let kv_cpu = (r.store_cpu_s_per_gb + r.load_cpu_s_per_gb) / 2.0;
@@ -145,7 +154,7 @@ pub(super) fn print_table(
         let write_ceiling = if r.engine == "regions" { r.ceiling_seq_write_gbps } else { r.ceiling_write_gbps };
         writeln!(
             out,
-            "{:<7} {:<8} {:>5} {:<5} {:>3} {:>9} | {:>6.2} {:>6.2} {:>6.2} {:>5} {:>6} {:>5} | {:>6.2} {:>6.2} {:>5} {:>6} {:>5} | {:>6.3} {:>6.3} {:>6} {:>6} | {:>6}",
+            "{:<7} {:<8} {:>5} {:<5} {:>3} {:>9} | {:>6.2} {:>6.2} {:>6.2} {:>5} {:>6} {:>5} | {:>6.2} {:>6.2} {:>5} {:>6} {:>5} | {:>6.3} {:>6.3} {:>6} {:>6} | {:>6} {:>6}",
             r.engine,
             r.executor,
             size_name(r.block_bytes),
@@ -171,6 +180,7 @@ pub(super) fn print_table(
             r.peer_cpu_s_per_gb.map_or_else(|| "-".into(), |v| format!("{v:.3}")),
             ratio(kv_cpu, r.peer_cpu_s_per_gb),
             r.recovery_s_per_gib.map_or_else(|| "-".into(), |v| format!("{v:.3}")),
+            r.scan_s_per_gib.map_or_else(|| "-".into(), |v| format!("{v:.3}")),
         )?;
     }
     writeln!(out)?;
@@ -180,7 +190,8 @@ pub(super) fn print_table(
          mk = us to create one empty file in the tier's (and the peer's) directory right before the store (~20 on a quiet \
          ext4; more when recently deleted inodes are skipped); x = ratio; ceilings are the better of two runs (before and after kvtier and the peer); \
          rndW/seqW = random/sequential O_DIRECT writes of the block size: files' stores are compared with rndW, the region \
-         engine's (which appends) with seqW; recov = seconds per GiB indexed of the region engine's clean reopen; \
+         engine's (which appends) with seqW; recov = seconds per GiB indexed of the region engine's clean reopen (summaries), scan = of \
+         its reopen as after a power cut (every record read and verified); \
          CPU = user+sys CPU-seconds of the whole process per GB moved; the last column compares \
          kvtier's store+load CPU per GB with the peer's."
     )?;

@@ -43,6 +43,8 @@ pub(super) struct KvFigures {
     pub(super) create_us: f64,
     /// Region engine: seconds its reopen (a clean one) took per GiB of blocks it indexed.
     pub(super) recovery_s_per_gib: Option<f64>,
+    /// Seconds per GiB indexed of a reopen that reads every record (region engine).
+    pub(super) scan_s_per_gib: Option<f64>,
 }
 
 pub(super) fn default_queue_depth(executor: &str) -> usize {
@@ -290,5 +292,6 @@ pub(super) fn measure_kvtier(
         device_read: per_byte(d2, d3, |d| d.0),
         create_us,
         recovery_s_per_gib: None,
+        scan_s_per_gib: None,
     })
 }
