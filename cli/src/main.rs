@@ -40,7 +40,7 @@ enum BenchCommand {
     /// The core engine alone (no I/O) against a Python model of vLLM's CPU manager.
     Core(kvtier_cli::bench::core::CoreArgs),
     /// The FS tier against the disk's O_DIRECT ceiling and a Python peer of vLLM's FS tier.
-    Fs(kvtier_cli::bench::fs::FsArgs),
+    Fs(Box<kvtier_cli::bench::fs::FsArgs>),
     /// kvtier's tier against vLLM's own fs tier inside vLLM 0.33 (runs bench/vllm_tier.py).
     Vllm(kvtier_cli::bench::vllm::VllmArgs),
     /// The Redis tier against redis-benchmark's SET/GET and a redis-py peer of LMCache's connector.

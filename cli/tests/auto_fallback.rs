@@ -1,5 +1,5 @@
 //! `executor = "auto"` where io_uring is unavailable (forced here with `KVTIER_URING_DISABLE`,
-//! in a child process so the variable reaches no other test): the FS tiers run on the threaded
+//! in a child process so the variable reaches no other test): the disk tiers run on the threaded
 //! executor, and the reason is told once, however many tiers fall back.
 
 use std::io::Write;
@@ -38,6 +38,6 @@ fn auto_falls_back_to_threaded_with_one_warning() {
     assert_eq!(answers[5]["keys"][0]["intact"], true, "{stdout}");
     let stderr = String::from_utf8(out.stderr).unwrap();
     let warning = "warning: io_uring is unavailable: disabled by KVTIER_URING_DISABLE=1; \
-                   the fs tier uses the threaded executor";
+                   disk tiers use the threaded executor";
     assert_eq!(stderr.matches(warning).count(), 1, "stderr: {stderr}");
 }

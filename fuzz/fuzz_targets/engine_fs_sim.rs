@@ -30,6 +30,7 @@ fuzz_target!(|data: &[u8]| {
         memory_tier: false,
         fsync: first & 2 != 0,
         max_blocks: None,
+        regions: (first & 0x80 != 0).then_some(4),
         faults: Faults::all(ppm),
         max_latency: 1 + u32::from(first >> 4 & 7),
         queue_capacity: 16,

@@ -6,9 +6,11 @@ use std::sync::{Arc, Once};
 
 use kvtier_core::{AnyPolicy, EngineConfig, MemoryTier, SecondaryTier, TieringEngine};
 use kvtier_fs::region::{PrimaryRegion, RegionRows};
+use kvtier_fs::vfs::Vfs;
 use kvtier_fs::{Executor, FsTier};
+use kvtier_regions::RegionsTier;
 
-use crate::config::{CacheConfig, ExecutorKind, FsConfig, InvalidConfig, TierConfig};
+use crate::config::{CacheConfig, ExecutorKind, InvalidConfig, TierConfig};
 
 /// Why a cache could not be built.
 #[derive(Debug)]
@@ -49,25 +51,34 @@ impl From<io::Error> for CacheError {
     }
 }
 
-/// Builds the executor an FS tier asked for. `auto` picks io_uring where it can be set up here
-/// (the kernel has what it needs, no seccomp filter refuses it, the region can be registered
-/// within `RLIMIT_MEMLOCK`) and otherwise the threaded executor, with one warning per process
-/// naming the reason.
+/// The threaded executor's worker counts a tier entry asks for (`None`: the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Workers {
+    /// Read-priority workers.
+    pub read: Option<usize>,
+    /// Write-priority workers.
+    pub write: Option<usize>,
+}
+
+/// Builds the executor a disk tier (fs, regions) asked for. `auto` picks io_uring where it can
+/// be set up here (the kernel has what it needs, no seccomp filter refuses it, the region can
+/// be registered within `RLIMIT_MEMLOCK`) and otherwise the threaded executor, with one warning
+/// per process naming the reason.
 pub fn make_executor(
     kind: ExecutorKind,
-    fs: &FsConfig,
+    workers: Workers,
     region: &Arc<PrimaryRegion>,
     o_direct: bool,
 ) -> io::Result<Box<dyn Executor>> {
     match kind {
-        ExecutorKind::Threaded => threaded_executor(fs, region, o_direct),
+        ExecutorKind::Threaded => threaded_executor(workers, region, o_direct),
         ExecutorKind::Uring => uring_executor(region, o_direct),
         ExecutorKind::Auto => match uring_executor(region, o_direct) {
             Ok(executor) => Ok(executor),
             Err(e) => {
                 static WARNED: Once = Once::new();
-                WARNED.call_once(|| eprintln!("kvtier: warning: {e}; the fs tier uses the threaded executor"));
-                threaded_executor(fs, region, o_direct)
+                WARNED.call_once(|| eprintln!("kvtier: warning: {e}; disk tiers use the threaded executor"));
+                threaded_executor(workers, region, o_direct)
             }
         },
         // The sim executor works on its own in-memory disk, which the tier must open: see
@@ -79,12 +90,12 @@ pub fn make_executor(
     }
 }
 
-fn threaded_executor(fs: &FsConfig, region: &Arc<PrimaryRegion>, o_direct: bool) -> io::Result<Box<dyn Executor>> {
+fn threaded_executor(workers: Workers, region: &Arc<PrimaryRegion>, o_direct: bool) -> io::Result<Box<dyn Executor>> {
     let mut cfg = kvtier_io_threaded::ThreadedConfig { o_direct, ..Default::default() };
-    if let Some(n) = fs.read_workers {
+    if let Some(n) = workers.read {
         cfg.read_workers = n;
     }
-    if let Some(n) = fs.write_workers {
+    if let Some(n) = workers.write {
         cfg.write_workers = n;
     }
     Ok(Box::new(kvtier_io_threaded::ThreadedExecutor::new(region.clone(), cfg)?))
@@ -112,8 +123,29 @@ pub fn open_tier(config: &TierConfig, region: &Arc<PrimaryRegion>) -> io::Result
             Ok(Box::new(tier))
         }
         TierConfig::Fs(fs) => {
+            let workers = Workers { read: fs.read_workers, write: fs.write_workers };
             let tier = FsTier::open(&fs.tier_config(region.row_bytes()), |o_direct| {
-                make_executor(fs.executor, fs, region, o_direct)
+                make_executor(fs.executor, workers, region, o_direct)
+            })?;
+            Ok(Box::new(tier))
+        }
+        TierConfig::Regions(r) if r.executor == ExecutorKind::Sim => {
+            // As for fs: a fresh in-memory disk holds the device; nothing reaches the host.
+            let disk = kvtier_io_sim::SimDisk::new(0);
+            if let Some(dir) = r.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                disk.create_dir_all(dir)?;
+            }
+            let tier =
+                RegionsTier::open_on(&r.tier_config(), region.row_bytes(), Arc::new(disk.clone()), |o_direct| {
+                    let config = kvtier_io_sim::SimConfig { o_direct, ..Default::default() };
+                    Ok(Box::new(kvtier_io_sim::SimExecutor::new(region.clone(), disk, config)) as Box<dyn Executor>)
+                })?;
+            Ok(Box::new(tier))
+        }
+        TierConfig::Regions(r) => {
+            let workers = Workers { read: r.read_workers, write: r.write_workers };
+            let tier = RegionsTier::open(&r.tier_config(), region.row_bytes(), |o_direct| {
+                make_executor(r.executor, workers, region, o_direct)
             })?;
             Ok(Box::new(tier))
         }
@@ -182,26 +214,24 @@ impl Drop for TieredCache {
 mod tests {
     use super::*;
 
-    fn fs_config() -> FsConfig {
-        FsConfig::new("/nonexistent")
-    }
+    use crate::config::{FsConfig, RegionsConfig};
 
     #[test]
     fn each_executor_kind_builds_its_executor() {
         let region = Arc::new(PrimaryRegion::anonymous(4, 4096).unwrap());
-        let fs = fs_config();
-        let threaded = make_executor(ExecutorKind::Threaded, &fs, &region, false).unwrap();
+        let fs = Workers::default();
+        let threaded = make_executor(ExecutorKind::Threaded, fs, &region, false).unwrap();
         assert_eq!(threaded.name(), "threaded");
-        let auto = make_executor(ExecutorKind::Auto, &fs, &region, false).unwrap();
+        let auto = make_executor(ExecutorKind::Auto, fs, &region, false).unwrap();
         match kvtier_io_uring::probe(false) {
             Ok(()) => {
-                assert_eq!(make_executor(ExecutorKind::Uring, &fs, &region, false).unwrap().name(), "uring");
+                assert_eq!(make_executor(ExecutorKind::Uring, fs, &region, false).unwrap().name(), "uring");
                 assert_eq!(auto.name(), "uring", "auto picks io_uring where it runs");
             }
             Err(e) => {
                 eprintln!("io_uring unavailable here ({e}): auto must fall back");
                 assert_eq!(auto.name(), "threaded");
-                assert!(make_executor(ExecutorKind::Uring, &fs, &region, false).is_err());
+                assert!(make_executor(ExecutorKind::Uring, fs, &region, false).is_err());
             }
         }
     }
@@ -243,6 +273,20 @@ mod tests {
         let tier = open_tier(&TierConfig::Fs(Box::new(fs)), &region).unwrap();
         drop(tier);
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "nothing written to the host");
-        assert!(make_executor(ExecutorKind::Sim, &fs_config(), &region, false).is_err());
+        assert!(make_executor(ExecutorKind::Sim, Workers::default(), &region, false).is_err());
+    }
+
+    #[test]
+    fn a_regions_tier_on_a_file_and_on_the_sim_disk() {
+        let root = tempfile::tempdir().unwrap();
+        let region = Arc::new(PrimaryRegion::anonymous(4, 4096).unwrap());
+        let mut cfg = RegionsConfig::new(root.path().join("dev"), 8 << 20);
+        cfg.region_bytes = Some(crate::config::Bytes(1 << 20));
+        cfg.executor = ExecutorKind::Threaded;
+        drop(open_tier(&TierConfig::Regions(Box::new(cfg.clone())), &region).unwrap());
+        assert_eq!(std::fs::metadata(root.path().join("dev")).unwrap().len(), (8 << 20) - (1 << 20) + (64 << 10));
+        let sim = RegionsConfig { executor: ExecutorKind::Sim, path: root.path().join("sim/dev"), ..cfg };
+        drop(open_tier(&TierConfig::Regions(Box::new(sim)), &region).unwrap());
+        assert!(!root.path().join("sim").exists(), "nothing written to the host");
     }
 }

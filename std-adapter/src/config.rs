@@ -25,6 +25,14 @@
 //! timeout_ms = 500
 //! probe_on_miss = true            # find blocks other inference servers stored
 //! model_name = "meta-llama/Llama-3.1-8B"
+//!
+//! # Or a region engine: one device, one owner, the fastest disk tier.
+//! # [[tiers]]
+//! # type = "regions"
+//! # path = "/mnt/nvme/kvtier.dev"   # a file (created and preallocated) or a block device
+//! # capacity = "512G"               # bytes, or a string with K, M, G, T (binary)
+//! # region_bytes = "16M"
+//! # model_name = "meta-llama/Llama-3.1-8B"
 //! ```
 //!
 //! A configuration is checked as a whole by [`CacheConfig::validate`] (which
@@ -41,6 +49,7 @@ use kvtier_fs::files::FileMode;
 use kvtier_fs::namespace::{KvCacheGroup, RunConfig};
 use kvtier_fs::{FsTierConfig, StorageFormat};
 use kvtier_redis::{ClientKind, RedisTierConfig};
+use kvtier_regions::{Eviction, RegionsTierConfig};
 use serde::Deserialize;
 
 /// The run config named by a tier entry's run-config fields (`model_name`, `dtype`, ...), each
@@ -123,6 +132,8 @@ pub enum TierConfig {
     Fs(Box<FsConfig>),
     /// A remote tier on a Redis/Valkey server or cluster.
     Redis(Box<RedisConfig>),
+    /// A region engine on one device ([`kvtier_regions`]).
+    Regions(Box<RegionsConfig>),
 }
 
 /// A memory tier (no settings; unknown keys are refused like everywhere else).
@@ -260,14 +271,7 @@ impl FsConfig {
         if self.root_dir.as_os_str().is_empty() {
             return Err(InvalidConfig::new("root_dir", "must not be empty"));
         }
-        for (field, n) in [("read_workers", self.read_workers), ("write_workers", self.write_workers)] {
-            if let Some(n) = n {
-                if !(1..=MAX_WORKERS).contains(&n) {
-                    return Err(InvalidConfig::new(field, format!("{n} is not from 1 to {MAX_WORKERS}")));
-                }
-            }
-        }
-        Ok(())
+        check_workers(self.read_workers, self.write_workers)
     }
 
     /// The FS tier's settings, for blocks of `block_bytes` (the primary region's rows).
@@ -285,12 +289,32 @@ impl FsConfig {
     }
 }
 
+/// A disk tier's `read_workers` and `write_workers`, when given, are from 1 to [`MAX_WORKERS`].
+fn check_workers(read: Option<usize>, write: Option<usize>) -> Result<(), InvalidConfig> {
+    for (field, n) in [("read_workers", read), ("write_workers", write)] {
+        if let Some(n) = n {
+            if !(1..=MAX_WORKERS).contains(&n) {
+                return Err(InvalidConfig::new(field, format!("{n} is not from 1 to {MAX_WORKERS}")));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl TierConfig {
     /// Checks the tier's settings (see [`CacheConfig::validate`]); errors name the field.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         match self {
             TierConfig::Memory(_) => Ok(()),
             TierConfig::Fs(fs) => fs.validate(),
+            TierConfig::Regions(r) => {
+                if r.path.as_os_str().is_empty() {
+                    return Err(InvalidConfig::new("path", "must not be empty"));
+                }
+                // The device's geometry (capacity, region_bytes against the block size) is
+                // checked when it opens, naming the values.
+                check_workers(r.read_workers, r.write_workers)
+            }
             // The tier's own check, whose message names the setting (`connections = 0 (1 to 256)`).
             TierConfig::Redis(redis) => {
                 redis.tier_config().validate().map_err(|reason| InvalidConfig::new("redis", reason))
@@ -491,6 +515,178 @@ impl RedisConfig {
     }
 }
 
+/// A byte count: an integer, or a string of digits with an optional binary unit (`K`, `M`,
+/// `G`, `T`: `"64G"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes(pub u64);
+
+impl std::str::FromStr for Bytes {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Bytes, String> {
+        let t = s.trim();
+        let (digits, shift) = match t.char_indices().last() {
+            Some((i, 'K' | 'k')) => (&t[..i], 10),
+            Some((i, 'M' | 'm')) => (&t[..i], 20),
+            Some((i, 'G' | 'g')) => (&t[..i], 30),
+            Some((i, 'T' | 't')) => (&t[..i], 40),
+            _ => (t, 0),
+        };
+        let n: u64 = digits.trim().parse().map_err(|_| format!("{s:?} is not a byte count (e.g. 4096, \"64M\")"))?;
+        n.checked_mul(1 << shift).map(Bytes).ok_or_else(|| format!("{s:?} overflows"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte count: an integer or a string like \"64G\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Bytes, E> {
+                u64::try_from(v).map(Bytes).map_err(|_| E::custom(format!("a negative byte count {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bytes, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A region engine: its device, its layout, and the run-config fields that name its namespace
+/// (checked against the device's header).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionsConfig {
+    /// The device: a file (created and preallocated at `capacity` if absent) or a block device.
+    pub path: PathBuf,
+    /// Bytes of the device to use.
+    pub capacity: Bytes,
+    /// Bytes of a region (default 16 MiB).
+    #[serde(default)]
+    pub region_bytes: Option<Bytes>,
+    /// Executor.
+    #[serde(default)]
+    pub executor: ExecutorKind,
+    /// Which region a reclaim takes: `lru` (default) or `fifo`.
+    #[serde(default)]
+    pub eviction: Eviction,
+    /// Copy blocks loaded since they were written out of a reclaimed region (default true).
+    #[serde(default = "default_true")]
+    pub reinsert: bool,
+    /// `fdatasync` every write before it counts (the index then survives a power cut as is).
+    #[serde(default)]
+    pub fsync: bool,
+    /// O_DIRECT mode.
+    #[serde(default)]
+    pub o_direct: DirectMode,
+    /// Raise STORAGE events for stored and evicted blocks.
+    #[serde(default)]
+    pub events: bool,
+    /// This process's rank.
+    #[serde(default)]
+    pub rank: u32,
+    /// Run config: model name.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// Run config: KV dtype.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// Run config: tokens per hash.
+    #[serde(default)]
+    pub tokens_per_hash: Option<u64>,
+    /// Run config: GPU blocks per file.
+    #[serde(default)]
+    pub blocks_per_file: Option<u64>,
+    /// Run config: tensor-parallel size.
+    #[serde(default)]
+    pub tp_size: Option<u64>,
+    /// Run config: pipeline-parallel size.
+    #[serde(default)]
+    pub pp_size: Option<u64>,
+    /// Run config: prefill context-parallel size.
+    #[serde(default)]
+    pub pcp_size: Option<u64>,
+    /// Run config: decode context-parallel size.
+    #[serde(default)]
+    pub dcp_size: Option<u64>,
+    /// Run config: KV-cache groups.
+    #[serde(default)]
+    pub kv_cache_groups: Option<Vec<KvCacheGroup>>,
+    /// Run config: whether blocks are parallel-agnostic.
+    #[serde(default)]
+    pub parallel_agnostic: Option<bool>,
+    /// Run config (vLLM 0.33): one copy of a block shared by all workers.
+    #[serde(default)]
+    pub replicated_layout: Option<bool>,
+    /// Run config (vLLM 0.33): the canonical byte-format identity.
+    #[serde(default)]
+    pub canonical_format: Option<String>,
+    /// Read-priority worker threads (threaded executor).
+    #[serde(default)]
+    pub read_workers: Option<usize>,
+    /// Write-priority worker threads (threaded executor).
+    #[serde(default)]
+    pub write_workers: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl RegionsConfig {
+    /// A device at `path` of `capacity` bytes, every other setting at its default.
+    pub fn new(path: impl Into<PathBuf>, capacity: u64) -> Self {
+        RegionsConfig {
+            path: path.into(),
+            capacity: Bytes(capacity),
+            region_bytes: None,
+            executor: ExecutorKind::default(),
+            eviction: Eviction::default(),
+            reinsert: true,
+            fsync: false,
+            o_direct: DirectMode::default(),
+            events: false,
+            rank: 0,
+            model_name: None,
+            dtype: None,
+            tokens_per_hash: None,
+            blocks_per_file: None,
+            tp_size: None,
+            pp_size: None,
+            pcp_size: None,
+            dcp_size: None,
+            kv_cache_groups: None,
+            parallel_agnostic: None,
+            replicated_layout: None,
+            canonical_format: None,
+            read_workers: None,
+            write_workers: None,
+        }
+    }
+
+    /// The engine's settings.
+    pub fn tier_config(&self) -> RegionsTierConfig {
+        let mut cfg = RegionsTierConfig::new(&self.path, self.capacity.0, run_config!(self));
+        if let Some(b) = self.region_bytes {
+            cfg.region_bytes = b.0;
+        }
+        cfg.rank = self.rank;
+        cfg.o_direct = self.o_direct;
+        cfg.fsync = self.fsync;
+        cfg.eviction = self.eviction;
+        cfg.reinsert = self.reinsert;
+        cfg.events = self.events;
+        cfg
+    }
+}
+
 /// A configuration file could not be used.
 #[derive(Debug)]
 pub enum ConfigError {
@@ -534,10 +730,10 @@ impl CacheConfig {
     ///
     /// - `block_bytes` from 1 to [`MAX_BLOCK_BYTES`];
     /// - `shared_memory`, when given, is not an empty path;
-    /// - each tier's: an fs tier's `root_dir` is not empty, and `read_workers` and
-    ///   `write_workers`, when given, are from 1 to [`MAX_WORKERS`]; a redis tier's settings
-    ///   are in range (`connections` 1 to 256, `timeout_ms`, `ttl_ms`, `pipeline` and
-    ///   `index_capacity` at least 1).
+    /// - each tier's: an fs tier's `root_dir` (a regions tier's `path`) is not empty, and
+    ///   `read_workers` and `write_workers`, when given, are from 1 to [`MAX_WORKERS`]; a
+    ///   redis tier's settings are in range (`connections` 1 to 256, `timeout_ms`, `ttl_ms`,
+    ///   `pipeline` and `index_capacity` at least 1).
     ///
     /// `num_blocks = 0` is valid (a cache that keeps nothing: every store answers no space);
     /// any `u32` is, as far as limits go: with rows of at most 1 GiB the region's size fits in
@@ -589,6 +785,19 @@ mod tests {
         assert_eq!((t.rank, t.format, t.run.model_name.as_str()), (2, StorageFormat::Vllm, "m/n"));
         assert!(CacheConfig::from_toml("num_blocks = 1\nnum_blokcs = 2").unwrap_err().contains("num_blokcs"));
         let bad = "num_blocks = 1\n[[tiers]]\ntype = \"fs\"\nroot_dir = \"/x\"\nexecutr = \"uring\"";
+        let regions = CacheConfig::from_toml(
+            "num_blocks = 1\n[[tiers]]\ntype = \"regions\"\npath = \"/d\"\ncapacity = \"2G\"\nregion_bytes = 1048576\n\
+             eviction = \"fifo\"\nmodel_name = \"m\"",
+        )
+        .unwrap();
+        let TierConfig::Regions(r) = &regions.tiers[0] else { panic!("a regions tier expected") };
+        let t = r.tier_config();
+        assert_eq!((t.capacity, t.region_bytes, t.eviction, t.reinsert), (2 << 30, 1 << 20, Eviction::Fifo, true));
+        assert_eq!(t.run.model_name, "m");
+        for bad in ["capacity = \"2X\"", "capacity = -1", "capacty = 1"] {
+            let text = format!("num_blocks = 1\n[[tiers]]\ntype = \"regions\"\npath = \"/d\"\n{bad}");
+            assert!(CacheConfig::from_toml(&text).is_err(), "{bad}");
+        }
         assert!(CacheConfig::from_toml(bad).unwrap_err().contains("executr"));
         assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"tape\"").is_err());
         assert!(CacheConfig::from_toml("num_blocks = 1\n[[tiers]]\ntype = \"memory\"\nsize = 3").is_err());

@@ -30,6 +30,9 @@
 //!   start even when the server cannot be reached (every lookup then misses and the tier keeps
 //!   trying); a namespace config record on the server that does not match the run answers
 //!   `io`. `drain` waits for their jobs and background probes.
+//! - **`regions` tiers** take the keys of [`crate::config::RegionsConfig`] (`path`, `capacity`,
+//!   `region_bytes`, `executor`, the run-config fields...); the `sim` executor keeps the device
+//!   in memory, as it does an `fs` tier's directory.
 //! - **Op fields.** Fields an op does not use are ignored (so a trace may carry `req` or
 //!   comments on every line). A line is checked in this order, the first failure answering:
 //!   JSON object with a string `op` (`invalid_request`), known op (`unknown_op`), presence and

@@ -1,8 +1,9 @@
 //! The whole system on the simulated disk, written once for the `sim_system` test and the
 //! `engine_fs_sim` fuzz target: the engine over a primary region holding real bytes, an
-//! optional memory tier and an FS tier whose executor is `kvtier-io-sim` (in-memory disk,
-//! seeded latencies and faults), with crashes and clean restarts, and the checks that must hold
-//! after every step and every restart.
+//! optional memory tier and a disk tier (the FS tier, or the region engine:
+//! [`SimSetup::regions`]) whose executor is `kvtier-io-sim` (in-memory disk, seeded latencies
+//! and faults), with crashes and clean restarts, and the checks that must hold after every step
+//! and every restart.
 //!
 //! A driver decides what happens (the test draws a random workload from a seed, the fuzz target
 //! decodes its input); the [`World`] does it, keeps the caller's side of the protocol (rows
@@ -12,10 +13,11 @@
 //!   accounting and slot table agree, every caller pin is still held, and every ready block
 //!   holds exactly the bytes stored for its key (content is derived from the key, so a torn,
 //!   flipped or misdirected block cannot pass);
-//! - after every restart ([`World::restart`]): every block the FS tier indexes verifies on
+//! - after every restart ([`World::restart`]): every block the disk tier indexes verifies on
 //!   disk (after a crash with `fsync` on because published blocks are durable, without it
-//!   because start-up finds the crashed run's open marker and verifies every block), no
-//!   foreign or temp file is left, and a clean restart indexes exactly what was indexed before.
+//!   because start-up finds the crashed run's open marker and verifies every block: the FS
+//!   tier's files, the region engine's records), no foreign or temp file is left, and a clean
+//!   restart indexes exactly what was indexed before.
 //!
 //! Failure messages name the set-up's `seed`. Everything observable is mixed into
 //! [`World::trace`], so two runs of one seed can be compared.
@@ -36,9 +38,12 @@ use kvtier_fs::rng::SplitMix64;
 use kvtier_fs::vfs::Vfs;
 use kvtier_fs::{FsTier, FsTierConfig};
 use kvtier_io_sim::{Faults, Fnv, SimConfig, SimDisk, SimExecutor};
+use kvtier_regions::{Mode, RegionsTier, RegionsTierConfig};
 
 /// The FS tier's root directory on the simulated disk (never created on the host).
 pub const ROOT: &str = "/sim-root";
+/// The region engine's device on the simulated disk.
+pub const DEVICE: &str = "/sim-root/kv.dev";
 
 /// What the world is made of.
 #[derive(Debug, Clone)]
@@ -62,6 +67,9 @@ pub struct SimSetup {
     pub fsync: bool,
     /// The FS tier's capacity bound (stores beyond it evict disk blocks).
     pub max_blocks: Option<usize>,
+    /// Run the region engine, on a device of this many regions of 64 KiB, instead of the FS
+    /// tier (`max_blocks` does not apply: the device is the bound).
+    pub regions: Option<u32>,
     /// The executor's injected faults.
     pub faults: Faults,
     /// The executor's longest latency, in polls.
@@ -146,21 +154,36 @@ pub fn boot(setup: &SimSetup, boots: u64, disk: &SimDisk) -> (Arc<PrimaryRegion>
         ..SimConfig::default()
     };
     let run = RunConfig { model_name: "sim/model".into(), ..RunConfig::default() };
-    let config = FsTierConfig {
-        fsync: setup.fsync,
-        o_direct: DirectMode::Auto,
-        max_blocks: setup.max_blocks,
-        ..FsTierConfig::new(ROOT, run, setup.row_bytes)
-    };
-    let fs = FsTier::open_on(&config, Arc::new(disk.clone()), move |o_direct| {
+    let make = move |o_direct| -> std::io::Result<Box<dyn kvtier_fs::Executor>> {
         Ok(Box::new(SimExecutor::new(exec_region, exec_disk, SimConfig { o_direct, ..sim })))
-    })
-    .expect("open the FS tier on the sim disk");
+    };
+    let disk_tier: Box<dyn kvtier_core::SecondaryTier> = match setup.regions {
+        None => {
+            let config = FsTierConfig {
+                fsync: setup.fsync,
+                o_direct: DirectMode::Auto,
+                max_blocks: setup.max_blocks,
+                ..FsTierConfig::new(ROOT, run, setup.row_bytes)
+            };
+            Box::new(FsTier::open_on(&config, Arc::new(disk.clone()), make).expect("open the FS tier on the sim disk"))
+        }
+        Some(regions) => {
+            disk.create_dir_all(Path::new(ROOT)).expect("the device's directory");
+            let region_bytes = 64 << 10;
+            let capacity = kvtier_regions::geometry::HEADER_AREA + u64::from(regions) * region_bytes;
+            let mut config = RegionsTierConfig::new(DEVICE, capacity, run);
+            config.region_bytes = region_bytes;
+            config.fsync = setup.fsync;
+            let tier = RegionsTier::open_on(&config, setup.row_bytes, Arc::new(disk.clone()), make)
+                .expect("open the region engine on the sim disk");
+            Box::new(tier)
+        }
+    };
     let mut tiers: Vec<Box<dyn kvtier_core::SecondaryTier>> = Vec::new();
     if setup.memory_tier {
         tiers.push(Box::new(MemoryTier::new(Some(Arc::new(RegionRows(Arc::clone(&region)))))));
     }
-    tiers.push(Box::new(fs));
+    tiers.push(disk_tier);
     let engine = TieringEngine::new(
         AnyPolicy::new(setup.policy, setup.slots),
         tiers,
@@ -209,25 +232,48 @@ impl World {
         }
     }
 
-    /// The FS tier (the last tier).
-    pub fn fs(&mut self) -> &mut FsTier {
+    /// The FS tier (the last tier), when the world runs one.
+    pub fn fs(&mut self) -> Option<&mut FsTier> {
         let index = usize::from(self.setup.memory_tier);
-        self.engine.tier_mut::<FsTier>(index).expect("the last tier is the FS tier")
+        self.engine.tier_mut::<FsTier>(index)
     }
 
-    /// The universe's keys the FS tier indexes, by index.
+    /// The region engine (the last tier), when the world runs one.
+    pub fn regions(&mut self) -> Option<&mut RegionsTier> {
+        let index = usize::from(self.setup.memory_tier);
+        self.engine.tier_mut::<RegionsTier>(index)
+    }
+
+    /// Whether the disk tier indexes `key`.
+    pub fn disk_contains(&mut self, key: &OffloadKey) -> bool {
+        match self.fs() {
+            Some(fs) => fs.contains(key),
+            None => self.regions().expect("a disk tier").contains(key),
+        }
+    }
+
+    /// The universe's keys the disk tier indexes, by index.
     pub fn indexed(&mut self) -> Vec<u64> {
-        (0..self.setup.keys).filter(|&i| self.fs().contains(&key(i))).collect()
+        (0..self.setup.keys).filter(|&i| self.disk_contains(&key(i))).collect()
     }
 
-    /// Adds the FS tier's and the engine's counters of this boot to the figures (call once per
-    /// boot, before it ends).
+    /// Adds the disk tier's and the engine's counters of this boot to the figures (call once
+    /// per boot, before it ends).
     pub fn account_fs(&mut self) {
-        let s = *self.fs().stats();
-        self.figures.fs_loaded += s.blocks_loaded;
-        self.figures.fs_stored += s.blocks_stored;
-        self.figures.fs_corrupt += s.corrupt;
-        self.figures.faults += s.transient + s.failed;
+        let (loaded, stored, corrupt, faults) = match self.fs() {
+            Some(fs) => {
+                let s = *fs.stats();
+                (s.blocks_loaded, s.blocks_stored, s.corrupt, s.transient + s.failed)
+            }
+            None => {
+                let s = *self.regions().expect("a disk tier").stats();
+                (s.blocks_loaded, s.blocks_stored, s.corrupt, s.transient + s.failed)
+            }
+        };
+        self.figures.fs_loaded += loaded;
+        self.figures.fs_stored += stored;
+        self.figures.fs_corrupt += corrupt;
+        self.figures.faults += faults;
         self.figures.promotions_loaded += self.engine.stats().promotions_loaded;
     }
 
@@ -317,19 +363,35 @@ impl World {
         self.writing.clear();
         self.boots += 1;
         let (region, mut engine) = boot(&self.setup, self.boots, &self.disk);
-        // Start-up verification runs in the background (a little at each poll, on the sim
-        // disk): finish it before the index is looked at.
-        let fs_index = usize::from(self.setup.memory_tier);
-        engine.tier_mut::<FsTier>(fs_index).expect("the FS tier").wait_verified();
+        // The FS tier's start-up verification runs in the background (a little at each poll,
+        // on the sim disk): finish it before the index is looked at. (The region engine
+        // recovers before it opens.)
+        if self.setup.regions.is_none() {
+            let fs_index = usize::from(self.setup.memory_tier);
+            engine.tier_mut::<FsTier>(fs_index).expect("the FS tier").wait_verified();
+        }
         // The old engine (and its dead executor) goes before the new region is used.
         drop(std::mem::replace(&mut self.engine, engine));
         self.region = region;
         let after = self.indexed();
         self.trace.u64(after.len() as u64);
-        let report = self.fs().startup().clone();
+        if self.setup.regions.is_some() {
+            self.check_regions_restart(crash);
+        } else {
+            self.check_fs_restart(crash, &after);
+        }
+        if !crash {
+            assert_eq!(before, after, "seed {seed}: a clean restart changed the index");
+        }
+    }
+
+    /// After a restart of the FS tier: what start-up found, and every indexed block verifies.
+    fn check_fs_restart(&mut self, crash: bool, after: &[u64]) {
+        let seed = self.setup.seed;
+        let report = self.fs().expect("the FS tier").startup().clone();
         self.trace.u64(report.stale_temps_removed as u64);
         assert_eq!(report.foreign_files, 0, "seed {seed}: foreign files after a restart");
-        let layout = self.fs().layout().clone();
+        let layout = self.fs().expect("the FS tier").layout().clone();
         let ns = layout.namespace_bytes();
         self.figures.torn_removed += report.torn_removed as u64;
         if crash {
@@ -340,7 +402,7 @@ impl World {
         }
         let len = self.setup.row_bytes;
         let mut torn = 0;
-        for &i in &after {
+        for &i in after {
             let k = key(i);
             let bytes = self.disk.read(&layout.block_path(&k)).expect("an indexed block exists");
             let payload = bytes.get(HEADER_LEN..HEADER_LEN + len).unwrap_or(&[]);
@@ -353,11 +415,37 @@ impl World {
         // Synced blocks survive a crash whole, unsynced ones are verified at start-up: nothing
         // indexed fails to verify. A clean restart loses nothing.
         assert_eq!(torn, 0, "seed {seed}: a block indexed after a restart does not verify");
-        if !crash {
-            assert_eq!(before, after, "seed {seed}: a clean restart changed the index");
-        }
         let temps = temp_files(&self.disk, layout.rank_dir());
         assert_eq!(temps, 0, "seed {seed}: temp files survived the restart's sweep");
+    }
+
+    /// After a restart of the region engine: recovery's mode, and every indexed block's record
+    /// verifies on the device and holds its key's bytes.
+    fn check_regions_restart(&mut self, crash: bool) {
+        let seed = self.setup.seed;
+        let (fsync, len, keys) = (self.setup.fsync, self.setup.row_bytes, self.setup.keys);
+        let disk = self.disk.clone();
+        let tier = self.regions().expect("the region engine");
+        let rep = tier.recovery().clone();
+        let expected = match (crash, fsync) {
+            (false, _) => Mode::Clean,
+            (true, true) => Mode::Fast,
+            (true, false) => Mode::Verify,
+        };
+        assert_eq!(rep.mode, expected, "seed {seed}: recovery's mode");
+        let (g, ns) = (*tier.geometry(), tier.namespace());
+        for i in 0..keys {
+            let k = key(i);
+            let Some(slot) = tier.slot_of(&k) else { continue };
+            let mut rec = vec![0u8; g.record_bytes as usize];
+            disk.read_at(Path::new(DEVICE), g.slot_offset(slot), &mut rec).expect("the device reads");
+            let payload = &rec[HEADER_LEN..HEADER_LEN + len];
+            let ok = format::decode_header(&rec).and_then(|h| h.check(&ns, &k, payload)).is_ok()
+                && payload == &content(&k, len)[..];
+            assert!(ok, "seed {seed}: block {i} indexed after a restart does not verify");
+        }
+        self.figures.torn_removed += rep.dropped_corrupt;
+        self.trace.u64(rep.dropped_corrupt ^ (rep.dropped_stale << 20));
     }
 
     /// Asserts that the primary row `slot` holds the bytes stored for `key` (`what` names the

@@ -1,6 +1,8 @@
-//! Whole-system deterministic simulation: the engine with a memory tier and an FS tier whose
-//! executor is `kvtier-io-sim` (in-memory disk, seeded latencies and faults), driven by a random
-//! workload for thousands of steps per seed, with crashes and clean restarts.
+//! Whole-system deterministic simulation: the engine with a memory tier and a disk tier (the FS
+//! tier, or for two seeds in five the region engine on a device of 5 to 7 regions, which it
+//! fills and reclaims) whose executor is `kvtier-io-sim` (in-memory disk, seeded latencies and
+//! faults), driven by a random workload for thousands of steps per seed, with crashes and clean
+//! restarts.
 //!
 //! After every step: the primary pool's invariants hold, no tier broke the job protocol, every
 //! caller pin is still held, and every ready block holds exactly the bytes stored for its key
@@ -44,6 +46,9 @@ fn setup(seed: u64) -> SimSetup {
         // A third of the seeds bound the FS tier below the key space, so stores evict (and
         // reuse) disk blocks as well.
         max_blocks: if seed % 3 == 1 { Some(KEYS as usize / 3) } else { None },
+        // Two seeds in five run the region engine instead, on a device smaller than the key
+        // space: stores take reclaimed regions' places.
+        regions: if seed % 5 >= 3 { Some(5 + (seed % 3) as u32) } else { None },
         // Half the seeds run quiet disks; the others with about 0.5 % of each fault per op.
         faults: if seed % 4 == 3 {
             Faults::NONE
@@ -182,7 +187,12 @@ fn the_same_seed_gives_the_same_trace() {
 fn root_is_only_on_the_sim_disk() {
     // The FS tier's own calls (config, scan, probe) went to the sim disk, not the host.
     let mut w = World::new(setup(5));
+    assert!(w.fs().is_some(), "seed 5 runs the FS tier");
     w.engine.shutdown();
     assert!(!Path::new(ROOT).exists(), "{ROOT} must not be created on the host");
     assert!(w.disk.files().iter().any(|p| p.ends_with("config.json")), "config.json is on the sim disk");
+    let mut w = World::new(setup(3));
+    assert!(w.regions().is_some(), "seed 3 runs the region engine");
+    w.engine.shutdown();
+    assert!(w.disk.files().iter().any(|p| p.ends_with("kv.dev")), "the device is on the sim disk");
 }

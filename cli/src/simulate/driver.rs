@@ -58,6 +58,7 @@ use kvtier_core::{
 use kvtier_fs::region::Access;
 use kvtier_fs::FsTier;
 use kvtier_redis::{RedisStats, RedisTier};
+use kvtier_regions::RegionsTier;
 use metrics::{counter, gauge, histogram};
 
 use super::cost::GpuCost;
@@ -397,10 +398,15 @@ impl Offload {
         }
     }
 
-    /// Blocks published by the FS tiers so far.
+    /// Blocks published by the disk tiers (FS tiers, region engines) so far.
     pub fn disk_blocks_stored(&mut self) -> u64 {
         let engine = self.cache.engine();
-        (0..engine.tier_count()).filter_map(|i| engine.tier_mut::<FsTier>(i).map(|t| t.stats().blocks_stored)).sum()
+        (0..engine.tier_count())
+            .filter_map(|i| match engine.tier_mut::<FsTier>(i) {
+                Some(t) => Some(t.stats().blocks_stored),
+                None => engine.tier_mut::<RegionsTier>(i).map(|t| t.stats().blocks_stored),
+            })
+            .sum()
     }
 
     /// The counters of the remote (Redis) tiers so far, summed.

@@ -68,11 +68,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, RedisConfig, TierConfig};
+use kvtier::config::{CacheConfig, ExecutorKind, FsConfig, RedisConfig, RegionsConfig, TierConfig};
 use kvtier::TieredCache;
 use kvtier_core::PolicyKind;
 use kvtier_fs::region::PrimaryRegion;
 use kvtier_fs::FsTier;
+use kvtier_regions::RegionsTier;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::args::{config_value, parse_size};
@@ -181,6 +182,11 @@ pub struct SimulateArgs {
     /// Executor of the disk tier: threaded, uring, sim or auto [default: auto]
     #[arg(long, value_parser = config_value::<ExecutorKind>)]
     pub executor: Option<ExecutorKind>,
+    /// Disk engine of the disk tiers: `files` (the FS tier, a file per block) or `regions` (the
+    /// region engine: one device file, `regions.dev` in --dir, of --disk-bytes, headers and
+    /// summaries included) [default: files, or the config's]
+    #[arg(long, value_enum)]
+    pub disk_engine: Option<DiskEngine>,
     /// Eviction policy of the CPU tier: lru or arc [default: lru]
     #[arg(long, value_parser = config_value::<PolicyKind>)]
     pub policy: Option<PolicyKind>,
@@ -210,7 +216,7 @@ pub struct SimulateArgs {
     /// tiers: CPU -> disk -> Redis (with --no-disk, CPU -> Redis)
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
-    /// No disk tier (the config's fs tiers are left out): with a remote tier, CPU -> Redis
+    /// No disk tier (the config's fs and regions tiers are left out): with a remote tier, CPU -> Redis
     #[arg(long)]
     pub no_disk: bool,
     /// Inference servers, each with its own GPU, CPU tier and disk, sharing the remote tier; a
@@ -230,6 +236,18 @@ pub struct SimulateArgs {
     #[arg(long)]
     pub quiet: bool,
 }
+
+/// A disk engine `--disk-engine` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiskEngine {
+    /// The FS tier: a file per block.
+    Files,
+    /// The region engine: one device cut into regions.
+    Regions,
+}
+
+/// The device file of a region engine the simulator makes in `dir`.
+pub const REGIONS_DEVICE: &str = "regions.dev";
 
 fn default_fs(root: &Path) -> FsConfig {
     let mut fs = FsConfig::new(root);
@@ -274,43 +292,73 @@ pub fn cache_config(
     if let Some(p) = args.policy {
         cfg.policy = p;
     }
-    let fs_tiers = cfg.tiers.iter().filter(|t| matches!(t, TierConfig::Fs(_))).count();
+    let disk_tiers = cfg.tiers.iter().filter(|t| matches!(t, TierConfig::Fs(_) | TierConfig::Regions(_))).count();
     for (flag, given) in [
         ("--dir", args.dir.is_some()),
         ("--executor", args.executor.is_some()),
         ("--disk-bytes", args.disk_bytes.is_some()),
+        ("--disk-engine", args.disk_engine.is_some()),
     ] {
-        if given && fs_tiers == 0 {
-            return Err(format!("{flag}: the configuration has no fs tier for it to set").into());
+        if given && disk_tiers == 0 {
+            return Err(format!("{flag}: the configuration has no disk tier (fs or regions) for it to set").into());
         }
     }
+    let disk_bytes =
+        (args.disk_bytes.is_some() || args.config.is_none()).then(|| args.disk_bytes.unwrap_or(DEFAULT_DISK_BYTES));
     for tier in &mut cfg.tiers {
-        if let TierConfig::Fs(fs) = tier {
-            if let Some(dir) = &args.dir {
-                fs.root_dir = dir.clone();
-            }
-            if let Some(e) = args.executor {
-                fs.executor = e;
-            }
-            if args.dir.is_some() && fs.executor == ExecutorKind::Sim {
-                return Err("--dir: the sim executor keeps the disk tier in memory, in no directory".into());
-            }
-            if args.disk_bytes.is_some() || args.config.is_none() {
-                let bytes = args.disk_bytes.unwrap_or(DEFAULT_DISK_BYTES);
-                let blocks = usize::try_from(bytes / block_bytes as u64)?;
-                if blocks == 0 {
-                    return Err(format!(
-                        "--disk-bytes {bytes}: the disk tier holds no block of {} (raise it or lower --bytes-per-token)",
-                        size(block_bytes as f64)
-                    )
-                    .into());
+        if let (TierConfig::Fs(fs), Some(DiskEngine::Regions)) = (&*tier, args.disk_engine) {
+            // The same disk tier on the region engine: a device file where the FS tier's root
+            // was, of the bytes the FS tier was bounded to.
+            let bytes = disk_bytes.or(fs.max_blocks.map(|n| (n * block_bytes) as u64)).unwrap_or(DEFAULT_DISK_BYTES);
+            let mut r = RegionsConfig::new(fs.root_dir.join(REGIONS_DEVICE), bytes);
+            r.executor = fs.executor;
+            r.o_direct = fs.o_direct;
+            r.rank = fs.rank;
+            r.model_name.clone_from(&fs.model_name);
+            *tier = TierConfig::Regions(Box::new(r));
+        }
+        match tier {
+            TierConfig::Fs(fs) => {
+                if let Some(dir) = &args.dir {
+                    fs.root_dir = dir.clone();
                 }
-                fs.max_blocks = Some(blocks);
+                if let Some(e) = args.executor {
+                    fs.executor = e;
+                }
+                if args.dir.is_some() && fs.executor == ExecutorKind::Sim {
+                    return Err("--dir: the sim executor keeps the disk tier in memory, in no directory".into());
+                }
+                if let Some(bytes) = disk_bytes {
+                    let blocks = usize::try_from(bytes / block_bytes as u64)?;
+                    if blocks == 0 {
+                        return Err(format!(
+                            "--disk-bytes {bytes}: the disk tier holds no block of {} (raise it or lower --bytes-per-token)",
+                            size(block_bytes as f64)
+                        )
+                        .into());
+                    }
+                    fs.max_blocks = Some(blocks);
+                }
             }
+            TierConfig::Regions(r) => {
+                if let Some(dir) = &args.dir {
+                    r.path = dir.join(REGIONS_DEVICE);
+                }
+                if let Some(e) = args.executor {
+                    r.executor = e;
+                }
+                if args.dir.is_some() && r.executor == ExecutorKind::Sim {
+                    return Err("--dir: the sim executor keeps the disk tier in memory, in no directory".into());
+                }
+                if let Some(bytes) = disk_bytes {
+                    r.capacity = kvtier::config::Bytes(bytes);
+                }
+            }
+            TierConfig::Memory(_) | TierConfig::Redis(_) => {}
         }
     }
     if args.no_disk {
-        cfg.tiers.retain(|t| !matches!(t, TierConfig::Fs(_)));
+        cfg.tiers.retain(|t| !matches!(t, TierConfig::Fs(_) | TierConfig::Regions(_)));
     }
     if let Some(url) = &args.redis {
         let mut redis = RedisConfig::new(url.clone());
@@ -334,13 +382,20 @@ pub fn cache_config(
 }
 
 /// Server `i`'s configuration of `n`: its own disk directory (`server-{i}` under the fs
-/// tiers' roots) when there are several.
+/// tiers' roots, beside a region device) when there are several.
 fn server_config(cfg: &CacheConfig, i: usize, n: usize) -> CacheConfig {
     let mut c = cfg.clone();
     if n > 1 {
         for tier in &mut c.tiers {
-            if let TierConfig::Fs(fs) = tier {
-                fs.root_dir = fs.root_dir.join(format!("server-{i}"));
+            match tier {
+                TierConfig::Fs(fs) => fs.root_dir = fs.root_dir.join(format!("server-{i}")),
+                // A region device has one owner: each server its own device.
+                TierConfig::Regions(r) => {
+                    let (dir, name) =
+                        (r.path.parent().unwrap_or(Path::new("")), r.path.file_name().unwrap_or_default());
+                    r.path = dir.join(format!("server-{i}")).join(name);
+                }
+                TierConfig::Memory(_) | TierConfig::Redis(_) => {}
             }
         }
     }
@@ -499,6 +554,27 @@ fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
                 },
                 tier.startup().blocks_indexed
             ),
+            (TierConfig::Regions(_), _) => match engine.tier_mut::<RegionsTier>(i) {
+                Some(tier) => {
+                    let g = tier.geometry();
+                    let rep = tier.recovery();
+                    format!(
+                        "disk (regions) at {}: {} executor, O_DIRECT {}, {:.1} GiB in {} regions of {} MiB ({} slots), \
+                         {} blocks already there (recovered in {:.0} ms: {} dropped as corrupt)",
+                        tier.path().display(),
+                        tier.executor_name(),
+                        if tier.o_direct() { "on" } else { "off (buffered I/O)" },
+                        g.capacity as f64 / (1u64 << 30) as f64,
+                        g.regions,
+                        g.region_bytes >> 20,
+                        g.slots(),
+                        rep.blocks_indexed,
+                        rep.duration.as_secs_f64() * 1e3,
+                        rep.dropped_corrupt
+                    )
+                }
+                None => "disk (regions)".to_string(),
+            },
             _ => "memory".to_string(),
         })
         .collect()
@@ -744,7 +820,19 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
 
     bar.reset();
     bar.set_message("kvtier");
-    let mut caches = (0..n).map(|i| TieredCache::new(&server_config(&cfg, i, n))).collect::<Result<Vec<_>, _>>()?;
+    let mut caches = Vec::with_capacity(n);
+    for i in 0..n {
+        let server = server_config(&cfg, i, n);
+        for tier in &server.tiers {
+            // A region device is created in a directory that exists (the FS tier makes its root).
+            if let TierConfig::Regions(r) = tier {
+                if let Some(dir) = r.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                }
+            }
+        }
+        caches.push(TieredCache::new(&server)?);
+    }
     for cache in &mut caches {
         let engine = cache.engine();
         for i in 0..engine.tier_count() {
@@ -855,6 +943,15 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
                     "disk tier: {n} blocks, {} here = {} at the model's size",
                     size(n as f64 * bb as f64),
                     size(n as f64 * bb as f64 * byte_scale)
+                ));
+            }
+        }
+        if let TierConfig::Regions(r) = tier {
+            if byte_scale > 1.0 {
+                scaled.push(format!(
+                    "disk tier: a region device of {} here = {} at the model's size",
+                    size(r.capacity.0 as f64),
+                    size(r.capacity.0 as f64 * byte_scale)
                 ));
             }
         }
@@ -1077,6 +1174,26 @@ mod tests {
             let err = check_flags(&parse(&["--redis=redis://h:1", &format!("--servers={n}")])).unwrap_err();
             assert!(err.contains("--servers"), "{err}");
         }
+    }
+
+    #[test]
+    fn disk_engine_regions_puts_the_disk_tier_on_a_device() {
+        let args = SimulateArgs::try_parse_from([
+            "simulate",
+            "--disk-engine=regions",
+            "--dir=/d",
+            "--disk-bytes=1G",
+            "--executor=threaded",
+        ])
+        .unwrap();
+        let cfg = cache_config(&args, None, 2 << 20).unwrap();
+        let TierConfig::Regions(r) = &cfg.tiers[0] else { panic!("regions tier expected: {:?}", cfg.tiers) };
+        assert_eq!(
+            (r.path.as_path(), r.capacity.0, r.executor),
+            (Path::new("/d/regions.dev"), 1 << 30, ExecutorKind::Threaded)
+        );
+        assert_eq!(r.model_name.as_deref(), Some("meta-llama/Llama-3.1-8B"), "the FS tier's run config is kept");
+        assert!(SimulateArgs::try_parse_from(["simulate", "--disk-engine=blocks"]).is_err());
     }
 
     #[test]

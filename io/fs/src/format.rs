@@ -21,12 +21,21 @@
 //! | 96 | 8 | payload length (u64) | the row size in bytes |
 //! | 104 | 4 | payload checksum (u32) | CRC-32C of the payload (not of its padding) |
 //! | 108 | 4 | header checksum (u32) | CRC-32C of bytes `0..108` |
-//! | 112 | 3984 | reserved | zero |
+//! | 112 | 8 | sequence (u64) | 0 for a block file; a disk engine's record sequence number |
+//! | 120 | 4 | sequence checksum (u32) | 0 when the sequence is 0; else CRC-32C of bytes `0..120` |
+//! | 124 | 3972 | reserved | zero |
+//!
+//! The sequence is what a region-based disk engine (`kvtier-regions`) numbers its records
+//! with, so its recovery can tell a newer copy of a block from an older one. A block file
+//! carries none: its bytes `112..124` are zero, exactly as before the field existed, so block
+//! files written before and after read the same.
 //!
 //! [`decode_header`] checks, in order: length, magic, version, header length (so a future
-//! layout is reported as such, not as a checksum failure), header checksum, key length, and
-//! that every padding and reserved byte is zero. [`Header::check`] then matches it against the
-//! expected namespace, key and payload. Neither ever panics, whatever the input.
+//! layout is reported as such, not as a checksum failure), header checksum, key length, the
+//! sequence and its checksum, and that every padding and reserved byte is zero.
+//! [`Header::check`] then matches it against the expected namespace, key and payload (not the
+//! sequence, which says which copy, not what it holds). Neither ever panics, whatever the
+//! input.
 
 use core::fmt;
 
@@ -61,8 +70,15 @@ pub const OFF_PAYLOAD_LEN: usize = 96;
 pub const OFF_PAYLOAD_CRC: usize = 104;
 /// Offset of the header CRC-32C (u32), computed over bytes `0..OFF_HEADER_CRC`.
 pub const OFF_HEADER_CRC: usize = 108;
-/// End of the meaningful header fields; bytes from here to [`HEADER_LEN`] are zero.
+/// End of the fields every header carries (the sequence follows).
 pub const FIELDS_END: usize = 112;
+/// Offset of the sequence (u64; 0: none).
+pub const OFF_SEQ: usize = 112;
+/// Offset of the sequence checksum (u32), CRC-32C of bytes `0..OFF_SEQ_CRC`; 0 without a
+/// sequence.
+pub const OFF_SEQ_CRC: usize = 120;
+/// End of the meaningful header bytes; bytes from here to [`HEADER_LEN`] are zero.
+pub const SEQ_END: usize = 124;
 
 /// A decoded native header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +91,8 @@ pub struct Header {
     pub payload_len: u64,
     /// CRC-32C of the payload.
     pub payload_crc: u32,
+    /// The record's sequence number (0: none, a block file).
+    pub seq: u64,
 }
 
 /// Why a native block file is not the expected block. Every variant means the file is corrupt
@@ -193,7 +211,13 @@ impl Header {
             key: k,
             payload_len: payload.len() as u64,
             payload_crc: crc32c::crc32c(payload),
+            seq: 0,
         }
+    }
+
+    /// The same header with sequence number `seq` (0: none).
+    pub fn with_seq(self, seq: u64) -> Self {
+        Header { seq, ..self }
     }
 
     /// The key bytes the header carries.
@@ -214,6 +238,11 @@ impl Header {
         out[OFF_PAYLOAD_CRC..OFF_PAYLOAD_CRC + 4].copy_from_slice(&self.payload_crc.to_le_bytes());
         let crc = crc32c::crc32c(&out[..OFF_HEADER_CRC]);
         out[OFF_HEADER_CRC..OFF_HEADER_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        if self.seq != 0 {
+            out[OFF_SEQ..OFF_SEQ + 8].copy_from_slice(&self.seq.to_le_bytes());
+            let crc = crc32c::crc32c(&out[..OFF_SEQ_CRC]);
+            out[OFF_SEQ_CRC..OFF_SEQ_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        }
     }
 
     /// Namespace and key match.
@@ -249,6 +278,17 @@ impl Header {
 /// Writes the native header for `payload` stored under `namespace` as `key` into `out`.
 pub fn encode_header(namespace: &[u8; NAMESPACE_LEN], key: &OffloadKey, payload: &[u8], out: &mut [u8; HEADER_LEN]) {
     Header::for_payload(namespace, key, payload).encode(out);
+}
+
+/// [`encode_header`] with a record sequence number (0: none).
+pub fn encode_record_header(
+    namespace: &[u8; NAMESPACE_LEN],
+    key: &OffloadKey,
+    seq: u64,
+    payload: &[u8],
+    out: &mut [u8; HEADER_LEN],
+) {
+    Header::for_payload(namespace, key, payload).with_seq(seq).encode(out);
 }
 
 /// Checks a whole native block file's bytes: a header that decodes, names `namespace` and
@@ -295,9 +335,20 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, FormatError> {
         return Err(FormatError::BadKeyLen(key_len));
     }
     let key: [u8; MAX_KEY_LEN] = array(h, OFF_KEY);
+    let seq = u64::from_le_bytes(array(h, OFF_SEQ));
+    let seq_crc = u32::from_le_bytes(array(h, OFF_SEQ_CRC));
+    if (seq, seq_crc) != (0, 0) {
+        if crc32c::crc32c(&h[..OFF_SEQ_CRC]) != seq_crc {
+            return Err(FormatError::HeaderChecksum);
+        }
+        if seq == 0 {
+            // A checksummed zero: not what `encode` writes for "no sequence".
+            return Err(FormatError::ReservedNotZero);
+        }
+    }
     let padding = &key[usize::from(key_len)..];
     let reserved = &h[OFF_RESERVED..OFF_PAYLOAD_LEN];
-    let tail = &h[FIELDS_END..];
+    let tail = &h[SEQ_END..];
     if padding.iter().chain(reserved).chain(tail).any(|&b| b != 0) {
         return Err(FormatError::ReservedNotZero);
     }
@@ -307,6 +358,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, FormatError> {
         key,
         payload_len: u64::from_le_bytes(array(h, OFF_PAYLOAD_LEN)),
         payload_crc: u32::from_le_bytes(array(h, OFF_PAYLOAD_CRC)),
+        seq,
     })
 }
 
@@ -343,6 +395,7 @@ mod tests {
         assert_eq!(OFF_KEY + MAX_KEY_LEN, OFF_RESERVED);
         assert_eq!(OFF_RESERVED + 3, OFF_PAYLOAD_LEN);
         assert_eq!(OFF_HEADER_CRC + 4, FIELDS_END);
+        assert_eq!((OFF_SEQ, OFF_SEQ + 8, OFF_SEQ_CRC + 4), (FIELDS_END, OFF_SEQ_CRC, SEQ_END));
         assert_eq!(padded_payload_len(0), 0);
         assert_eq!(padded_payload_len(1), 4096);
         assert_eq!(padded_payload_len(4096), 4096);
@@ -380,8 +433,9 @@ mod tests {
             OFF_MAGIC..OFF_VERSION => FormatError::BadMagic,
             OFF_VERSION..OFF_HEADER_LEN => FormatError::UnsupportedVersion(VERSION ^ flip(OFF_VERSION)),
             OFF_HEADER_LEN..OFF_NAMESPACE => FormatError::BadHeaderLen(HEADER_LEN as u32 ^ flip(OFF_HEADER_LEN)),
-            // Everything else up to the header checksum, and the checksum itself.
-            OFF_NAMESPACE..FIELDS_END => FormatError::HeaderChecksum,
+            // Everything else up to the header checksum, and the checksum itself; a flip in
+            // the (absent) sequence or its checksum fails the sequence checksum.
+            OFF_NAMESPACE..SEQ_END => FormatError::HeaderChecksum,
             _ => FormatError::ReservedNotZero,
         }
     }
@@ -398,6 +452,38 @@ mod tests {
                 assert_eq!(got, Err(expected_reason(byte, bit)), "byte {byte} bit {bit}");
             }
         }
+    }
+
+    /// A record header carries its sequence under a checksum of its own; every bit of it and
+    /// of the fields before it is covered, and a block file's header (no sequence) is the same
+    /// bytes as before the field existed.
+    #[test]
+    fn sequences_round_trip_and_are_checked() {
+        let (k, p) = (key(), payload());
+        let plain = encoded(&k, &p);
+        assert!(plain[FIELDS_END..].iter().all(|&b| b == 0), "no sequence: the old layout");
+        let mut rec = [0u8; HEADER_LEN];
+        encode_record_header(&NS, &k, 0x0123_4567_89ab_cdef, &p, &mut rec);
+        assert_eq!(&rec[..FIELDS_END], &plain[..FIELDS_END], "the fields before it are unchanged");
+        let h = decode_header(&rec).unwrap();
+        assert_eq!(
+            (h.seq, h),
+            (0x0123_4567_89ab_cdef, Header::for_payload(&NS, &k, &p).with_seq(0x0123_4567_89ab_cdef))
+        );
+        h.check(&NS, &k, &p).unwrap();
+        for byte in 0..SEQ_END {
+            for bit in 0..8u8 {
+                let mut bad = rec;
+                bad[byte] ^= 1 << bit;
+                let got = decode_header(&bad).and_then(|h| h.check(&NS, &k, &p));
+                assert!(got.is_err(), "byte {byte} bit {bit} of a record header went unnoticed");
+            }
+        }
+        // A checksummed zero sequence is not how "none" is written.
+        let mut zero = plain;
+        let crc = crc32c::crc32c(&zero[..OFF_SEQ_CRC]);
+        zero[OFF_SEQ_CRC..SEQ_END].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&zero), Err(FormatError::ReservedNotZero));
     }
 
     #[test]

@@ -96,6 +96,38 @@ impl BlockLayout {
         tail.fill(0);
         tail[..self.block - from_row].copy_from_slice(&row[from_row..self.block]);
     }
+
+    /// Prepares a store of `row` in `format`: a native block's header, with sequence number
+    /// `seq`, goes into `header`, and its zero-padded last page into `tail` when the row's
+    /// bytes past the block are not zero. Returns `(from_row, tail)`: the file holds the
+    /// header (native), then `row[..from_row]`, then `tail[..tail]` (see
+    /// [`store_split`](Self::store_split); a vLLM block is `row[..block]` alone).
+    pub fn encode_store(
+        &self,
+        format: &BlockFormat,
+        seq: u64,
+        row: &[u8],
+        header: &mut [u8; HEADER_LEN],
+        tail: &mut [u8],
+    ) -> (usize, usize) {
+        let BlockFormat::Native { namespace, key } = format else { return (self.block, 0) };
+        format::encode_record_header(namespace, key, seq, &row[..self.block], header);
+        let (from_row, tail_len) = self.store_split(row);
+        if tail_len > 0 {
+            self.fill_tail(row, from_row, tail);
+        }
+        (from_row, tail_len)
+    }
+}
+
+impl BlockFormat {
+    /// Checks a loaded block: a native block's `header` against the format's namespace and key
+    /// and the payload `block` (the row's first `row_bytes`); a vLLM block has nothing to
+    /// check. `Err` is the corruption's reason ([`crate::Outcome::Corrupt`]).
+    pub fn verify(&self, header: &[u8], block: &[u8]) -> Result<(), &'static str> {
+        let BlockFormat::Native { namespace, key } = self else { return Ok(()) };
+        format::decode_header(header).and_then(|h| h.check(namespace, key, block)).map_err(|e| e.reason())
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //! - [`namespace`]: the vLLM-compatible directory layout, run config and paths.
 //! - [`mod@format`]: the on-disk block formats (vLLM's raw rows; the native checksummed header).
 //! - [`index`]: the in-memory index of blocks on disk, with recency for eviction.
+//! - [`jobs`]: a tier's jobs in flight on the core's job table (the FS tier's, a disk
+//!   engine's).
 //! - [`tmpname`]: temp-file and open-marker names, and how to tell a dead process's.
 //! - [`vfs`]: the file-system calls the tier makes itself ([`vfs::HostFs`], or a simulated disk).
 //!
@@ -42,6 +44,7 @@ pub mod direct;
 pub mod files;
 pub mod format;
 pub mod index;
+pub mod jobs;
 pub mod layout;
 pub mod namespace;
 pub mod op;
@@ -58,6 +61,8 @@ pub mod vfs;
 
 pub use direct::DIRECT_ALIGN;
 pub use layout::BlockLayout;
-pub use op::{BlockFormat, Evict, Executor, Extent, FileId, FileOp, Full, Target, Wait};
+pub use op::{
+    Batch, BatchBlock, BatchData, BatchFull, BlockFormat, Evict, Executor, Extent, FileId, FileOp, Full, Target, Wait,
+};
 pub use outcome::{OpError, Outcome};
 pub use tier::{FsStats, FsTier, FsTierConfig, StartupReport, StorageFormat};

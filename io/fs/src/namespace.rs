@@ -541,15 +541,11 @@ fn write_config(fs: &dyn Vfs, base: &Path, path: &Path, cfg: &RunConfig) -> Resu
     })
 }
 
-/// Compares a run config's JSON text with `cfg` as [`ensure_config`] compares `config.json`
-/// (field by field, an absent optional field meaning its default), for namespaces kept
-/// elsewhere than on a file system (a remote tier's config record); `origin` names where the
-/// text came from in the error.
-pub fn check_config_text(origin: &Path, bytes: &[u8], cfg: &RunConfig) -> Result<(), NamespaceError> {
-    compare_config(origin, bytes, cfg)
-}
-
-fn compare_config(path: &Path, bytes: &[u8], cfg: &RunConfig) -> Result<(), NamespaceError> {
+/// Checks that `bytes`, the run config found at `path` (a `config.json`, a disk engine's
+/// device header, a remote tier's config record), describes `cfg` as [`ensure_config`] checks
+/// `config.json`: `Mismatch` names the fields that differ (an absent optional field means its
+/// default, on either side).
+pub fn compare_config(path: &Path, bytes: &[u8], cfg: &RunConfig) -> Result<(), NamespaceError> {
     let invalid = |reason: String| NamespaceError::Invalid { path: path.to_owned(), reason };
     let disk: Value = serde_json::from_slice(bytes).map_err(|e| invalid(e.to_string()))?;
     let Value::Object(disk) = disk else {

@@ -21,6 +21,29 @@
 //!   extent's `len` must be the block's [`crate::layout::BlockLayout::file_len`]; an extent op
 //!   never evicts. `O_DIRECT` is used where the transfer and the offset are aligned, as for
 //!   files.
+//!
+//! # Batches
+//!
+//! [`Executor::submit_batch`] writes a [`Batch`] at one offset of an opened file as **one
+//! transfer** (a disk engine appends a job's blocks to its open region with one large write):
+//!
+//! - [`BatchData::Blocks`]: rows, each laid out as its [`BlockFormat`] says (the native header,
+//!   carrying the block's sequence number, then the zero-padded payload), back to back. The
+//!   payloads are written straight from the rows (no copy) where `O_DIRECT` alignment allows;
+//!   only headers (and a row's dirty last page) come from the executor's own pages. Every row
+//!   is leased at submission (a refused lease fails the whole batch, nothing written).
+//! - [`BatchData::Bytes`]: bytes the op owns (a disk engine's own metadata: a region's
+//!   summary), written as they are.
+//! - [`BatchData::Copy`]: one block moved within the file (a disk engine reinserting a hot
+//!   block): the record at `from` is read and verified like a load (a record that fails is
+//!   `Corrupt`, and nothing is written), then written at the batch's offset with a new
+//!   sequence number.
+//!
+//! Every part of a batch (one per block, one for bytes or a copy) is finished with the batch's
+//! one outcome, after its leases were dropped; with `sync` the file is `fdatasync`ed before.
+//! A batch is one op for [`Executor::in_flight`] and [`Executor::poll`]. A batch that cannot
+//! run as asked (an unknown file, no block, parts that do not match its blocks) fails every
+//! part it was given with [`crate::OpError::Invalid`].
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -116,6 +139,76 @@ pub struct Evict {
     pub reuse: bool,
 }
 
+/// One block of a [`BatchData::Blocks`] batch.
+#[derive(Debug, Clone)]
+pub struct BatchBlock {
+    /// The primary slot written from.
+    pub slot: SlotId,
+    /// The block's layout (and, native, its namespace and key).
+    pub format: BlockFormat,
+    /// The sequence number its native header carries (0: none; ignored in the vLLM format).
+    pub seq: u64,
+}
+
+/// What a [`Batch`] writes. See the module docs.
+#[derive(Debug, Clone)]
+pub enum BatchData {
+    /// Rows laid out back to back, each in its format. One part per block.
+    Blocks(Vec<BatchBlock>),
+    /// Bytes the op owns, written as they are. One part.
+    Bytes(Vec<u8>),
+    /// The block at `from`, laid out as `format` says, read, verified and rewritten at the
+    /// batch's offset with sequence number `seq`. One part.
+    Copy {
+        /// Where the record is now.
+        from: u64,
+        /// Its layout, namespace and key (what it is verified against).
+        format: BlockFormat,
+        /// The sequence number of the copy.
+        seq: u64,
+    },
+}
+
+impl BatchData {
+    /// How many parts a batch of this data reports: one per block, one otherwise.
+    pub fn parts(&self) -> usize {
+        match self {
+            BatchData::Blocks(blocks) => blocks.len(),
+            BatchData::Bytes(_) | BatchData::Copy { .. } => 1,
+        }
+    }
+}
+
+/// A write at one offset of a file the executor opened, as one transfer. See the module docs.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The file ([`Executor::open_file`]).
+    pub file: FileId,
+    /// Where the batch's first byte goes.
+    pub offset: u64,
+    /// What is written.
+    pub data: BatchData,
+    /// `fdatasync` the file before reporting.
+    pub sync: bool,
+}
+
+/// The executor's queue is full; the batch was not accepted (it comes back with its parts).
+#[derive(Debug)]
+pub struct BatchFull {
+    /// The batch.
+    pub batch: Batch,
+    /// Its parts, unreported.
+    pub parts: Vec<Part>,
+}
+
+impl std::fmt::Display for BatchFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "executor queue full (a batch of {} parts)", self.parts.len())
+    }
+}
+
+impl std::error::Error for BatchFull {}
+
 /// How long [`Executor::poll`] may wait for a completion when none is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -157,6 +250,11 @@ pub trait Executor: Send {
     // rare path, not worth a box on every refusal.
     #[allow(clippy::result_large_err)]
     fn submit(&mut self, op: FileOp, part: Part) -> Result<(), Full>;
+    /// Queues `batch`, to be reported through `parts` (one per block, or one; see the module
+    /// docs); never blocks. After `shutdown`, batches are accepted and finish `Cancelled`.
+    // As `submit`: the batch comes back by value, on the rare path.
+    #[allow(clippy::result_large_err)]
+    fn submit_batch(&mut self, batch: Batch, parts: Vec<Part>) -> Result<(), BatchFull>;
     /// Moves ops on and returns how many finished (their parts reported) since the last call,
     /// first waiting as `wait` allows if none did.
     ///

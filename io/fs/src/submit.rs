@@ -7,8 +7,10 @@
 
 use std::sync::Arc;
 
-use crate::op::FileOp;
-use crate::outcome::Outcome;
+use kvtier_core::Part;
+
+use crate::op::{Batch, BatchData, FileOp};
+use crate::outcome::{OpError, Outcome};
 use crate::region::{Access, Lease, PrimaryRegion};
 
 /// Why an executor does not run a submitted op.
@@ -34,6 +36,45 @@ pub fn admit(region: &Arc<PrimaryRegion>, op: &FileOp, stopped: bool, has_room: 
         return Err(Refusal::Full);
     }
     lease_row(region, op).map_err(Refusal::Finished)
+}
+
+/// The prologue of a batch ([`crate::Executor::submit_batch`]), in this order: stopped
+/// (`Cancelled`), no room (`Full`), a batch that cannot run as asked (an unknown file: `!known`;
+/// no block; parts that do not match its data: `Failed(Invalid)`), then a read lease on every
+/// row it writes (a refused one fails the batch, and the leases taken so far are released).
+pub fn admit_batch(
+    region: &Arc<PrimaryRegion>,
+    batch: &Batch,
+    parts: usize,
+    known: bool,
+    stopped: bool,
+    has_room: bool,
+) -> Result<Vec<Lease>, Refusal> {
+    if stopped {
+        return Err(Refusal::Finished(Outcome::Cancelled));
+    }
+    if !has_room {
+        return Err(Refusal::Full);
+    }
+    let empty = matches!(&batch.data, BatchData::Blocks(b) if b.is_empty());
+    if !known || empty || parts != batch.data.parts() {
+        return Err(Refusal::Finished(Outcome::Failed(OpError::Invalid)));
+    }
+    match &batch.data {
+        BatchData::Blocks(blocks) => blocks
+            .iter()
+            .map(|b| region.lease(b.slot, Access::Read).map_err(|e| Refusal::Finished(Outcome::Failed(e.into()))))
+            .collect(),
+        BatchData::Bytes(_) | BatchData::Copy { .. } => Ok(Vec::new()),
+    }
+}
+
+/// Finishes every part of a batch with `outcome` (its leases must be gone already).
+pub fn finish_parts(parts: Vec<Part>, outcome: Outcome) {
+    let code = outcome.code();
+    for part in parts {
+        part.finish(code);
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! The syscalls the crate makes itself without a safe wrapper in `std` (at the workspace's
-//! minimum Rust version): `syncfs`, the open-file-description record locks of open markers
-//! (`fcntl(F_OFD_SETLK / F_OFD_GETLK)`), the primary region's `flock`, and `geteuid`. The one
-//! module of the tier proper with `unsafe`.
+//! The syscalls the crate (and a disk engine, through [`crate::vfs::HostFs`]) makes itself
+//! without a safe wrapper in `std` (at the workspace's minimum Rust version): `syncfs`, the
+//! open-file-description record locks of open markers (`fcntl(F_OFD_SETLK / F_OFD_GETLK)`),
+//! the `flock` of the primary region and of a disk engine's device, `fallocate` and `geteuid`.
+//! The one module of the tier proper with `unsafe`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -77,5 +78,20 @@ pub(crate) fn syncfs(fd: BorrowedFd<'_>) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// `fallocate(fd, 0, 0, len)`: allocates the file's first `len` bytes (reading as zeros).
+pub(crate) fn fallocate(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
+    loop {
+        // SAFETY: `fallocate` takes no pointer; the borrow keeps the descriptor open.
+        if unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kvtier_core::{Completions, Job, JobId, JobTableStats, OffloadKey, Part, ReqContext, SecondaryTier, SlotId};
 use kvtier_fs::direct::DirectMode;
 use kvtier_fs::namespace::RunConfig;
-use kvtier_fs::{Executor, FileId, FileOp, FsTier, FsTierConfig, Full, Outcome, Wait};
+use kvtier_fs::{Batch, BatchFull, Executor, FileId, FileOp, FsTier, FsTierConfig, Full, Outcome, Wait};
 
 /// An executor whose ops "succeed" on a thread of its own, in the order submitted, without
 /// touching the disk: what matters here is where their reports go. Its `poll` counts finished
@@ -51,6 +51,11 @@ impl Executor for OffThread {
             }
             None => Err(Full { op, part }),
         }
+    }
+
+    fn submit_batch(&mut self, batch: Batch, parts: Vec<Part>) -> Result<(), BatchFull> {
+        // The FS tier makes no batch.
+        Err(BatchFull { batch, parts })
     }
 
     fn poll(&mut self, wait: Wait) -> std::io::Result<usize> {

@@ -93,6 +93,19 @@ impl Vfs for Wrapped {
     fn len(&self, path: &Path) -> io::Result<u64> {
         self.disk.len(path)
     }
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.check(path)?;
+        self.disk.read_at(path, offset, buf)
+    }
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+        self.disk.write_at(path, offset, bytes, sync)
+    }
+    fn create_sized(&self, path: &Path, len: u64) -> io::Result<()> {
+        self.disk.create_sized(path, len)
+    }
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        self.disk.lock(path)
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.disk.rename(from, to)
     }

@@ -420,7 +420,7 @@ pub(crate) fn check_record(shared: &Shared, con: &mut Conn) -> io::Result<()> {
         other => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("GET config: {other:?}"))),
     };
     let origin = std::path::PathBuf::from(&shared.config_key);
-    match kvtier_fs::namespace::check_config_text(&origin, &text, &shared.cfg.effective_run_config()) {
+    match kvtier_fs::namespace::compare_config(&origin, &text, &shared.cfg.effective_run_config()) {
         Ok(()) => {
             shared.namespace_state.store(NS_OK, Ordering::Release);
             Ok(())

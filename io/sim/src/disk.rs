@@ -629,6 +629,44 @@ impl Vfs for SimDisk {
         self.lock().file(path).map(|i| i.data.len() as u64)
     }
 
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let s = self.lock();
+        let data = &s.file(path)?.data;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+
+    /// As an extent store: in place, durable with `sync`, else a dirty range (see the crash
+    /// model).
+    fn write_at(&self, path: &Path, offset: u64, bytes: &[u8], sync: bool) -> io::Result<()> {
+        let (generation, ino) = {
+            let s = self.lock();
+            match s.entry(path) {
+                Some(Entry::File(ino)) => (s.generation, ino),
+                Some(Entry::Dir) => return Err(err(libc::EISDIR)),
+                None => return Err(err(libc::ENOENT)),
+            }
+        };
+        SimDisk::write_at(self, generation, ino, offset, bytes, sync)
+    }
+
+    fn create_sized(&self, path: &Path, len: u64) -> io::Result<()> {
+        let len = usize::try_from(len).map_err(|_| err(libc::EFBIG))?;
+        self.lock().create_file(path, vec![0; len], true)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<Box<dyn std::any::Any + Send + Sync>> {
+        let mut s = self.lock();
+        let Some(Entry::File(ino)) = s.entry(path) else { return Err(err(libc::ENOENT)) };
+        // A lock of a crashed process died with it (see `crash`).
+        if s.locks.iter().any(|l| l.ino == ino) {
+            return Err(err(libc::EWOULDBLOCK));
+        }
+        Ok(Box::new(self.take_lock(&mut s, ino, true)))
+    }
+
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.lock().rename(from, to)
     }

@@ -32,6 +32,11 @@
 //! An op is reported (its part finished) when the `poll` that completes it runs, so the order
 //! in which a job table sees parts finish is the completion order, deterministic per seed.
 //!
+//! A batch ([`Executor::submit_batch`]) is written at a random tick before it completes, as an
+//! extent store is; each block record of it lands as a range of its own (without `sync`, a
+//! crash draws each one's fate separately: a large write is not atomic). A copy reads and
+//! verifies its record first (read faults apply to it), then writes it.
+//!
 //! ## Faults ([`Faults`], parts per million per op; all off by default)
 //!
 //! | fault | where | outcome |
@@ -67,8 +72,11 @@ use kvtier_fs::format::{self, HEADER_LEN};
 use kvtier_fs::outcome::{SHORT_READ, WRONG_LENGTH};
 use kvtier_fs::region::{Lease, PrimaryRegion};
 use kvtier_fs::rng::SplitMix64;
-use kvtier_fs::submit::{admit, Refusal};
-use kvtier_fs::{BlockFormat, BlockLayout, Executor, Extent, FileId, FileOp, Full, OpError, Outcome, Target, Wait};
+use kvtier_fs::submit::{admit, admit_batch, Refusal};
+use kvtier_fs::{
+    Batch, BatchData, BatchFull, BlockFormat, BlockLayout, Executor, Extent, FileId, FileOp, Full, OpError, Outcome,
+    Target, Wait,
+};
 
 pub use disk::{CrashStats, Fnv, SimDisk};
 
@@ -159,6 +167,33 @@ struct Pending {
     failed: Option<Outcome>,
 }
 
+/// An accepted batch: its rows' leases, its parts, and what its write did.
+#[derive(Debug)]
+struct PendingBatch {
+    // Dropped before the parts.
+    leases: Vec<Lease>,
+    parts: Vec<Part>,
+    batch: Batch,
+    /// The write's outcome, once it ran.
+    outcome: Option<Outcome>,
+}
+
+/// The parts an outcome goes to: an op's one, or a batch's.
+#[derive(Debug)]
+enum Parts {
+    One(Part),
+    Many(Vec<Part>),
+}
+
+impl Parts {
+    fn finish(self, outcome: Outcome) {
+        match self {
+            Parts::One(part) => part.finish(outcome.code()),
+            Parts::Many(parts) => kvtier_fs::submit::finish_parts(parts, outcome),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     WriteTemp,
@@ -176,9 +211,10 @@ pub struct SimExecutor {
     now: u64,
     next_seq: u64,
     ops: BTreeMap<u64, Pending>,
+    batches: BTreeMap<u64, PendingBatch>,
     events: BTreeMap<(u64, u64), Stage>,
-    /// Finished ops, reported by the next `poll`.
-    ready: VecDeque<(Part, Outcome)>,
+    /// Finished ops (a batch is one), reported by the next `poll`.
+    ready: VecDeque<(Parts, Outcome)>,
     /// Inodes of the files opened for extent ops, by [`FileId`].
     files: Vec<u64>,
     in_flight: usize,
@@ -203,6 +239,7 @@ impl SimExecutor {
             now: 0,
             next_seq: 0,
             ops: BTreeMap::new(),
+            batches: BTreeMap::new(),
             events: BTreeMap::new(),
             ready: VecDeque::new(),
             files: Vec::new(),
@@ -270,6 +307,11 @@ impl SimExecutor {
 
     /// A store's write: the temp file of a block file, or the extent.
     fn write(&mut self, seq: u64) {
+        if let Some(mut b) = self.batches.remove(&seq) {
+            b.outcome = Some(if self.disk.alive(self.generation) { self.write_batch(&b) } else { Outcome::Cancelled });
+            self.batches.insert(seq, b);
+            return;
+        }
         let Some(mut p) = self.ops.remove(&seq) else {
             return;
         };
@@ -305,15 +347,7 @@ impl SimExecutor {
             self.stats.eio += 1;
             return Err(Outcome::Failed(os(libc::EIO)));
         }
-        let mut data = Vec::with_capacity(layout.file_len() as usize);
-        let block = p.lease.block();
-        if let BlockFormat::Native { namespace, key } = &p.op.format {
-            let mut header = [0u8; HEADER_LEN];
-            format::encode_header(namespace, key, block, &mut header);
-            data.extend_from_slice(&header);
-        }
-        data.extend_from_slice(block);
-        data.resize(layout.file_len() as usize, 0);
+        let data = record(&p.op.format, 0, p.lease.block(), &layout);
         let written = match (extent, &p.op.target) {
             (Some((ino, e)), _) => {
                 self.disk.write_at(self.generation, ino, e.offset, &data, p.op.sync).map(|()| PathBuf::new())
@@ -332,6 +366,15 @@ impl SimExecutor {
     }
 
     fn finish(&mut self, seq: u64) {
+        if let Some(b) = self.batches.remove(&seq) {
+            let outcome = match b.outcome {
+                Some(_) if !self.disk.alive(self.generation) => Outcome::Cancelled,
+                Some(outcome) => outcome,
+                None => Outcome::Cancelled,
+            };
+            self.deliver_batch(b, outcome);
+            return;
+        }
         let Some(mut p) = self.ops.remove(&seq) else {
             return;
         };
@@ -346,7 +389,96 @@ impl SimExecutor {
         let Pending { lease, part, .. } = p;
         drop(lease);
         self.stats.completed += 1;
-        self.ready.push_back((part, outcome));
+        self.ready.push_back((Parts::One(part), outcome));
+    }
+
+    fn deliver_batch(&mut self, b: PendingBatch, outcome: Outcome) {
+        let PendingBatch { leases, parts, .. } = b;
+        drop(leases);
+        self.stats.completed += 1;
+        self.ready.push_back((Parts::Many(parts), outcome));
+    }
+
+    /// The batch's write, with its faults drawn (a copy's read faults first, then space, then
+    /// I/O): its outcome.
+    fn write_batch(&mut self, b: &PendingBatch) -> Outcome {
+        let faults = self.config.faults;
+        let Some(&ino) = self.files.get(b.batch.file.0 as usize) else {
+            return Outcome::Failed(OpError::Invalid);
+        };
+        let (row_bytes, stride) = (self.region.row_bytes(), self.region.stride());
+        // What to write: (offset, bytes) ranges, one per block record.
+        let mut ranges: Vec<(u64, Vec<u8>)> = Vec::new();
+        match &b.batch.data {
+            BatchData::Blocks(blocks) => {
+                let mut at = b.batch.offset;
+                for (block, lease) in blocks.iter().zip(&b.leases) {
+                    let layout = match BlockLayout::new(&block.format, row_bytes, stride) {
+                        Ok(l) => l,
+                        Err(e) => return Outcome::Failed(e),
+                    };
+                    if self.misaligned_direct(layout.direct_ok(lease.as_slice(), at)) {
+                        return Outcome::Failed(os(libc::EINVAL));
+                    }
+                    let data = record(&block.format, block.seq, lease.block(), &layout);
+                    at += data.len() as u64;
+                    ranges.push((at - data.len() as u64, data));
+                }
+            }
+            BatchData::Bytes(bytes) => ranges.push((b.batch.offset, bytes.clone())),
+            BatchData::Copy { from, format, seq } => {
+                let layout = match BlockLayout::new(format, row_bytes, stride) {
+                    Ok(l) => l,
+                    Err(e) => return Outcome::Failed(e),
+                };
+                let mut data = match self.disk.read_at(self.generation, ino, *from, layout.file_len() as usize) {
+                    Ok(d) => d,
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Outcome::Cancelled,
+                    Err(e) => return Outcome::Failed(e.into()),
+                };
+                if data.len() as u64 != layout.file_len() {
+                    return Outcome::Corrupt(WRONG_LENGTH);
+                }
+                if self.rng.chance(faults.eio) {
+                    self.stats.eio += 1;
+                    return Outcome::Transient(os(libc::EIO));
+                }
+                if self.rng.chance(faults.short_read) {
+                    self.stats.short_reads += 1;
+                    return Outcome::Corrupt(SHORT_READ);
+                }
+                if self.rng.chance(faults.bit_flip) && !data.is_empty() {
+                    self.stats.bit_flips += 1;
+                    let bit = self.rng.below(data.len() as u64 * 8);
+                    data[(bit / 8) as usize] ^= 1 << (bit % 8);
+                }
+                let block = &data[layout.header..layout.header + layout.block];
+                if let Err(reason) = format.verify(&data[..layout.header], block) {
+                    return Outcome::Corrupt(reason);
+                }
+                let copy = record(format, *seq, block, &layout);
+                ranges.push((b.batch.offset, copy));
+            }
+        }
+        if self.rng.chance(faults.enospc) {
+            self.stats.enospc += 1;
+            return Outcome::Failed(os(libc::ENOSPC));
+        }
+        if self.rng.chance(faults.eio) {
+            self.stats.eio += 1;
+            return Outcome::Failed(os(libc::EIO));
+        }
+        let last = ranges.len().saturating_sub(1);
+        for (i, (offset, data)) in ranges.iter().enumerate() {
+            // `sync` makes the whole file durable once everything is written.
+            let sync = b.batch.sync && i == last;
+            match self.disk.write_at(self.generation, ino, *offset, data, sync) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Outcome::Cancelled,
+                Err(e) => return Outcome::Failed(e.into()),
+            }
+        }
+        Outcome::Ok
     }
 
     fn publish(&mut self, p: &mut Pending) -> Outcome {
@@ -415,11 +547,8 @@ impl SimExecutor {
             return Outcome::Failed(OpError::Invalid);
         };
         row[..layout.payload].copy_from_slice(&data[layout.header..]);
-        if let BlockFormat::Native { namespace, key } = &p.op.format {
-            let verified = format::decode_header(&data).and_then(|h| h.check(namespace, key, &row[..layout.block]));
-            if let Err(e) = verified {
-                return self.corrupt(p, e.reason());
-            }
+        if let Err(reason) = p.op.format.verify(&data[..layout.header], &row[..layout.block]) {
+            return self.corrupt(p, reason);
         }
         Outcome::Ok
     }
@@ -433,6 +562,20 @@ impl SimExecutor {
     }
 }
 
+/// A block's record as `layout` lays it out: the native header (with `seq`) and the
+/// zero-padded payload, or the raw block.
+fn record(format: &BlockFormat, seq: u64, block: &[u8], layout: &BlockLayout) -> Vec<u8> {
+    let mut data = Vec::with_capacity(layout.file_len() as usize);
+    if let BlockFormat::Native { namespace, key } = format {
+        let mut header = [0u8; HEADER_LEN];
+        format::encode_record_header(namespace, key, seq, block, &mut header);
+        data.extend_from_slice(&header);
+    }
+    data.extend_from_slice(block);
+    data.resize(layout.file_len() as usize, 0);
+    data
+}
+
 impl Executor for SimExecutor {
     fn submit(&mut self, op: FileOp, part: Part) -> Result<(), Full> {
         let has_room = self.in_flight < self.config.queue_capacity.max(1);
@@ -440,7 +583,7 @@ impl Executor for SimExecutor {
             Ok(lease) => lease,
             Err(Refusal::Full) => return Err(Full { op, part }),
             Err(Refusal::Finished(outcome)) => {
-                self.ready.push_back((part, outcome));
+                self.ready.push_back((Parts::One(part), outcome));
                 self.in_flight += 1;
                 return Ok(());
             }
@@ -456,6 +599,29 @@ impl Executor for SimExecutor {
         }
         self.events.insert((due, seq), Stage::Finish);
         self.ops.insert(seq, Pending { lease, part, op, written: None, failed: None });
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    fn submit_batch(&mut self, batch: Batch, parts: Vec<Part>) -> Result<(), BatchFull> {
+        let has_room = self.in_flight < self.config.queue_capacity.max(1);
+        let known = (batch.file.0 as usize) < self.files.len();
+        let leases = match admit_batch(&self.region, &batch, parts.len(), known, self.stopped, has_room) {
+            Ok(leases) => leases,
+            Err(Refusal::Full) => return Err(BatchFull { batch, parts }),
+            Err(Refusal::Finished(outcome)) => {
+                self.ready.push_back((Parts::Many(parts), outcome));
+                self.in_flight += 1;
+                return Ok(());
+            }
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let latency = 1 + self.rng.below(u64::from(self.config.max_latency.max(1)));
+        let write_at = self.now + self.rng.below(latency);
+        self.events.insert((write_at, seq), Stage::WriteTemp);
+        self.events.insert((self.now + latency, seq), Stage::Finish);
+        self.batches.insert(seq, PendingBatch { leases, parts, batch, outcome: None });
         self.in_flight += 1;
         Ok(())
     }
@@ -476,8 +642,8 @@ impl Executor for SimExecutor {
             }
         }
         let n = self.ready.len();
-        for (part, outcome) in self.ready.drain(..) {
-            part.finish(outcome.code());
+        for (parts, outcome) in self.ready.drain(..) {
+            parts.finish(outcome);
         }
         self.in_flight -= n;
         Ok(n)
@@ -509,6 +675,13 @@ impl Executor for SimExecutor {
                 if p.written.is_some() || p.failed.is_some() { self.publish(&mut p) } else { Outcome::Cancelled };
             self.deliver(p, outcome);
         }
+        // A batch whose write ran finishes with its outcome; the others never run.
+        let seqs: Vec<u64> = self.batches.keys().copied().collect();
+        for seq in seqs {
+            let Some(b) = self.batches.remove(&seq) else { continue };
+            let outcome = b.outcome.unwrap_or(Outcome::Cancelled);
+            self.deliver_batch(b, outcome);
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -520,8 +693,8 @@ impl Drop for SimExecutor {
     fn drop(&mut self) {
         self.shutdown();
         // Reported even if no one polls again: a dropped executor leaves no job waiting.
-        for (part, outcome) in self.ready.drain(..) {
-            part.finish(outcome.code());
+        for (parts, outcome) in self.ready.drain(..) {
+            parts.finish(outcome);
         }
     }
 }

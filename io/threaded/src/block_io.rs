@@ -18,6 +18,13 @@
 //! (one `pwritev`, then `fdatasync` with `sync`); a load reads the extent (one `preadv`) and
 //! verifies it. A short read or a failed verification is corrupt, and nothing is removed.
 //!
+//! Batches ([`kvtier_fs::Batch`]) are one positioned `pwritev` (in calls of up to 1024
+//! buffers) of every block's header page (from the worker's own pages), its payload straight
+//! from its row, and its zero-padded last page where the row's tail is dirty; then `fdatasync`
+//! with `sync`. Bytes go as they are (through the buffered descriptor: they are not aligned);
+//! a copy reads the record (one `pread`), verifies it as a load does, rewrites its header with
+//! the new sequence number and writes it (one `pwrite`).
+//!
 //! Geometry, the `O_DIRECT` flag and the errno -> outcome mapping are `kvtier_fs`'s
 //! ([`BlockLayout`], [`kvtier_fs::direct::open_flag`], [`Outcome`]'s constructors).
 //!
@@ -36,7 +43,7 @@ use kvtier_fs::files::ExtentFile;
 use kvtier_fs::format::{self, HEADER_LEN};
 use kvtier_fs::outcome::WRONG_LENGTH;
 use kvtier_fs::region::Lease;
-use kvtier_fs::{BlockFormat, BlockLayout, Evict, Extent, FileOp, OpError, Outcome, Target};
+use kvtier_fs::{Batch, BatchData, BlockFormat, BlockLayout, Evict, Extent, FileOp, OpError, Outcome, Target};
 
 use crate::sys::{self, AlignedBuf, FileStat};
 
@@ -82,7 +89,8 @@ fn short(done: usize, want: usize) -> Option<OpError> {
     (done != want).then_some(OpError::Short)
 }
 
-/// Per-worker state: the flag, 4096-aligned header and last-page buffers, path buffers.
+/// Per-worker state: the flag, 4096-aligned header and last-page buffers, path buffers, and
+/// the pages batches and copies use (grown to the largest seen).
 pub struct BlockIo {
     o_direct: bool,
     header: AlignedBuf,
@@ -91,6 +99,15 @@ pub struct BlockIo {
     temp: Vec<u8>,
     victim: Vec<u8>,
     dir: Vec<u8>,
+    pages: Option<AlignedBuf>,
+}
+
+/// `buf`, grown to at least `len` bytes (4096-aligned, zeroed when new).
+fn grown(buf: &mut Option<AlignedBuf>, len: usize) -> io::Result<&mut AlignedBuf> {
+    if buf.as_ref().is_none_or(|b| b.len() < len) {
+        *buf = Some(AlignedBuf::new(len.max(DIRECT_ALIGN).next_multiple_of(DIRECT_ALIGN), DIRECT_ALIGN)?);
+    }
+    Ok(buf.as_mut().expect("just made"))
 }
 
 impl BlockIo {
@@ -104,7 +121,127 @@ impl BlockIo {
             temp: Vec::with_capacity(256),
             victim: Vec::with_capacity(256),
             dir: Vec::with_capacity(256),
+            pages: None,
         })
+    }
+
+    /// Runs `batch` on `file` with `leases` (read leases on its rows, co-indexed with its
+    /// blocks) and drops them before returning.
+    pub fn run_batch(&mut self, batch: &Batch, leases: Vec<Lease>, file: &ExtentFile, row_bytes: usize) -> Outcome {
+        let outcome = match &batch.data {
+            BatchData::Blocks(blocks) => {
+                self.write_blocks(batch, blocks, &leases, file).map_or_else(Outcome::store_failure, |()| Outcome::Ok)
+            }
+            BatchData::Bytes(bytes) => {
+                let fd = file.fd(false);
+                match sys::pwritev_all(fd, &[bytes], batch.offset) {
+                    Ok(n) if n == bytes.len() => Ok(()),
+                    Ok(_) => Err(OpError::Short),
+                    Err(e) => Err(e.into()),
+                }
+                .and_then(|()| self.sync(batch, fd))
+                .map_or_else(Outcome::store_failure, |()| Outcome::Ok)
+            }
+            BatchData::Copy { from, format, seq } => self.copy(batch, *from, format, *seq, file, row_bytes),
+        };
+        drop(leases);
+        outcome
+    }
+
+    fn sync(&self, batch: &Batch, fd: std::os::fd::BorrowedFd<'_>) -> Result<(), OpError> {
+        if batch.sync {
+            sys::fdatasync(fd)?;
+        }
+        Ok(())
+    }
+
+    fn write_blocks(
+        &mut self,
+        batch: &Batch,
+        blocks: &[kvtier_fs::BatchBlock],
+        leases: &[Lease],
+        file: &ExtentFile,
+    ) -> Result<(), OpError> {
+        // Two pages per block: its header, and its last page if the row's tail is dirty.
+        let pages = match grown(&mut self.pages, 2 * blocks.len() * DIRECT_ALIGN) {
+            Ok(p) => p.as_mut_slice(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut splits = Vec::with_capacity(blocks.len());
+        let mut aligned = batch.offset % DIRECT_ALIGN as u64 == 0;
+        for ((block, lease), two) in blocks.iter().zip(leases).zip(pages.chunks_exact_mut(2 * DIRECT_ALIGN)) {
+            let row = lease.as_slice();
+            let layout = BlockLayout::new(&block.format, lease.block().len(), row.len())?;
+            let (header, tail) = two.split_at_mut(DIRECT_ALIGN);
+            let header: &mut [u8; HEADER_LEN] = header.try_into().expect("a page is HEADER_LEN bytes");
+            let (from_row, tail_len) = layout.encode_store(&block.format, block.seq, row, header, tail);
+            aligned &= layout.direct_ok(row, 0);
+            splits.push((layout.header, from_row, tail_len));
+        }
+        let mut bufs: Vec<&[u8]> = Vec::with_capacity(3 * blocks.len());
+        for ((lease, two), &(header, from_row, tail)) in
+            leases.iter().zip(pages.chunks_exact(2 * DIRECT_ALIGN)).zip(&splits)
+        {
+            if header > 0 {
+                bufs.push(&two[..header]);
+            }
+            bufs.push(&lease.as_slice()[..from_row]);
+            if tail > 0 {
+                bufs.push(&two[DIRECT_ALIGN..DIRECT_ALIGN + tail]);
+            }
+        }
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let fd = file.fd(self.o_direct && aligned);
+        let done = sys::pwritev_all(fd, &bufs, batch.offset)?;
+        if let Some(e) = short(done, want) {
+            return Err(e);
+        }
+        self.sync(batch, fd)
+    }
+
+    fn copy(
+        &mut self,
+        batch: &Batch,
+        from: u64,
+        format: &BlockFormat,
+        seq: u64,
+        file: &ExtentFile,
+        row_bytes: usize,
+    ) -> Outcome {
+        let stride = row_bytes.next_multiple_of(DIRECT_ALIGN);
+        let layout = match BlockLayout::new(format, row_bytes, stride) {
+            Ok(l) => l,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let len = layout.file_len() as usize;
+        let buf = match grown(&mut self.pages, len) {
+            Ok(p) => &mut p.as_mut_slice()[..len],
+            Err(e) => return Outcome::Failed(e.into()),
+        };
+        let align = DIRECT_ALIGN as u64;
+        let aligned = self.o_direct && len as u64 % align == 0 && from % align == 0 && batch.offset % align == 0;
+        let fd = file.fd(aligned);
+        match sys::preadv_all(fd, &mut [&mut *buf], from) {
+            Ok(n) if n == len => {}
+            Ok(_) => return Outcome::Corrupt(WRONG_LENGTH),
+            Err(e) => return Outcome::load_read_failure(e.into()),
+        }
+        let (header, payload) = buf.split_at_mut(layout.header);
+        if let Err(reason) = format.verify(header, &payload[..layout.block]) {
+            return Outcome::Corrupt(reason);
+        }
+        if let Ok(h) = format::decode_header(header) {
+            let header: &mut [u8; HEADER_LEN] = header.try_into().expect("a native header is HEADER_LEN bytes");
+            h.with_seq(seq).encode(header);
+        }
+        let written = match sys::pwritev_all(fd, &[&*buf], batch.offset) {
+            Ok(n) => short(n, len).map_or(Ok(()), Err),
+            Err(e) => Err(e.into()),
+        };
+        match written.and_then(|()| self.sync(batch, fd)) {
+            Ok(()) => Outcome::Ok,
+            Err(e) => Outcome::store_failure(e),
+        }
     }
 
     /// Runs `op` with `lease` (read for a store, write for a load) on its target (`file`: the

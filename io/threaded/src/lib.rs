@@ -20,6 +20,9 @@
 //!   waiting as its [`Wait`] allows.
 //! - **Extent ops** run as one positioned `pwritev`/`preadv` on a file
 //!   [`Executor::open_file`] opened (twice with `O_DIRECT`: with and without it).
+//! - **Batches** ([`Executor::submit_batch`]) run on a write-priority queue as one positioned
+//!   `pwritev` of every block (headers from the worker's pages, payloads straight from the
+//!   rows), with every row leased at submission.
 //! - **Shutdown** (also run by `Drop`) completes every queued op as [`Outcome::Cancelled`], lets
 //!   running ops finish, and joins the workers. Nothing is forgotten: every accepted op reaches
 //!   `poll` exactly once.
@@ -78,14 +81,14 @@ use std::thread::JoinHandle;
 use kvtier_core::{Direction, Part};
 use kvtier_fs::files::{ExtentFile, ExtentFiles};
 use kvtier_fs::region::{Lease, PrimaryRegion};
-use kvtier_fs::submit::lease_row;
-use kvtier_fs::{Executor, FileId, FileOp, Full, OpError, Outcome, Target, Wait};
+use kvtier_fs::submit::{admit_batch, finish_parts, lease_row, Refusal};
+use kvtier_fs::{Batch, BatchFull, Executor, FileId, FileOp, Full, OpError, Outcome, Target, Wait};
 
 use block_io::BlockIo;
 use pool::{Pool, Refused};
 
 /// An accepted op, the lease taken for it at submission, and where to report it.
-struct Job {
+struct OpJob {
     /// Read lease (store) or write lease (load) on the op's slot; dropped before `part`.
     lease: Lease,
     part: Part,
@@ -94,24 +97,54 @@ struct Job {
     file: Option<Arc<ExtentFile>>,
 }
 
+/// An accepted batch, its rows' leases and its parts.
+struct BatchJob {
+    /// Read leases on the rows of its blocks; dropped before `parts`.
+    leases: Vec<Lease>,
+    parts: Vec<Part>,
+    batch: Batch,
+    file: Arc<ExtentFile>,
+}
+
+/// What a worker runs.
+enum Job {
+    Op(OpJob),
+    Batch(BatchJob),
+}
+
 /// The pool's completions are bare counts: the outcome went to the op's part.
 type Shared = Pool<Job, ()>;
 
 /// A worker's life: runs jobs until the pool stops. The lease is dropped inside `io.run`, then
 /// the part is finished, then the completion counted. A panic in the I/O code must not lose the
 /// op: it is reported as lost (the lease was dropped by the unwinding).
-fn work(shared: &Shared, load_priority: bool, mut io: BlockIo) {
-    shared.work(load_priority, |Job { lease, part, op, file }| {
-        let outcome = catch_unwind(AssertUnwindSafe(|| io.run(&op, lease, file.as_deref())))
-            .unwrap_or(Outcome::Failed(OpError::Lost));
-        part.finish(outcome.code());
+fn work(shared: &Shared, load_priority: bool, mut io: BlockIo, row_bytes: usize) {
+    shared.work(load_priority, |job| match job {
+        Job::Op(OpJob { lease, part, op, file }) => {
+            let outcome = catch_unwind(AssertUnwindSafe(|| io.run(&op, lease, file.as_deref())))
+                .unwrap_or(Outcome::Failed(OpError::Lost));
+            part.finish(outcome.code());
+        }
+        Job::Batch(BatchJob { leases, parts, batch, file }) => {
+            let outcome = catch_unwind(AssertUnwindSafe(|| io.run_batch(&batch, leases, &file, row_bytes)))
+                .unwrap_or(Outcome::Failed(OpError::Lost));
+            finish_parts(parts, outcome);
+        }
     });
 }
 
-/// A job still queued at shutdown: its lease dropped, then `Cancelled`.
-fn cancel(Job { lease, part, .. }: Job) {
-    drop(lease);
-    part.finish(Outcome::Cancelled.code());
+/// A job still queued at shutdown: its leases dropped, then `Cancelled`.
+fn cancel(job: Job) {
+    match job {
+        Job::Op(OpJob { lease, part, .. }) => {
+            drop(lease);
+            part.finish(Outcome::Cancelled.code());
+        }
+        Job::Batch(BatchJob { leases, parts, .. }) => {
+            drop(leases);
+            finish_parts(parts, Outcome::Cancelled);
+        }
+    }
 }
 
 /// How a [`ThreadedExecutor`] is set up.
@@ -197,8 +230,10 @@ impl ThreadedExecutor {
             // On failure, `exec`'s `Drop` stops and joins the workers started so far.
             let io = BlockIo::new(exec.config.o_direct)?;
             let shared = Arc::clone(&exec.shared);
+            let row_bytes = exec.region.row_bytes();
             let name = format!("kvtier-io-{}{i}", if load_priority { 'r' } else { 'w' });
-            let handle = std::thread::Builder::new().name(name).spawn(move || work(&shared, load_priority, io))?;
+            let handle =
+                std::thread::Builder::new().name(name).spawn(move || work(&shared, load_priority, io, row_bytes))?;
             exec.workers.push(handle);
         }
         Ok(exec)
@@ -212,6 +247,13 @@ impl ThreadedExecutor {
     /// Finishes an op that never reached a worker, and counts it for the next `poll`.
     fn finish_now(&mut self, part: Part, outcome: Outcome) {
         part.finish(outcome.code());
+        self.shared.complete([()]);
+        self.in_flight += 1;
+    }
+
+    /// Finishes a batch that never reached a worker, and counts it for the next `poll`.
+    fn finish_batch_now(&mut self, parts: Vec<Part>, outcome: Outcome) {
+        finish_parts(parts, outcome);
         self.shared.complete([()]);
         self.in_flight += 1;
     }
@@ -229,7 +271,7 @@ impl Executor for ThreadedExecutor {
         let queued =
             self.shared.enqueue((op, part), self.config.queue_capacity, is_load, |(op, part)| {
                 match lease_row(region, &op) {
-                    Ok(lease) => Ok(Job { lease, part, op, file }),
+                    Ok(lease) => Ok(Job::Op(OpJob { lease, part, op, file })),
                     Err(outcome) => Err((part, outcome)),
                 }
             });
@@ -238,6 +280,35 @@ impl Executor for ThreadedExecutor {
             Ok(Err((part, outcome))) => self.finish_now(part, outcome),
             Err(Refused::Stopped((_, part))) => self.finish_now(part, Outcome::Cancelled),
             Err(Refused::Full((op, part))) => return Err(Full { op, part }),
+        }
+        Ok(())
+    }
+
+    fn submit_batch(&mut self, batch: Batch, parts: Vec<Part>) -> Result<(), BatchFull> {
+        let (region, file) = (&self.region, self.files.get(batch.file).cloned());
+        let known = file.is_some();
+        // The prologue, under the queue lock (stopped, full), then the leases.
+        let queued =
+            self.shared.enqueue((batch, parts), self.config.queue_capacity, false, |(batch, parts)| match admit_batch(
+                region,
+                &batch,
+                parts.len(),
+                known,
+                false,
+                true,
+            ) {
+                Ok(leases) => match file {
+                    Some(file) => Ok(Job::Batch(BatchJob { leases, parts, batch, file })),
+                    None => Err((parts, Outcome::Failed(OpError::Invalid))),
+                },
+                Err(Refusal::Finished(outcome)) => Err((parts, outcome)),
+                Err(Refusal::Full) => Err((parts, Outcome::Failed(OpError::Busy))),
+            });
+        match queued {
+            Ok(Ok(())) => self.in_flight += 1,
+            Ok(Err((parts, outcome))) => self.finish_batch_now(parts, outcome),
+            Err(Refused::Stopped((_, parts))) => self.finish_batch_now(parts, Outcome::Cancelled),
+            Err(Refused::Full((batch, parts))) => return Err(BatchFull { batch, parts }),
         }
         Ok(())
     }

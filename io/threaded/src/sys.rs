@@ -14,9 +14,6 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::ptr::NonNull;
 
-/// Most buffers one vectored read or write takes (a header and a payload need two).
-const MAX_IOV: usize = 4;
-
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -136,24 +133,22 @@ fn position(lens: impl Iterator<Item = usize>, mut done: usize) -> (usize, usize
     (usize::MAX, 0)
 }
 
-fn too_many_buffers() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "too many buffers for one vectored I/O")
-}
+/// Most buffers one `preadv`/`pwritev` call takes (Linux's `IOV_MAX`); longer lists go in
+/// several calls.
+const IOV_MAX: usize = 1024;
 
-/// Writes all of `bufs`, in order, at file offset `offset` (`pwritev`), continuing after
-/// partial writes and retrying `EINTR`. Returns the bytes written: less than the total only if
-/// the kernel wrote nothing at some point (the caller treats that as failure).
+/// Writes all of `bufs`, in order, at file offset `offset` (`pwritev`, up to [`IOV_MAX`]
+/// buffers a call), continuing after partial writes and retrying `EINTR`. Returns the bytes
+/// written: less than the total only if the kernel wrote nothing at some point (the caller
+/// treats that as failure).
 pub fn pwritev_all(fd: BorrowedFd<'_>, bufs: &[&[u8]], offset: u64) -> io::Result<usize> {
-    if bufs.len() > MAX_IOV {
-        return Err(too_many_buffers());
-    }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_MAX];
     let mut done = 0usize;
     while done < total {
         let (first, skip) = position(bufs.iter().map(|b| b.len()), done);
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV];
         let mut n = 0;
-        for (k, buf) in bufs[first..].iter().enumerate() {
+        for (k, buf) in bufs[first..].iter().take(IOV_MAX).enumerate() {
             let buf = if k == 0 { &buf[skip..] } else { buf };
             iov[n] = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
             n += 1;
@@ -176,20 +171,17 @@ pub fn pwritev_all(fd: BorrowedFd<'_>, bufs: &[&[u8]], offset: u64) -> io::Resul
     Ok(done)
 }
 
-/// Reads into all of `bufs`, in order, from file offset `offset` (`preadv`), continuing after
-/// partial reads and retrying `EINTR`. Returns the bytes read: less than the total only at end
-/// of file.
+/// Reads into all of `bufs`, in order, from file offset `offset` (`preadv`, up to [`IOV_MAX`]
+/// buffers a call), continuing after partial reads and retrying `EINTR`. Returns the bytes
+/// read: less than the total only at end of file.
 pub fn preadv_all(fd: BorrowedFd<'_>, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<usize> {
-    if bufs.len() > MAX_IOV {
-        return Err(too_many_buffers());
-    }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; IOV_MAX];
     let mut done = 0usize;
     while done < total {
         let (first, skip) = position(bufs.iter().map(|b| b.len()), done);
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV];
         let mut n = 0;
-        for (k, buf) in bufs[first..].iter_mut().enumerate() {
+        for (k, buf) in bufs[first..].iter_mut().take(IOV_MAX).enumerate() {
             let buf = if k == 0 { &mut buf[skip..] } else { &mut buf[..] };
             iov[n] = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
             n += 1;
@@ -242,6 +234,11 @@ impl AlignedBuf {
         // SAFETY: `ptr` points to `layout.size()` initialised (zeroed, then only written
         // through `&mut self`) bytes owned by `self`, borrowed shared here.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.layout.size()
     }
 
     /// The buffer, writable.
@@ -299,6 +296,21 @@ mod tests {
         assert_eq!(b.as_slice()[7], 1);
         assert!(AlignedBuf::new(0, 4096).is_err());
         assert!(AlignedBuf::new(4096, 3).is_err());
+    }
+
+    /// More buffers than one call takes: the list goes in several calls, in order.
+    #[test]
+    fn long_buffer_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = cpath(&dir.path().join("f"));
+        let fd = open(&path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o644).unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let bufs: Vec<&[u8]> = data.chunks(1).collect();
+        assert_eq!(pwritev_all(fd.as_fd(), &bufs, 10).unwrap(), 3000);
+        let mut back = vec![0u8; 3000];
+        let mut outs: Vec<&mut [u8]> = back.chunks_mut(1).collect();
+        assert_eq!(preadv_all(fd.as_fd(), &mut outs, 10).unwrap(), 3000);
+        assert_eq!(back, data);
     }
 
     #[test]

@@ -57,8 +57,11 @@
 //! **Extent ops** work on a file registered in a fixed-file slot (the `O_DIRECT` one where the
 //! transfer and the offset are aligned): a store is one chain, the write (`write_fixed` or
 //! `writev`, as for a file) at the extent's offset, soft-linked to `fsync(DATASYNC)` with
-//! `sync`; a load is `read_fixed` of the native header soft-linked to `read_fixed` of the
-//! payload (or the payload alone), then verified in userspace. Both post one CQE. Nothing is
+//! `sync`; a load is one SQE, one I/O: `readv` of the native header (into scratch page 0) and
+//! the payload (into the row), or `read_fixed` of a vLLM-format row, then verified in
+//! userspace. (`READV_FIXED` would take both buffers from one registered buffer; the header
+//! page and the row are in two, so a native load pins its row's pages for the I/O.) Both post
+//! one CQE. Nothing is
 //! opened, closed, renamed or removed: a short read is `Corrupt("wrong length")`, and a corrupt
 //! extent is left as it is.
 //!
@@ -75,7 +78,7 @@ use kvtier_fs::outcome::WRONG_LENGTH;
 use kvtier_fs::{tmpname, BlockFormat, BlockLayout, OpError, Outcome, Target};
 
 use crate::record::Idle;
-use crate::sqe::{Buf, FileSel, Link, PathSel, Sqe, MAX_IOV, MAX_STEPS, MAX_TRANSFER, PAGE, SKIPPED};
+use crate::sqe::{transferred, Buf, FileSel, Link, PathSel, Sqe, MAX_IOV, MAX_STEPS, MAX_TRANSFER, PAGE, SKIPPED};
 
 // A native header is one scratch page.
 const _: () = assert!(HEADER_LEN == PAGE);
@@ -142,8 +145,7 @@ impl Chain {
     /// Step `k` succeeded: its CQE was skipped (it completed in full), or a non-negative
     /// result, and a transfer moved all its bytes.
     fn ok(&self, results: &[i32; MAX_STEPS], k: usize) -> bool {
-        let res = results[k];
-        res == SKIPPED || (res >= 0 && (self.want[k] == 0 || res as u32 == self.want[k]))
+        results[k] == SKIPPED || transferred(results[k], self.want[k])
     }
 }
 
@@ -351,21 +353,18 @@ impl Flow {
             if rec.op.sync {
                 c.add(Step::Sync, Sqe::DataSync { file }, Link::End, 0);
             }
-        } else {
-            let mut at = offset;
-            if l.block.native() {
-                let buf = Buf::Scratch { page: 0, len: PAGE as u32 };
-                c.add(Step::Header, Sqe::Read { file, buf, offset: at }, Link::Soft, PAGE as u32);
-                at += PAGE as u64;
-            }
+        } else if l.block.native() {
+            // One I/O: the header page and the payload, contiguous on disk.
+            let mut bufs = [Buf::Scratch { page: 0, len: PAGE as u32 }; MAX_IOV];
+            let mut n = 1;
             if l.row_len > 0 {
-                c.add(
-                    Step::Row,
-                    Sqe::Read { file, buf: Buf::Row { len: l.row_len }, offset: at },
-                    Link::Soft,
-                    l.row_len,
-                );
+                bufs[1] = Buf::Row { len: l.row_len };
+                n = 2;
             }
+            let want = PAGE as u32 + l.row_len;
+            c.add(Step::Row, Sqe::Readv { file, bufs, n, offset }, Link::Soft, want);
+        } else if l.row_len > 0 {
+            c.add(Step::Row, Sqe::Read { file, buf: Buf::Row { len: l.row_len }, offset }, Link::Soft, l.row_len);
         }
         // Soft links all along: one CQE tells how the whole chain went.
         c.one_cqe = true;

@@ -36,6 +36,12 @@
 //!   fixed-file slot (twice with `O_DIRECT`: with and without it), a store is one
 //!   `write_fixed`/`writev` at the extent's offset (then `fsync` with `sync`), a load one or two
 //!   `read_fixed`, each posting one CQE: no open or close per block.
+//! - **Batches** ([`Executor::submit_batch`]) run in `max_batches` bulk records of their own
+//!   (the private `bulk` module): a batch of blocks is one `writev` chain on the registered
+//!   file (every block's header from the bulk record's pages, its payload straight from its
+//!   row), then `fsync` with `sync`, posting one CQE; a copy reads the record into the pages,
+//!   verifies it and writes it with its new sequence number. Batches beyond `max_batches`
+//!   wait in the queue (their leases taken).
 //! - **Reports**: when an op's last CQE is reaped (by whichever call reaps it: `poll`, or a
 //!   `submit` making room), its record is released, the row's lease dropped, and the op's job
 //!   part ([`kvtier_core::Part`]) finished with its outcome; `poll` counts finished ops.
@@ -78,6 +84,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod bulk;
 mod chain;
 mod probe;
 mod record;
@@ -94,9 +101,10 @@ use std::time::Instant;
 use kvtier_core::Part;
 use kvtier_fs::files::{ExtentFile, ExtentFiles};
 use kvtier_fs::region::{Lease, PrimaryRegion};
-use kvtier_fs::submit::{admit, Refusal};
-use kvtier_fs::{Executor, FileId, FileOp, Full, OpError, Outcome, Target, Wait};
+use kvtier_fs::submit::{admit, admit_batch, finish_parts, Refusal};
+use kvtier_fs::{Batch, BatchFull, Executor, FileId, FileOp, Full, OpError, Outcome, Target, Wait};
 
+use bulk::BulkId;
 use chain::{FileSlots, Flow, Next};
 use record::RecId;
 use ring::{PushError, Ring, RingSetup};
@@ -109,6 +117,8 @@ pub struct UringConfig {
     /// Ops in the ring at once (each has a direct-descriptor slot and three scratch pages);
     /// clamped to `RLIMIT_NOFILE` (the kernel's limit on registered descriptors).
     pub max_ops: usize,
+    /// Batches in the ring at once (each with pages of its own for its blocks' headers).
+    pub max_batches: usize,
     /// Submission queue entries (at least 8: the longest chain). A chain is submitted as soon
     /// as it is queued, so this only bounds how many chains one burst queues before a submit.
     pub sq_entries: u32,
@@ -132,6 +142,8 @@ pub struct UringConfig {
 impl UringConfig {
     /// The default `max_ops`, chosen by measurement (see the crate docs).
     pub const DEFAULT_MAX_OPS: usize = 64;
+    /// The default `max_batches`.
+    pub const DEFAULT_MAX_BATCHES: usize = 16;
     /// The default `sq_entries`.
     pub const DEFAULT_SQ_ENTRIES: u32 = 256;
     /// The default `queue_capacity` (the threaded executor's).
@@ -144,6 +156,7 @@ impl Default for UringConfig {
     fn default() -> Self {
         UringConfig {
             max_ops: Self::DEFAULT_MAX_OPS,
+            max_batches: Self::DEFAULT_MAX_BATCHES,
             sq_entries: Self::DEFAULT_SQ_ENTRIES,
             cq_entries: 0,
             queue_capacity: Self::DEFAULT_QUEUE_CAPACITY,
@@ -170,6 +183,11 @@ pub struct UringExecutor {
     /// Records whose next chain found no room in the submission queue.
     deferred: VecDeque<RecId>,
     ready: Vec<RecId>,
+    /// Accepted batches waiting for a bulk record, with their rows' leases and their parts.
+    bulk_queue: VecDeque<(Batch, Vec<Lease>, Vec<Part>)>,
+    /// Bulk records whose next chain found no room in the submission queue.
+    bulk_deferred: VecDeque<BulkId>,
+    ready_bulk: Vec<BulkId>,
     /// Ops finished (their parts reported) since the last `poll`.
     finished: usize,
     /// The files opened for extent ops, and their fixed-file slots.
@@ -209,6 +227,7 @@ impl UringExecutor {
             sq_entries: config.sq_entries,
             cq_entries: config.cq_entries,
             records: config.max_ops,
+            bulk: config.max_batches,
             iowq_workers: config.iowq_workers,
             force_unavailable: config.force_unavailable,
         };
@@ -220,6 +239,9 @@ impl UringExecutor {
             queue: VecDeque::new(),
             deferred: VecDeque::new(),
             ready: Vec::new(),
+            bulk_queue: VecDeque::new(),
+            bulk_deferred: VecDeque::new(),
+            ready_bulk: Vec::new(),
             finished: 0,
             files: ExtentFiles::new(),
             file_slots: Vec::new(),
@@ -301,23 +323,98 @@ impl UringExecutor {
         }
     }
 
+    /// Starts `batch` in a free bulk record (the caller checked that one is free).
+    fn start_bulk(&mut self, batch: Batch, leases: Vec<Lease>, parts: Vec<Part>) {
+        let file = self.file_slots.get(batch.file.0 as usize).copied();
+        let id = self.ring.start_bulk(batch, leases, parts);
+        match file {
+            Some(file) => self.push_bulk(id, file),
+            None => self.finish_bulk(id, Outcome::Failed(OpError::Invalid)),
+        }
+    }
+
+    /// Works out bulk record `id`'s next chain and pushes it.
+    fn push_bulk(&mut self, id: BulkId, file: FileSlots) {
+        let (row_bytes, stride) = (self.region.row_bytes(), self.region.stride());
+        let o_direct = self.config.o_direct;
+        let started = match self.ring.bulk_idle(id) {
+            Some(rec) => rec.start_chain(o_direct, row_bytes, stride),
+            None => Err(Outcome::Failed(OpError::Invalid)),
+        };
+        if let Err(outcome) = started {
+            return self.finish_bulk(id, outcome);
+        }
+        match self.ring.push_bulk(id, file) {
+            Ok(()) => {}
+            Err(PushError::NoRoom) => self.bulk_deferred.push_back(id),
+            Err(PushError::Invalid(e)) => {
+                debug_assert!(false, "a bulk record built an invalid chain: {e}");
+                self.finish_bulk(id, Outcome::Failed(OpError::Invalid));
+            }
+        }
+    }
+
+    /// Bulk record `id`'s chain completed: its batch's outcome, or its next chain.
+    fn advance_bulk(&mut self, id: BulkId) {
+        let (row_bytes, stride) = (self.region.row_bytes(), self.region.stride());
+        let Some(rec) = self.ring.bulk_idle(id) else {
+            debug_assert!(false, "a completed bulk record that is not idle");
+            return;
+        };
+        let file = rec.active.as_ref().and_then(|a| self.file_slots.get(a.batch.file.0 as usize).copied());
+        match (rec.advance(row_bytes, stride), file) {
+            (Some(outcome), _) => self.finish_bulk(id, outcome),
+            (None, Some(file)) => self.push_bulk(id, file),
+            (None, None) => self.finish_bulk(id, Outcome::Failed(OpError::Invalid)),
+        }
+    }
+
+    /// Bulk record `id` is done: its leases are released, then its parts reported.
+    fn finish_bulk(&mut self, id: BulkId, outcome: Outcome) {
+        let (leases, parts) = self.ring.finish_bulk(id).expect("a finished batch's bulk record is idle");
+        drop(leases);
+        finish_parts(parts, outcome);
+        self.finished += 1;
+    }
+
     /// Takes every available completion, moves each op on, starts queued ops in free records
     /// and submits; repeats while completions keep arriving. Never waits.
     fn progress(&mut self) -> io::Result<()> {
         loop {
             let mut ready = std::mem::take(&mut self.ready);
-            let reaped = self.ring.reap(&mut ready);
+            let mut ready_bulk = std::mem::take(&mut self.ready_bulk);
+            let reaped = self.ring.reap(&mut ready, &mut ready_bulk);
             for id in ready.drain(..) {
                 self.advance(id);
             }
+            for id in ready_bulk.drain(..) {
+                self.advance_bulk(id);
+            }
             self.ready = ready;
+            self.ready_bulk = ready_bulk;
             for _ in 0..self.deferred.len() {
                 let Some(id) = self.deferred.pop_front() else { break };
                 self.push(id);
             }
+            for _ in 0..self.bulk_deferred.len() {
+                let Some(id) = self.bulk_deferred.pop_front() else { break };
+                let file = self
+                    .ring
+                    .bulk_idle(id)
+                    .and_then(|rec| rec.active.as_ref())
+                    .and_then(|a| self.file_slots.get(a.batch.file.0 as usize).copied());
+                match file {
+                    Some(file) => self.push_bulk(id, file),
+                    None => self.finish_bulk(id, Outcome::Failed(OpError::Invalid)),
+                }
+            }
             while self.ring.has_free() {
                 let Some((op, lease, part)) = self.queue.pop_front() else { break };
                 self.start(op, lease, part);
+            }
+            while self.ring.bulk_has_free() {
+                let Some((batch, leases, parts)) = self.bulk_queue.pop_front() else { break };
+                self.start_bulk(batch, leases, parts);
             }
             self.ring.flush()?;
             if reaped == 0 {
@@ -354,6 +451,32 @@ impl Executor for UringExecutor {
             let _ = self.ring.flush();
         } else {
             self.queue.push_back((op, lease, part));
+        }
+        Ok(())
+    }
+
+    fn submit_batch(&mut self, batch: Batch, parts: Vec<Part>) -> Result<(), BatchFull> {
+        if !self.stopped {
+            let _ = self.progress();
+        }
+        let has_room = self.ring.bulk_has_free() || self.bulk_queue.len() < self.config.queue_capacity;
+        let known = (batch.file.0 as usize) < self.file_slots.len();
+        let leases = match admit_batch(&self.region, &batch, parts.len(), known, self.stopped, has_room) {
+            Ok(leases) => leases,
+            Err(Refusal::Full) => return Err(BatchFull { batch, parts }),
+            Err(Refusal::Finished(outcome)) => {
+                finish_parts(parts, outcome);
+                self.finished += 1;
+                self.in_flight += 1;
+                return Ok(());
+            }
+        };
+        self.in_flight += 1;
+        if self.bulk_queue.is_empty() && self.ring.bulk_has_free() {
+            self.start_bulk(batch, leases, parts);
+            let _ = self.ring.flush();
+        } else {
+            self.bulk_queue.push_back((batch, leases, parts));
         }
         Ok(())
     }
@@ -407,10 +530,19 @@ impl Executor for UringExecutor {
             part.finish(Outcome::Cancelled.code());
             self.finished += 1;
         }
+        while let Some((_batch, leases, parts)) = self.bulk_queue.pop_front() {
+            drop(leases);
+            finish_parts(parts, Outcome::Cancelled);
+            self.finished += 1;
+        }
         // Every op in the ring runs to its end (cleanup chains included).
         while self.ring.active() > 0 {
             let step = self.progress().and_then(|()| {
-                if self.ring.active() > 0 && self.ring.pending() == 0 && self.deferred.is_empty() {
+                if self.ring.active() > 0
+                    && self.ring.pending() == 0
+                    && self.deferred.is_empty()
+                    && self.bulk_deferred.is_empty()
+                {
                     return Err(io::Error::other("records active with nothing in the kernel"));
                 }
                 self.ring.wait(None)
@@ -419,14 +551,20 @@ impl Executor for UringExecutor {
                 // The kernel does not answer: the ops are reported lost, and what they own is
                 // leaked (never freed while the kernel may still write it).
                 eprintln!("kvtier-io-uring: io_uring failed during shutdown: {e}; its ops are reported lost");
-                for (_op, part) in self.ring.abandon() {
+                let (ops, batches) = self.ring.abandon();
+                for (_op, part) in ops {
                     part.finish(Outcome::Failed(OpError::Lost).code());
+                    self.finished += 1;
+                }
+                for parts in batches {
+                    finish_parts(parts, Outcome::Failed(OpError::Lost));
                     self.finished += 1;
                 }
                 for flow in &mut self.flows {
                     *flow = None;
                 }
                 self.deferred.clear();
+                self.bulk_deferred.clear();
                 break;
             }
         }

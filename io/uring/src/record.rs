@@ -19,7 +19,7 @@ use kvtier_fs::region::Lease;
 use kvtier_fs::tmpname::TEMP_SUFFIX;
 use kvtier_fs::FileOp;
 
-use crate::sqe::{PathSel, IOVEC_LEN, MAX_IOV, MAX_STEPS, PAGE};
+use crate::sqe::{transferred, PathSel, IOVEC_LEN, MAX_IOV, MAX_STEPS, PAGE, SKIPPED};
 
 /// Scratch pages per record: the native header, an auxiliary page (a store's zero-padded last
 /// page, a load's end-of-file probe), and a page for two `statx` buffers and iovec tables.
@@ -92,10 +92,10 @@ pub(crate) struct Active {
     pub op: FileOp,
 }
 
-/// One record: everything the kernel may touch for one op.
-pub(crate) struct Record {
-    /// Changes when the record is released: a stale [`RecId`] is refused.
-    pub gen: u32,
+/// The chain a record (or a bulk record, `crate::bulk`) has in the kernel, and its results:
+/// what counts its CQEs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Track {
     /// Changes with every chain pushed: a CQE carries it, so a CQE can only ever count for
     /// the chain it belongs to.
     pub tag: u32,
@@ -107,6 +107,76 @@ pub(crate) struct Record {
     /// Bytes each step of the chain transfers (0: not a transfer).
     pub want: [u32; MAX_STEPS],
     pub results: [i32; MAX_STEPS],
+}
+
+/// What a reaped CQE did to its record's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reaped {
+    /// Not a CQE the chain waits for (never counted).
+    Stray,
+    /// Counted: the ring's pending count changes by `-1 + more` (a one-CQE chain whose kernel
+    /// posted a success it was asked to skip now waits for the CQEs of every later step);
+    /// `done` when the chain has no CQE left to come.
+    Counted {
+        /// CQEs the chain now waits for beyond this one's.
+        more: usize,
+        /// The chain is complete.
+        done: bool,
+    },
+}
+
+impl Track {
+    /// No chain.
+    pub const IDLE: Track =
+        Track { tag: 0, pending: 0, steps: 0, one_cqe: false, want: [0; MAX_STEPS], results: [0; MAX_STEPS] };
+
+    /// A chain of `steps` steps tagged `tag` goes to the kernel; returns the CQEs it posts.
+    pub fn arm(&mut self, tag: u32, steps: usize, one_cqe: bool, want: [u32; MAX_STEPS]) -> usize {
+        let cqes = if one_cqe { 1 } else { steps };
+        *self = Track { tag, pending: cqes as u32, steps: steps as u8, one_cqe, want, results: [0; MAX_STEPS] };
+        cqes
+    }
+
+    /// Takes the CQE of step `step` of the chain tagged `tag`, with result `res`.
+    pub fn reap(&mut self, tag: u32, step: usize, res: i32) -> Reaped {
+        if self.tag != tag || self.pending == 0 || step >= usize::from(self.steps) {
+            return Reaped::Stray;
+        }
+        let last = step + 1 == usize::from(self.steps);
+        if self.one_cqe && !last && transferred(res, self.want[step]) {
+            // A success CQE the chain asked the kernel to skip: this kernel does not skip it,
+            // so every later step posts one as well. Count them, and do not take this one for
+            // the end of a chain that is still running.
+            self.one_cqe = false;
+            self.results[step] = res;
+            let rest = usize::from(self.steps) - step - 1;
+            self.pending = rest as u32;
+            return Reaped::Counted { more: rest, done: false };
+        }
+        if self.one_cqe {
+            // The chain's only CQE: the steps before it completed in full, those after it
+            // were cancelled.
+            self.results[..step].fill(SKIPPED);
+            self.results[step + 1..usize::from(self.steps)].fill(-libc::ECANCELED);
+        }
+        self.results[step] = res;
+        self.pending -= 1;
+        Reaped::Counted { more: 0, done: self.pending == 0 }
+    }
+
+    /// Step `k` succeeded: its CQE was skipped (it completed in full), or a non-negative
+    /// result, and a transfer moved all its bytes.
+    pub fn ok(&self, k: usize) -> bool {
+        self.results[k] == SKIPPED || transferred(self.results[k], self.want[k])
+    }
+}
+
+/// One record: everything the kernel may touch for one op.
+pub(crate) struct Record {
+    /// Changes when the record is released: a stale [`RecId`] is refused.
+    pub gen: u32,
+    /// Its chain in the kernel.
+    pub track: Track,
     pub active: Option<Active>,
     /// NUL-terminated paths, indexed by [`PathSel`]; empty when unset.
     pub paths: [Vec<u8>; 4],
@@ -201,12 +271,7 @@ impl Records {
             .into_iter()
             .map(|scratch| Record {
                 gen: 0,
-                tag: 0,
-                pending: 0,
-                steps: 0,
-                one_cqe: false,
-                want: [0; MAX_STEPS],
-                results: [0; MAX_STEPS],
+                track: Track::IDLE,
                 active: None,
                 paths: [Vec::with_capacity(256), Vec::with_capacity(256), Vec::new(), Vec::new()],
                 scratch,
@@ -238,14 +303,14 @@ impl Records {
     pub fn start(&mut self, op: FileOp, lease: Lease, part: Part) -> RecId {
         let index = self.free.pop().expect("a free record (checked with has_free)");
         let rec = &mut self.slots[index as usize];
-        debug_assert!(rec.active.is_none() && rec.pending == 0);
+        debug_assert!(rec.active.is_none() && rec.track.pending == 0);
         rec.active = Some(Active { lease, part, op });
         RecId { index, gen: rec.gen }
     }
 
     /// Record `id`, if it is running an op and has nothing in the kernel.
     pub fn idle_record(&mut self, id: RecId) -> Option<&mut Record> {
-        self.slots.get_mut(id.index()).filter(|r| r.gen == id.gen && r.pending == 0 && r.active.is_some())
+        self.slots.get_mut(id.index()).filter(|r| r.gen == id.gen && r.track.pending == 0 && r.active.is_some())
     }
 
     /// The record, if it has nothing in the kernel.
@@ -257,7 +322,7 @@ impl Records {
             row: active.lease.as_slice(),
             row_bytes,
             scratch: rec.scratch.as_mut_slice().expect("scratch pages are write-leased"),
-            results: &rec.results,
+            results: &rec.track.results,
             paths: &mut rec.paths,
         })
     }
@@ -281,7 +346,7 @@ impl Records {
     pub fn abandon(&mut self) -> Vec<(FileOp, Part)> {
         let mut ops = Vec::new();
         for rec in &mut self.slots {
-            if rec.pending > 0 {
+            if rec.track.pending > 0 {
                 if let Some(Active { lease, part, op }) = rec.active.take() {
                     std::mem::forget(lease);
                     ops.push((op, part));

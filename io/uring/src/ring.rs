@@ -16,6 +16,10 @@
 //! start-up). Fixed files: one sparse slot per record (record `i`'s chain opens its file into
 //! slot `i`, so no descriptor is ever installed in the process's table), then slots for the
 //! files extent ops work on ([`Ring::register_file`]).
+//!
+//! Bulk records (`crate::bulk`: batches) share the ring: their CQEs carry indices after the
+//! records' (`records + b`), and the same invariant holds for them (a bulk record owns its
+//! batch's memory until every CQE of its chain is reaped).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -28,9 +32,11 @@ use kvtier_fs::files::MAX_FILES;
 use kvtier_fs::region::{Access, Lease, PrimaryRegion};
 use kvtier_fs::FileOp;
 
+use crate::bulk::{BulkId, BulkRecord, BulkRecords};
+use crate::chain::FileSlots;
 use crate::probe;
-use crate::record::{Idle, RecId, Records, SCRATCH_PAGES};
-use crate::sqe::{self, decode, Link, Registration, Sqe, MAX_STEPS, PAGE, SKIPPED};
+use crate::record::{Idle, Reaped, RecId, Records, SCRATCH_PAGES};
+use crate::sqe::{self, decode, Link, Registration, Sqe, MAX_STEPS, PAGE};
 
 /// Largest registered buffer the kernel takes.
 const MAX_BUFFER_LEN: usize = 1 << 30;
@@ -56,6 +62,8 @@ pub struct RingSetup {
     pub cq_entries: u32,
     /// Records (ops in the ring at once); clamped to `RLIMIT_NOFILE`.
     pub records: usize,
+    /// Bulk records (batches in the ring at once).
+    pub bulk: usize,
     /// Most bounded io-wq workers; 0: one per record.
     pub iowq_workers: u32,
     /// Fail as if io_uring were unavailable.
@@ -67,6 +75,7 @@ pub struct Ring {
     // Declared first: dropped (the ring closed) before the records and the region go.
     uring: IoUring,
     records: Records,
+    bulk: BulkRecords,
     /// SQEs pushed whose CQE has not been reaped, over all records.
     pending: usize,
     region: Arc<PrimaryRegion>,
@@ -157,7 +166,8 @@ impl Ring {
         }
         let file_slots = (2 * MAX_FILES).min(nofile - records) as u32;
         let sq = setup.sq_entries.max(MAX_STEPS as u32);
-        let needed = u32::try_from(records * MAX_STEPS).unwrap_or(u32::MAX);
+        let bulk = setup.bulk.min(0xff_ffff - records);
+        let needed = u32::try_from((records + bulk) * MAX_STEPS).unwrap_or(u32::MAX);
         let cq = if setup.cq_entries == 0 { needed.max(2 * sq) } else { setup.cq_entries.max(sq) };
         let uring = IoUring::builder()
             .setup_cqsize(cq.checked_next_power_of_two().unwrap_or(cq))
@@ -219,7 +229,16 @@ impl Ring {
             records: records as u32,
             files: records as u32 + file_slots,
         };
-        Ok(Ring { uring, records: Records::new(scratch), pending: 0, region, reg, files_used: 0, broken: false })
+        Ok(Ring {
+            uring,
+            records: Records::new(scratch),
+            bulk: BulkRecords::new(bulk),
+            pending: 0,
+            region,
+            reg,
+            files_used: 0,
+            broken: false,
+        })
     }
 
     /// Records (ops the ring runs at once).
@@ -227,9 +246,9 @@ impl Ring {
         self.records.capacity()
     }
 
-    /// Records running an op.
+    /// Records and bulk records running an op or a batch.
     pub fn active(&self) -> usize {
-        self.records.active()
+        self.records.active() + self.bulk.active()
     }
 
     /// Whether a record is free.
@@ -277,14 +296,14 @@ impl Ring {
 
     /// Pushes `chain` for idle record `id` (see [`sqe::build`]). It is submitted to the kernel
     /// by the next [`flush`](Self::flush) (or wait). With `one_cqe`, when the chain's one CQE
-    /// arrives the record's results read [`SKIPPED`] for the steps before it and `-ECANCELED`
+    /// arrives the record's results read [`crate::sqe::SKIPPED`] for the steps before it and `-ECANCELED`
     /// for those after it.
     pub fn push(&mut self, id: RecId, chain: &[(Sqe, Link)], one_cqe: bool) -> Result<(), PushError> {
         let reg = self.reg;
         let Some(rec) = self.records.idle_record(id) else {
             return Err(PushError::Invalid(invalid("the record is not idle")));
         };
-        let tag = rec.tag.wrapping_add(1);
+        let tag = rec.track.tag.wrapping_add(1);
         let built = sqe::build(&reg, rec, id.index, tag, chain, one_cqe).map_err(PushError::Invalid)?;
         let n = built.n;
         let room = |uring: &mut IoUring| {
@@ -311,61 +330,110 @@ impl Ring {
             return Err(PushError::NoRoom);
         }
         let rec = &mut self.records.slots[id.index()];
-        let cqes = if one_cqe { 1 } else { n };
-        rec.tag = tag;
-        rec.pending = cqes as u32;
-        rec.steps = n as u8;
-        rec.one_cqe = one_cqe;
-        rec.want = built.want;
-        rec.results = [0; MAX_STEPS];
+        let cqes = rec.track.arm(tag, n, one_cqe, built.want);
         self.pending += cqes;
         Ok(())
     }
 
-    /// Moves every available CQE into its record; records whose chain is complete (no CQE
-    /// left to come) are appended to `ready`. Returns the number of CQEs reaped.
-    pub fn reap(&mut self, ready: &mut Vec<RecId>) -> usize {
+    /// Moves every available CQE into its record; records (and bulk records) whose chain is
+    /// complete (no CQE left to come) are appended to `ready` (`ready_bulk`). Returns the
+    /// number of CQEs reaped.
+    pub fn reap(&mut self, ready: &mut Vec<RecId>, ready_bulk: &mut Vec<BulkId>) -> usize {
         let mut n = 0;
+        let records = self.records.capacity();
         for cqe in self.uring.completion() {
             n += 1;
             let (tag, index, step) = decode(cqe.user_data());
-            let Some(slot) = self.records.slots.get_mut(index) else {
+            let (track, gen) = if index < records {
+                let slot = &mut self.records.slots[index];
+                (&mut slot.track, slot.gen)
+            } else if let Some(slot) = self.bulk.slots.get_mut(index - records) {
+                (&mut slot.track, slot.gen)
+            } else {
                 debug_assert!(false, "a CQE for unknown record {index}");
                 continue;
             };
-            if slot.tag != tag || slot.pending == 0 || step >= usize::from(slot.steps) {
-                // Not a CQE the record waits for: never counted, so never taken for the end
-                // of a chain the kernel still runs.
-                debug_assert!(false, "a stray CQE (record {index}, step {step})");
-                continue;
-            }
-            let res = cqe.result();
-            let last = step + 1 == usize::from(slot.steps);
-            if slot.one_cqe && !last && res >= 0 && (slot.want[step] == 0 || res as u32 == slot.want[step]) {
-                // A success CQE the chain asked the kernel to skip: this kernel does not skip
-                // it, so every later step posts one as well. Count them, and do not take this
-                // one for the end of a chain that is still running.
-                slot.one_cqe = false;
-                slot.results[step] = res;
-                let rest = usize::from(slot.steps) - step - 1;
-                slot.pending = rest as u32;
-                self.pending = self.pending - 1 + rest;
-                continue;
-            }
-            if slot.one_cqe {
-                // The chain's only CQE: the steps before it completed in full, those after it
-                // were cancelled.
-                slot.results[..step].fill(SKIPPED);
-                slot.results[step + 1..usize::from(slot.steps)].fill(-libc::ECANCELED);
-            }
-            slot.results[step] = res;
-            slot.pending -= 1;
-            self.pending -= 1;
-            if slot.pending == 0 {
-                ready.push(RecId { index: index as u32, gen: slot.gen });
+            match track.reap(tag, step, cqe.result()) {
+                // Not a CQE the record waits for: never counted, so never taken for the end of
+                // a chain the kernel still runs.
+                Reaped::Stray => debug_assert!(false, "a stray CQE (record {index}, step {step})"),
+                Reaped::Counted { more, done } => {
+                    self.pending = self.pending - 1 + more;
+                    match (done, index < records) {
+                        (false, _) => {}
+                        (true, true) => ready.push(RecId { index: index as u32, gen }),
+                        (true, false) => ready_bulk.push(BulkId { index: (index - records) as u32, gen }),
+                    }
+                }
             }
         }
         n
+    }
+
+    /// Whether a bulk record is free.
+    pub fn bulk_has_free(&self) -> bool {
+        self.bulk.has_free()
+    }
+
+    /// Takes a free bulk record for `batch` (see [`BulkRecords::start`]).
+    pub fn start_bulk(&mut self, batch: kvtier_fs::Batch, leases: Vec<Lease>, parts: Vec<Part>) -> BulkId {
+        self.bulk.start(batch, leases, parts)
+    }
+
+    /// The bulk record, if it has nothing in the kernel.
+    pub fn bulk_idle(&mut self, id: BulkId) -> Option<&mut BulkRecord> {
+        self.bulk.idle(id)
+    }
+
+    /// Releases an idle bulk record: its leases and parts. `None` while it has SQEs in the
+    /// kernel (or for a stale id).
+    pub fn finish_bulk(&mut self, id: BulkId) -> Option<(Vec<Lease>, Vec<Part>)> {
+        self.bulk.finish(id)
+    }
+
+    /// Pushes the chain idle bulk record `id` worked out ([`BulkRecord::start_chain`]) on the
+    /// registered `file`; submitted by the next [`flush`](Self::flush). It posts one CQE.
+    pub fn push_bulk(&mut self, id: BulkId, file: FileSlots) -> Result<(), PushError> {
+        let index = self.records.capacity() as u32 + id.index;
+        let Some(rec) = self.bulk.idle(id) else {
+            return Err(PushError::Invalid(invalid("the bulk record is not idle")));
+        };
+        let valid = |slot: u32| (self.reg.records..self.reg.files).contains(&slot);
+        if !valid(file.buffered) || file.direct.is_some_and(|d| !valid(d)) {
+            return Err(PushError::Invalid(invalid("no such registered file")));
+        }
+        let tag = rec.track.tag.wrapping_add(1);
+        let built = rec.build(file, index, tag).map_err(PushError::Invalid)?;
+        let n = built.entries.len();
+        if n == 0 || n > MAX_STEPS {
+            return Err(PushError::Invalid(invalid("a bulk chain has 1 to 8 steps")));
+        }
+        let room = |uring: &mut IoUring| {
+            let sq = uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room(&mut self.uring) < n {
+            let _ = self.flush();
+            if room(&mut self.uring) < n {
+                return Err(PushError::NoRoom);
+            }
+        }
+        // SAFETY: every pointer in the entries, and in the iovec tables they point to, was
+        // derived by `BulkRecord::build` from bulk record `id`'s own memory: the read leases on
+        // the rows it writes (the kernel only reads them), its pages (a write lease on a
+        // mapping it owns; a copy's read goes there), its iovec table and its batch's bytes
+        // (heap buffers, which do not move while the record lives); files are registered
+        // fixed-file slots (checked above). The record counts these SQEs in `pending` just
+        // below and cannot be released (`BulkRecords::finish`) nor reached
+        // (`BulkRecords::idle`) until their CQEs are reaped, and `Drop` waits for (or leaks
+        // on) every outstanding CQE.
+        let pushed = unsafe { self.uring.submission().push_multiple(&built.entries) };
+        if pushed.is_err() {
+            return Err(PushError::NoRoom);
+        }
+        let rec = &mut self.bulk.slots[id.index as usize];
+        self.pending += rec.track.arm(tag, n, true, built.want);
+        Ok(())
     }
 
     /// Submits what is queued (and flushes overflowed completions). Does nothing when there
@@ -417,17 +485,17 @@ impl Ring {
     /// ops and parts are returned; their leases are leaked (so their rows stay leased, and the
     /// region mapped, forever) and so is every record's memory when the ring is dropped: the
     /// kernel may still write to it.
-    pub fn abandon(&mut self) -> Vec<(FileOp, Part)> {
+    pub fn abandon(&mut self) -> (Vec<(FileOp, Part)>, Vec<Vec<Part>>) {
         self.broken = true;
-        self.records.abandon()
+        (self.records.abandon(), self.bulk.abandon())
     }
 }
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        let mut ready = Vec::new();
+        let (mut ready, mut ready_bulk) = (Vec::new(), Vec::new());
         while !self.broken && self.pending > 0 {
-            self.reap(&mut ready);
+            self.reap(&mut ready, &mut ready_bulk);
             if self.pending > 0 && self.wait(None).is_err() {
                 self.broken = true;
             }
@@ -435,6 +503,7 @@ impl Drop for Ring {
         if self.broken {
             // Records the kernel may still write to are never freed.
             std::mem::forget(std::mem::replace(&mut self.records, Records::new(Vec::new())));
+            std::mem::forget(std::mem::replace(&mut self.bulk, BulkRecords::new(0)));
             std::mem::forget(Arc::clone(&self.region));
         }
     }
@@ -444,7 +513,7 @@ impl Drop for Ring {
 mod tests {
     use super::*;
     use crate::record::Identity;
-    use crate::sqe::{Buf, FileSel, PathSel};
+    use crate::sqe::{Buf, FileSel, PathSel, SKIPPED};
     use kvtier_core::{Direction, JobTable};
     use kvtier_fs::Target;
     use std::os::unix::ffi::OsStrExt;
@@ -479,7 +548,8 @@ mod tests {
     #[test]
     fn records_own_their_paths_and_are_released_only_when_idle() {
         let region = Arc::new(PrimaryRegion::anonymous(2, 4096).unwrap());
-        let setup = RingSetup { sq_entries: 8, cq_entries: 0, records: 1, iowq_workers: 0, force_unavailable: false };
+        let setup =
+            RingSetup { sq_entries: 8, cq_entries: 0, records: 1, bulk: 0, iowq_workers: 0, force_unavailable: false };
         let mut ring = Ring::new(Arc::clone(&region), &setup).unwrap();
         assert_eq!((ring.capacity(), ring.active()), (1, 0));
         let op = store_op(std::path::Path::new("/x/y.bin"));
@@ -510,7 +580,7 @@ mod tests {
         ring.wait(None).unwrap();
         let mut ready = Vec::new();
         while ready.is_empty() {
-            ring.reap(&mut ready);
+            ring.reap(&mut ready, &mut Vec::new());
         }
         assert_eq!(ready, vec![id]);
         assert_eq!(ring.idle(id).unwrap().results[0], -libc::ENOENT);
@@ -527,7 +597,8 @@ mod tests {
     fn one_cqe_chains_post_one_cqe() {
         let dir = tempfile::tempdir().unwrap();
         let region = Arc::new(PrimaryRegion::anonymous(1, 4096).unwrap());
-        let setup = RingSetup { sq_entries: 8, cq_entries: 0, records: 1, iowq_workers: 0, force_unavailable: false };
+        let setup =
+            RingSetup { sq_entries: 8, cq_entries: 0, records: 1, bulk: 0, iowq_workers: 0, force_unavailable: false };
         let mut ring = Ring::new(Arc::clone(&region), &setup).unwrap();
         let chain = [
             (
@@ -550,10 +621,10 @@ mod tests {
             let mut cqes = 0;
             while ready.is_empty() {
                 ring.wait(None).unwrap();
-                cqes += ring.reap(&mut ready);
+                cqes += ring.reap(&mut ready, &mut Vec::new());
             }
             std::thread::sleep(Duration::from_millis(50));
-            cqes += ring.reap(&mut ready);
+            cqes += ring.reap(&mut ready, &mut Vec::new());
             assert_eq!((cqes, ready.len()), (1, 1));
             let results = *ring.idle(id).unwrap().results;
             ring.finish(id).unwrap();
@@ -578,12 +649,13 @@ mod link_semantics {
     //! `fsync` or `renameat` does neither (Linux 6.18 sets no failure flag for them), so
     //! those steps end their chain.
     use super::*;
-    use crate::sqe::{Buf, FileSel, PathSel};
+    use crate::sqe::{Buf, FileSel, PathSel, SKIPPED};
     use std::os::unix::ffi::OsStrExt;
 
     fn run(chain: &[(Sqe, Link)], path: &std::path::Path) -> [i32; MAX_STEPS] {
         let region = Arc::new(PrimaryRegion::anonymous(1, 4096).unwrap());
-        let setup = RingSetup { sq_entries: 8, cq_entries: 0, records: 1, iowq_workers: 0, force_unavailable: false };
+        let setup =
+            RingSetup { sq_entries: 8, cq_entries: 0, records: 1, bulk: 0, iowq_workers: 0, force_unavailable: false };
         let mut ring = Ring::new(Arc::clone(&region), &setup).unwrap();
         let op = tests::store_op(path);
         let mut table = kvtier_core::JobTable::new(1, 1);
@@ -595,7 +667,7 @@ mod link_semantics {
         let mut ready = Vec::new();
         while ready.is_empty() {
             ring.wait(None).unwrap();
-            ring.reap(&mut ready);
+            ring.reap(&mut ready, &mut Vec::new());
         }
         *ring.idle(id).unwrap().results
     }

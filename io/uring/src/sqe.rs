@@ -113,6 +113,20 @@ pub enum Sqe {
         /// File offset.
         offset: u64,
     },
+    /// `readv` from `file` at `offset` into `bufs[..n]`, in order: one I/O where `read_fixed`
+    /// needs one per buffer (a native extent's header page and its row live in different
+    /// registered buffers, and `READV_FIXED` takes its buffers from one). The iovec table
+    /// lives in the record's scratch page 2.
+    Readv {
+        /// Source.
+        file: FileSel,
+        /// Destinations.
+        bufs: [Buf; MAX_IOV],
+        /// How many of `bufs` (1 to [`MAX_IOV`]).
+        n: u8,
+        /// File offset.
+        offset: u64,
+    },
     /// `fsync(IORING_FSYNC_DATASYNC)` of `file`.
     DataSync {
         /// The file.
@@ -212,6 +226,12 @@ pub fn decode(user_data: u64) -> (u32, usize, usize) {
     ((user_data >> 32) as u32, ((user_data >> 8) & 0xff_ffff) as usize, (user_data & 0xff) as usize)
 }
 
+/// A step's result says it succeeded in full: not an error, and a transfer (`want` bytes; 0:
+/// not a transfer) moved all its bytes.
+pub fn transferred(res: i32, want: u32) -> bool {
+    res >= 0 && (want == 0 || res as u32 == want)
+}
+
 /// Bytes of a buffer.
 pub fn buf_len(buf: Buf) -> u32 {
     match buf {
@@ -285,6 +305,10 @@ fn entry(reg: &Registration, index: u32, rec: &Record, step: usize, sqe: Sqe) ->
             let iov = rec.scratch.as_ptr().wrapping_add(iov_at(step)).cast::<libc::iovec>();
             opcode::Writev::new(file(reg, index, f)?, iov.cast_const(), u32::from(n)).offset(offset).build()
         }
+        Sqe::Readv { file: f, n, offset, .. } => {
+            let iov = rec.scratch.as_ptr().wrapping_add(iov_at(step)).cast::<libc::iovec>();
+            opcode::Readv::new(file(reg, index, f)?, iov.cast_const(), u32::from(n)).offset(offset).build()
+        }
         Sqe::DataSync { file: f } => opcode::Fsync::new(file(reg, index, f)?).flags(FsyncFlags::DATASYNC).build(),
         Sqe::Sync { file: f } => opcode::Fsync::new(file(reg, index, f)?).build(),
         Sqe::Close => opcode::Close::new(types::Fixed(index)).build(),
@@ -331,12 +355,16 @@ pub fn build(
     let mut tables = [[0u8; MAX_IOV * IOVEC_LEN]; MAX_STEPS];
     let mut vectored = false;
     for (k, &(sqe, _)) in chain.iter().enumerate() {
-        let Sqe::Writev { bufs, n, .. } = sqe else { continue };
+        let (bufs, n, kernel_writes) = match sqe {
+            Sqe::Writev { bufs, n, .. } => (bufs, n, false),
+            Sqe::Readv { bufs, n, .. } => (bufs, n, true),
+            _ => continue,
+        };
         if n == 0 || usize::from(n) > MAX_IOV {
             return Err(invalid("a vectored transfer has 1 to 3 buffers"));
         }
         for (j, &buf) in bufs[..usize::from(n)].iter().enumerate() {
-            let (ptr, len, _) = buffer(reg, rec, buf, false)?;
+            let (ptr, len, _) = buffer(reg, rec, buf, kernel_writes)?;
             let at = j * IOVEC_LEN;
             let half = IOVEC_LEN / 2;
             // The kernel gets the address: its provenance is exposed.
@@ -364,7 +392,9 @@ pub fn build(
         entries[k] = entry(reg, index, rec, k, sqe)?.flags(flags).user_data(user_data(tag, index, k));
         want[k] = match sqe {
             Sqe::Read { buf, .. } | Sqe::Write { buf, .. } => buf_len(buf),
-            Sqe::Writev { bufs, n, .. } => bufs[..usize::from(n)].iter().map(|&b| buf_len(b)).sum(),
+            Sqe::Writev { bufs, n, .. } | Sqe::Readv { bufs, n, .. } => {
+                bufs[..usize::from(n)].iter().map(|&b| buf_len(b)).sum()
+            }
             _ => 0,
         };
     }

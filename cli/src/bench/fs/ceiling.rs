@@ -1,6 +1,7 @@
-//! The ceiling of `bench fs`: raw `O_DIRECT` random writes and reads of the block size at the
-//! executor's queue depth, on one preallocated, filled file in the same directory (what fio
-//! would show).
+//! The ceiling of `bench fs`: raw `O_DIRECT` random writes and reads, and sequential writes, of
+//! the block size at the executor's queue depth, on one preallocated, filled file in the same
+//! directory (what fio would show). Sequential writes are the region engine's ceiling: it
+//! appends to its regions.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -27,10 +28,13 @@ fn preallocate(file: &File, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Random `O_DIRECT` I/O of `n` blocks of `bs` at shuffled offsets by `qd` threads; returns
-/// the wall time.
+/// `O_DIRECT` I/O of `n` blocks of `bs` by `qd` threads, each taking the next offset of
+/// `order`; returns the wall time.
 fn random_io(file: &File, bs: u64, n: u64, qd: usize, write: bool, seed: u64) -> io::Result<Duration> {
-    let order = shuffled(n, seed);
+    run_io(file, bs, &shuffled(n, seed), qd, write, seed)
+}
+
+fn run_io(file: &File, bs: u64, order: &[u64], qd: usize, write: bool, seed: u64) -> io::Result<Duration> {
     let next = AtomicUsize::new(0);
     let mut bufs = Vec::with_capacity(qd);
     for t in 0..qd {
@@ -38,7 +42,7 @@ fn random_io(file: &File, bs: u64, n: u64, qd: usize, write: bool, seed: u64) ->
         fill_pattern(&mut buf, seed ^ t as u64);
         bufs.push(buf);
     }
-    let (order, next) = (&order, &next);
+    let next = &next;
     let started = Instant::now();
     let result = std::thread::scope(|s| {
         let workers: Vec<_> = bufs
@@ -104,15 +108,45 @@ impl CeilingFile {
         Ok(this)
     }
 
-    /// (read, write) GB/s of random I/O of the whole file at queue depth `qd`.
-    pub(super) fn measure(&self, ctx: &Ctx, qd: usize, round: u64) -> io::Result<(f64, f64)> {
+    /// GB/s of random reads, random writes and sequential writes of the whole file at queue
+    /// depth `qd`.
+    pub(super) fn measure(&self, ctx: &Ctx, qd: usize, round: u64) -> io::Result<Ceiling> {
         let gb = (self.bs * self.n) as f64 / 1e9;
         let seed = self.bs ^ (round << 32);
         ctx.sync();
         let write = random_io(&self.file, self.bs, self.n, qd, true, seed ^ 0xc0ffee)?;
         ctx.sync();
+        let in_order: Vec<u64> = (0..self.n).collect();
+        let seq_write = run_io(&self.file, self.bs, &in_order, qd, true, seed ^ 0x5e9)?;
+        ctx.sync();
         let read = random_io(&self.file, self.bs, self.n, qd, false, seed ^ 0xbeef)?;
-        Ok((gb / read.as_secs_f64(), gb / write.as_secs_f64()))
+        Ok(Ceiling {
+            read: gb / read.as_secs_f64(),
+            write: gb / write.as_secs_f64(),
+            seq_write: gb / seq_write.as_secs_f64(),
+        })
+    }
+}
+
+/// GB/s of the raw device (see the module docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Ceiling {
+    /// Random reads.
+    pub(super) read: f64,
+    /// Random writes.
+    pub(super) write: f64,
+    /// Sequential writes.
+    pub(super) seq_write: f64,
+}
+
+impl Ceiling {
+    /// The better of each figure.
+    pub(super) fn max(self, o: Ceiling) -> Ceiling {
+        Ceiling {
+            read: self.read.max(o.read),
+            write: self.write.max(o.write),
+            seq_write: self.seq_write.max(o.seq_write),
+        }
     }
 }
 

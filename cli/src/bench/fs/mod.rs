@@ -50,6 +50,7 @@ mod ceiling;
 mod dirs;
 mod pattern;
 mod peer;
+mod regions;
 mod report;
 mod tier;
 
@@ -63,9 +64,10 @@ use kvtier_fs::direct::DIRECT_ALIGN;
 use serde::Serialize;
 
 use crate::args::parse_size;
-use ceiling::CeilingFile;
+use ceiling::{Ceiling, CeilingFile};
 use dirs::{default_dir, device_name, is_memory_fs, make_scratch, mount_of};
 use peer::{find_peer, run_peer};
+use regions::measure_regions;
 use report::{print_table, Report, Row};
 use tier::{default_queue_depth, measure_kvtier, probe_executor};
 
@@ -80,6 +82,8 @@ pub const DEFAULT_CHURN_FILES: u64 = 8192;
 /// Executor names `--executor` accepts (an executor not built into this binary is reported
 /// as not available).
 pub const EXECUTORS: &[&str] = &["threaded", "uring"];
+/// Disk engines `--engine` accepts: the FS tier (a file per block) and the region engine.
+pub const ENGINES: &[&str] = &["files", "regions"];
 
 /// O_DIRECT alignment of offsets, lengths and buffers: the tier's.
 const ALIGN: u64 = DIRECT_ALIGN as u64;
@@ -102,9 +106,19 @@ pub struct FsArgs {
     #[arg(long, value_delimiter = ',', default_value = "threaded,uring",
           value_parser = clap::builder::PossibleValuesParser::new(EXECUTORS))]
     pub executor: Vec<String>,
+    /// Disk engines, comma separated: `files` (the FS tier: a file per block) and `regions`
+    /// (the region engine: one device; measured in the quiet and full states only).
+    #[arg(long, value_delimiter = ',', default_value = "files,regions",
+          value_parser = clap::builder::PossibleValuesParser::new(ENGINES))]
+    pub engine: Vec<String>,
     /// Do not run the Python peer.
     #[arg(long)]
     pub no_peer: bool,
+    /// Run the Python peer before kvtier at each size and state (default: after). Two runs,
+    /// one with this flag, give the order kvtier, peer, peer, kvtier: neither side always
+    /// runs on a disk the other just wrote to.
+    #[arg(long)]
+    pub peer_first: bool,
     /// Print one JSON object instead of the table (progress still goes to stderr).
     #[arg(long)]
     pub json: bool,
@@ -288,21 +302,38 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
             // The ceiling is measured before and after the kvtier and peer runs of this size
             // and state; the better of the two counts (the disk's speed drifts).
             let ceiling_file = CeilingFile::create(&ctx, bs, n)?;
-            let mut ceilings: Vec<(usize, (f64, f64))> = Vec::new();
+            let mut ceilings: Vec<(usize, Ceiling)> = Vec::new();
             for &qd in &qds {
                 let c = ceiling_file.measure(&ctx, qd, 0)?;
                 progress(format_args!(
-                    "{label}: ceiling (QD {qd}), before: write {:.2} GB/s, read {:.2} GB/s",
-                    c.1, c.0
+                    "{label}: ceiling (QD {qd}), before: random write {:.2} GB/s, sequential write {:.2} GB/s, \
+                     random read {:.2} GB/s",
+                    c.write, c.seq_write, c.read
                 ));
                 ceilings.push((qd, c));
             }
             let first_row = rows.len();
-            for (name, qd) in &executors {
+            let mut peer_figures = match &peer {
+                Some((python, script)) if args.peer_first => Some(measure_peer(&mut ctx, python, script, bs, n, state)),
+                _ => None,
+            };
+            let engines = dedup(&args.engine);
+            let runs = executors.iter().flat_map(|(name, qd)| engines.iter().map(move |e| (e.as_str(), name, *qd)));
+            for (engine, name, qd) in runs {
+                let regions = engine == "regions";
+                if regions && state == State::Churn {
+                    // The region engine creates no file: the churn state is the files' own.
+                    continue;
+                }
                 let started = Instant::now();
-                let kv = measure_kvtier(&mut ctx, name, *qd, bs, n, state)?;
+                let kv = if regions {
+                    measure_regions(&mut ctx, name, qd, bs, n, state)?
+                } else {
+                    measure_kvtier(&mut ctx, name, qd, bs, n, state)?
+                };
                 let gb = (n * bs) as f64 / 1e9;
                 let row = Row {
+                    engine: engine.to_string(),
                     executor: name.clone(),
                     block_bytes: bs,
                     state,
@@ -311,16 +342,19 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
                     store_cpu_s_per_gb: kv.store_cpu / gb,
                     load_cpu_s_per_gb: kv.load_cpu / gb,
                     ceiling_write_gbps: 0.0,
+                    ceiling_seq_write_gbps: 0.0,
                     ceiling_read_gbps: 0.0,
                     peer_store_gbps: None,
                     peer_load_gbps: None,
                     peer_cpu_s_per_gb: None,
-                    queue_depth: *qd,
+                    recovery_s_per_gib: kv.recovery_s_per_gib,
+                    scan_s_per_gib: kv.scan_s_per_gib,
+                    queue_depth: qd,
                     create_us: kv.create_us,
                     peer_create_us: None,
                 };
                 progress(format_args!(
-                    "{label}: kvtier ({name}, QD {qd}, {n} blocks): create {:.0} us/file; store {:.2} GB/s, \
+                    "{label}: kvtier ({engine}, {name}, QD {qd}, {n} blocks): create {:.0} us/file; store {:.2} GB/s, \
                      load {:.2} GB/s; device wrote {} and read {} x the block bytes ({:.1} s)",
                     kv.create_us,
                     row.store_gbps,
@@ -331,40 +365,32 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
                 ));
                 rows.push(row);
             }
-            if let Some((python, script)) = &peer {
-                let started = Instant::now();
-                match run_peer(&mut ctx, python, script, bs, n, state) {
-                    Ok(p) => {
-                        progress(format_args!(
-                            "{label}: peer: create {} us/file; store {:.2} GB/s, load {:.2} GB/s ({:.1} s)",
-                            p.create_us.map_or_else(|| "-".into(), |c| format!("{c:.0}")),
-                            p.store_gbps,
-                            p.load_gbps,
-                            started.elapsed().as_secs_f64()
-                        ));
-                        for row in &mut rows[first_row..] {
-                            row.peer_store_gbps = Some(p.store_gbps);
-                            row.peer_load_gbps = Some(p.load_gbps);
-                            row.peer_cpu_s_per_gb = Some(p.cpu_s_per_gb);
-                            row.peer_create_us = p.create_us;
-                        }
-                    }
-                    Err(e) => eprintln!("kvtier bench fs: warning: the peer failed: {e}"),
+            if let (Some((python, script)), None) = (&peer, &peer_figures) {
+                peer_figures = Some(measure_peer(&mut ctx, python, script, bs, n, state));
+            }
+            if let Some(Some(p)) = peer_figures {
+                for row in &mut rows[first_row..] {
+                    row.peer_store_gbps = Some(p.store_gbps);
+                    row.peer_load_gbps = Some(p.load_gbps);
+                    row.peer_cpu_s_per_gb = Some(p.cpu_s_per_gb);
+                    row.peer_create_us = p.create_us;
                 }
             }
             for (qd, best) in &mut ceilings {
                 let c = ceiling_file.measure(&ctx, *qd, 1)?;
                 progress(format_args!(
-                    "{label}: ceiling (QD {qd}), after: write {:.2} GB/s, read {:.2} GB/s",
-                    c.1, c.0
+                    "{label}: ceiling (QD {qd}), after: random write {:.2} GB/s, sequential write {:.2} GB/s, \
+                     random read {:.2} GB/s",
+                    c.write, c.seq_write, c.read
                 ));
-                *best = (best.0.max(c.0), best.1.max(c.1));
+                *best = best.max(c);
             }
             drop(ceiling_file);
             for row in &mut rows[first_row..] {
                 if let Some((_, c)) = ceilings.iter().find(|(qd, _)| *qd == row.queue_depth) {
-                    row.ceiling_read_gbps = c.0;
-                    row.ceiling_write_gbps = c.1;
+                    row.ceiling_read_gbps = c.read;
+                    row.ceiling_write_gbps = c.write;
+                    row.ceiling_seq_write_gbps = c.seq_write;
                 }
             }
         }
@@ -380,6 +406,37 @@ pub fn run(args: &FsArgs) -> Result<(), BoxError> {
     }
     drop(scratch);
     Ok(())
+}
+
+/// Runs the peer at one size and state, with its progress line; `None` (and a warning) if it
+/// failed.
+fn measure_peer(
+    ctx: &mut Ctx,
+    python: &str,
+    script: &std::path::Path,
+    bs: u64,
+    n: u64,
+    state: State,
+) -> Option<peer::PeerFigures> {
+    let started = Instant::now();
+    match run_peer(ctx, python, script, bs, n, state) {
+        Ok(p) => {
+            progress(format_args!(
+                "{} {}: peer: create {} us/file; store {:.2} GB/s, load {:.2} GB/s ({:.1} s)",
+                state.name(),
+                size_name(bs),
+                p.create_us.map_or_else(|| "-".into(), |c| format!("{c:.0}")),
+                p.store_gbps,
+                p.load_gbps,
+                started.elapsed().as_secs_f64()
+            ));
+            Some(p)
+        }
+        Err(e) => {
+            eprintln!("kvtier bench fs: warning: the peer failed: {e}");
+            None
+        }
+    }
 }
 
 /// The 1-minute load average (other work on the machine skews every figure).
@@ -430,6 +487,8 @@ mod tests {
         assert_eq!(cli.fs.executor, vec!["threaded", "uring"]);
         let cli = Cli::try_parse_from(["x"]).unwrap();
         assert_eq!(cli.fs.block_size, vec![64 << 10, 256 << 10, 1 << 20, 2 << 20]);
+        assert_eq!(cli.fs.engine, vec!["files", "regions"]);
+        assert!(Cli::try_parse_from(["x", "--engine", "tape"]).is_err());
         assert!(Cli::try_parse_from(["x", "--executor", "bogus"]).is_err());
     }
 }

@@ -27,7 +27,7 @@ const CREATE_PROBE_FILES: usize = 256;
 const VERIFY_SAMPLE: u64 = 64;
 
 /// The kvtier phase's figures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(super) struct KvFigures {
     pub(super) store: Duration,
     pub(super) load: Duration,
@@ -39,8 +39,12 @@ pub(super) struct KvFigures {
     /// Bytes the device read during the load, per block byte.
     pub(super) device_read: Option<f64>,
     /// Microseconds to create one empty file in the tier's rank directory right before the
-    /// store (see [`create_cost`]).
+    /// store (see [`create_cost`]); 0 for the region engine (it creates no file).
     pub(super) create_us: f64,
+    /// Region engine: seconds its reopen (a clean one) took per GiB of blocks it indexed.
+    pub(super) recovery_s_per_gib: Option<f64>,
+    /// Seconds per GiB indexed of a reopen that reads every record (region engine).
+    pub(super) scan_s_per_gib: Option<f64>,
 }
 
 pub(super) fn default_queue_depth(executor: &str) -> usize {
@@ -56,7 +60,7 @@ pub(super) fn default_queue_depth(executor: &str) -> usize {
 
 /// Builds executor `name` with `qd` concurrent operations. An executor this binary does not
 /// have is an `Unsupported` error.
-fn make_executor(
+pub(super) fn make_executor(
     name: &str,
     region: Arc<PrimaryRegion>,
     qd: usize,
@@ -87,11 +91,23 @@ pub(super) fn probe_executor(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// A tier the benchmark drives, with its counters for error messages.
+pub(super) trait Benched: SecondaryTier {
+    /// The tier's counters, for a failure's message.
+    fn describe(&self) -> String;
+}
+
+impl Benched for FsTier {
+    fn describe(&self) -> String {
+        format!("{:?}", self.stats())
+    }
+}
+
 /// Stores (or loads) `keys` from (into) `slots` in jobs of `ctx.job_blocks`, waits for all of
 /// them and checks that every job succeeded.
-fn run_jobs(
+pub(super) fn run_jobs(
     ctx: &mut Ctx,
-    tier: &mut FsTier,
+    tier: &mut dyn Benched,
     store: bool,
     keys: &[OffloadKey],
     slots: &[SlotId],
@@ -115,9 +131,9 @@ fn run_jobs(
     if done.len() != jobs || failed != 0 {
         let what = if store { "store" } else { "load" };
         return Err(format!(
-            "{what}: {} of {jobs} jobs reported, {failed} failed (tier stats {:?})",
+            "{what}: {} of {jobs} jobs reported, {failed} failed (tier stats {})",
             done.len(),
-            tier.stats()
+            tier.describe()
         )
         .into());
     }
@@ -165,7 +181,7 @@ fn create_cost(dir: &Path, count: usize) -> io::Result<f64> {
 }
 
 /// Compares a sample of rows with the pattern they were stored with.
-fn verify(region: &Arc<PrimaryRegion>, salt: u64, n: u64) -> Result<(), BoxError> {
+pub(super) fn verify(region: &Arc<PrimaryRegion>, salt: u64, n: u64) -> Result<(), BoxError> {
     let step = (n / VERIFY_SAMPLE).max(1);
     let mut expected = vec![0u8; region.row_bytes()];
     let rows = (0..n).step_by(step as usize).chain(std::iter::once(n - 1));
@@ -276,5 +292,7 @@ pub(super) fn measure_kvtier(
         device_write: per_byte(d0, d1, |d| d.1),
         device_read: per_byte(d2, d3, |d| d.0),
         create_us,
+        recovery_s_per_gib: None,
+        scan_s_per_gib: None,
     })
 }

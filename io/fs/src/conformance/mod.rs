@@ -28,22 +28,24 @@
 //! not at all, depending on its probe).
 //!
 //! What they pin down: byte-exact round trips in both formats and at aligned and unaligned row
-//! sizes, to block files and to extents of an opened file; `NotFound`, `Corrupt` (a file is
+//! sizes, to block files, to extents of an opened file and in batches (several blocks as one
+//! transfer, an engine's bytes, copies within the file); `NotFound`, `Corrupt` (a file is
 //! removed, an extent left as it is) and `Transient` (the file is kept) outcomes; temp-file
 //! hygiene (no temp file survives an op, published files are never written in place);
 //! hundreds of ops in flight; every op reported exactly once through its job part, including
 //! across `shutdown` and `Drop`; leases held while an op runs and released before it is
 //! reported.
 //!
-//! The cases are in the private modules `cases` (block files) and `extents`; what they are
-//! built from (blocks, keys, ops named by a token, the [`Tracker`] that reads outcomes back
-//! from a job table) in `fixtures`; all re-exported here.
+//! The cases are in the private modules `cases` (block files), `extents` and `batches`; what
+//! they are built from (blocks, keys, ops named by a token, the [`Tracker`] that reads
+//! outcomes back from a job table) in `fixtures`; all re-exported here.
 //!
 //! [`transient_errors_keep_the_file`] re-runs its own test in a child process with a lowered
 //! `RLIMIT_NOFILE` (through `sh -c 'ulimit -n ...'`) to make `open` fail with `EMFILE`: that
 //! works as root, where permission bits deny nothing, and keeps the limit away from the other
 //! tests of the parent process. It needs the standard libtest harness (`--exact`).
 
+mod batches;
 mod cases;
 mod extents;
 mod fixtures;
@@ -55,6 +57,7 @@ use crate::region::PrimaryRegion;
 use crate::vfs::{HostFs, Vfs};
 use crate::Executor;
 
+pub use batches::*;
 pub use cases::*;
 pub use extents::*;
 pub use fixtures::*;
@@ -112,6 +115,9 @@ macro_rules! executor_conformance {
             extents_round_trip,
             damaged_extents_are_corrupt_and_kept,
             extent_ops_are_checked,
+            batches_round_trip,
+            batch_copies_verify_and_renumber,
+            batches_are_checked,
         );
     };
     (@each ($disk:expr); $make:expr; $($case:ident),* $(,)?) => {
@@ -156,4 +162,7 @@ pub fn run_all_on<E: Executor, F: Fn(Arc<PrimaryRegion>, &Path) -> E>(disk: &dyn
     extents_round_trip(disk, &make);
     damaged_extents_are_corrupt_and_kept(disk, &make);
     extent_ops_are_checked(disk, &make);
+    batches_round_trip(disk, &make);
+    batch_copies_verify_and_renumber(disk, &make);
+    batches_are_checked(disk, &make);
 }
