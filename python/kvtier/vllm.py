@@ -1,4 +1,4 @@
-"""kvtier's FS tier as a vLLM 0.33 secondary tier.
+"""kvtier's disk tier (the FS tier, or the region engine) as a vLLM 0.33 secondary tier.
 
 ``KvtierTier`` is a ``SecondaryTierManager``: vLLM's ``TieringOffloadingSpec`` builds it from an
 entry of ``secondary_tiers`` and its ``TieringOffloadingManager`` drives it from the scheduler,
@@ -32,12 +32,23 @@ are accepted for the same settings, and ``locality`` as in vLLM. Any other key i
 that names it. The run-config fields that name the namespace (model, dtype, parallelism, KV
 groups...) are not settings: they come from vLLM's offloading spec, as vLLM's ``fs`` tier
 computes them.
+
+``engine = "regions"`` runs kvtier's region engine instead of a file per block: one device (a
+file it creates and preallocates, or a block device) that one process owns, blocks appended
+into regions with large writes and evicted a region at a time; the fastest disk tier, never
+shared. Its keys mirror kvtier's TOML ``regions`` table: ``path`` (required), ``capacity``
+(bytes, or a string such as ``"100G"``; ``max_bytes`` is accepted for it), ``region_bytes``,
+``eviction`` (``lru``/``fifo``), ``reinsert``, ``executor``, ``fsync``, ``o_direct``,
+``events``, ``read_workers``, ``write_workers`` (and the vLLM spellings above). Its blocks carry
+kvtier's native header (there is no ``format``); its device's header holds the run config, so
+a device of another run is an error, never overwritten.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -88,6 +99,28 @@ SETTINGS = frozenset(
         "file_mode",
     }
 )
+
+#: Keys of kvtier's TOML ``regions`` tier table that a vLLM tier entry may set (with
+#: ``engine = "regions"``; ``max_bytes`` is the ``capacity``).
+REGIONS_SETTINGS = frozenset(
+    {
+        "path",
+        "capacity",
+        "max_bytes",
+        "region_bytes",
+        "eviction",
+        "reinsert",
+        "executor",
+        "fsync",
+        "o_direct",
+        "events",
+        "read_workers",
+        "write_workers",
+    }
+)
+
+#: The disk engines, by the name ``engine`` takes: a file per block, or the region engine.
+ENGINES = ("files", "regions")
 
 #: vLLM ``fs`` tier spellings, and the kvtier setting each one is.
 VLLM_ALIASES = {
@@ -142,17 +175,25 @@ def file_mapper(root_dir: str, offloading_spec: OffloadingSpec) -> FileMapper:
 def tier_config(
     settings: dict[str, Any], offloading_spec: OffloadingSpec
 ) -> tuple[dict[str, Any], int | None, FileMapper]:
-    """The FS tier table kvtier opens (settings plus the run config vLLM's ``FileMapper``
-    computes from the spec), ``max_bytes``, and that ``FileMapper``.
+    """The tier table kvtier opens (settings plus the run config vLLM's ``FileMapper``
+    computes from the spec), ``max_bytes`` (an FS tier's bound), and that ``FileMapper``.
 
-    Raises ValueError naming unknown keys, keys given twice (a kvtier name and its vLLM
-    spelling), and a missing ``root_dir``.
+    ``engine`` picks the table: an ``fs`` table (``"files"``, the default) or a ``regions``
+    table (``"regions"``, with ``"type": "regions"``).
+
+    Raises ValueError naming an unknown engine, unknown keys, keys given twice (a kvtier name
+    and its vLLM spelling), and a missing ``root_dir`` (``path`` and ``capacity`` for regions).
     """
+    settings = dict(settings)
+    engine = settings.pop("engine", "files")
+    if engine not in ENGINES:
+        raise ValueError(f"kvtier tier: engine {engine!r} is not one of {list(ENGINES)}")
+    known = REGIONS_SETTINGS if engine == "regions" else SETTINGS
     table: dict[str, Any] = {}
     unknown = []
     for key, value in settings.items():
         name = VLLM_ALIASES.get(key, key)
-        if name not in SETTINGS:
+        if name not in known:
             unknown.append(key)
         elif name in table:
             raise ValueError(f"kvtier tier: {key!r} sets {name!r}, which is already set")
@@ -160,15 +201,30 @@ def tier_config(
             table[name] = value
     if unknown:
         raise ValueError(
-            f"kvtier tier: unknown key(s) {sorted(unknown)}; known: "
-            f"{sorted(SETTINGS | set(VLLM_ALIASES) | {'locality'})}"
+            f"kvtier tier: unknown key(s) {sorted(unknown)} for engine {engine!r}; known: "
+            f"{sorted(known | set(VLLM_ALIASES) | {'engine', 'locality'})}"
         )
-    if "root_dir" not in table:
-        raise ValueError("kvtier tier: 'root_dir' is required")
-    table["root_dir"] = str(table["root_dir"])
-    table.setdefault("format", "native")
     max_bytes = table.pop("max_bytes", None)
-    mapper = file_mapper(table["root_dir"], offloading_spec)
+    if engine == "regions":
+        if "path" not in table:
+            raise ValueError("kvtier tier: 'path' (the device) is required with engine 'regions'")
+        table["path"] = str(table["path"])
+        if max_bytes is not None:
+            if "capacity" in table:
+                raise ValueError("kvtier tier: give 'capacity' or 'max_bytes', not both")
+            table["capacity"] = max_bytes
+            max_bytes = None
+        if "capacity" not in table:
+            raise ValueError("kvtier tier: 'capacity' (or 'max_bytes') is required with engine 'regions'")
+        table["type"] = "regions"
+        # The mapper only computes the run config here: its root is the device's directory.
+        mapper = file_mapper(os.path.dirname(os.path.abspath(table["path"])), offloading_spec)
+    else:
+        if "root_dir" not in table:
+            raise ValueError("kvtier tier: 'root_dir' is required")
+        table["root_dir"] = str(table["root_dir"])
+        table.setdefault("format", "native")
+        mapper = file_mapper(table["root_dir"], offloading_spec)
     run = mapper.get_run_config()
     if run.get("inference_engine") != "vllm":
         raise ValueError(f"kvtier tier: unexpected inference_engine {run.get('inference_engine')!r}")
@@ -192,7 +248,7 @@ def tier_config(
 
 
 class KvtierTier(SecondaryTierManager):
-    """A vLLM secondary tier backed by kvtier's FS tier (see the module docs)."""
+    """A vLLM secondary tier backed by kvtier's FS tier or region engine (see the module docs)."""
 
     medium: ClassVar[Medium] = Medium.STORAGE
 
@@ -215,9 +271,9 @@ class KvtierTier(SecondaryTierManager):
                 tier_type,
             )
             table["events"] = False
-        self._format = table["format"]
+        self._format = table.get("format", "native")
         self._executor_setting = table.get("executor", "auto")
-        self._root_dir = table["root_dir"]
+        self._root_dir = table.get("root_dir", table.get("path"))
         self._tier = Tier(primary_kv_view, json.dumps(table), max_bytes)
         if self._format == "vllm" and self._tier.base_path != mapper.base_path:
             # Never write where vLLM would not look: the directories must be the same.
@@ -239,7 +295,7 @@ class KvtierTier(SecondaryTierManager):
         logger.info(
             "kvtier tier '%s' at %s: executor %s, format %s, %d blocks on disk",
             tier_type,
-            self._tier.rank_dir,
+            self._tier.location,
             self._tier.stats().get("executor"),
             self._format,
             self._tier.stats().get("blocks", 0),

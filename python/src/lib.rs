@@ -1,5 +1,6 @@
-//! `kvtier._kvtier`: kvtier's FS tier ([`kvtier_fs::FsTier`], opened by
-//! [`kvtier::cache::open_tier`] with any executor) over rows that a Python object exports
+//! `kvtier._kvtier`: kvtier's disk tier, the FS tier ([`kvtier_fs::FsTier`], a file per
+//! block) or the region engine ([`kvtier_regions::RegionsTier`], one device), opened by
+//! [`kvtier::cache::open_tier`] with any executor, over rows that a Python object exports
 //! through the buffer protocol, for the `kvtier.vllm` tier that vLLM loads.
 //!
 //! This module is deliberately thin: it converts Python values to the library's types and back,
@@ -31,13 +32,14 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use kvtier::config::{FsConfig, TierConfig};
+use kvtier::config::{FsConfig, RegionsConfig, TierConfig};
 use kvtier_core::{Completions, EventLog, Job, JobId, OffloadKey, ReqContext, SecondaryTier, SlotId, TierLookup};
 use kvtier_fs::direct::DirectMode;
 use kvtier_fs::format::native_file_len;
 use kvtier_fs::region::PrimaryRegion;
 use kvtier_fs::DIRECT_ALIGN;
 use kvtier_fs::{FsTier, StorageFormat};
+use kvtier_regions::RegionsTier;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -73,9 +75,14 @@ impl Inner {
         let tier: &dyn Any = &*self.tier;
         tier.downcast_ref::<FsTier>()
     }
+
+    fn regions(&self) -> Option<&RegionsTier> {
+        let tier: &dyn Any = &*self.tier;
+        tier.downcast_ref::<RegionsTier>()
+    }
 }
 
-/// kvtier's FS tier over the rows of a buffer (see the module docs).
+/// kvtier's disk tier over the rows of a buffer (see the module docs).
 #[pyclass(module = "kvtier._kvtier", frozen)]
 struct Tier {
     /// `None` once shut down.
@@ -103,9 +110,30 @@ fn key_of(bytes: &[u8]) -> PyResult<OffloadKey> {
     OffloadKey::from_bytes(bytes).map_err(|e| value_error(format!("key {bytes:02x?}: {e}")))
 }
 
+/// A disk tier table from its JSON text: a `regions` table with `"type": "regions"`, else an
+/// `fs` table (see [`parse_fs_config`]).
+fn parse_config(text: &str) -> PyResult<TierConfig> {
+    let table = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+        .map_err(|e| value_error(format!("kvtier tier config: {e}")))?;
+    match table.get("type").and_then(serde_json::Value::as_str) {
+        None if !table.contains_key("type") => Ok(TierConfig::Fs(Box::new(parse_fs_config(text)?))),
+        Some("regions") => {
+            let mut table = table;
+            table.remove("type");
+            let regions = serde_json::from_value::<RegionsConfig>(table.into())
+                .map_err(|e| value_error(format!("kvtier tier config (regions): {e}")))?;
+            Ok(TierConfig::Regions(Box::new(regions)))
+        }
+        _ => Err(value_error(format!(
+            "kvtier tier config: type {} is not a disk tier (\"regions\", or no type for an fs table)",
+            table["type"]
+        ))),
+    }
+}
+
 /// An `fs` tier table from its JSON text. An error names the key at fault: serde names an
 /// unknown key, but not the key of a value it cannot take.
-fn parse_config(text: &str) -> PyResult<FsConfig> {
+fn parse_fs_config(text: &str) -> PyResult<FsConfig> {
     let err = match serde_json::from_str::<FsConfig>(text) {
         Ok(fs) => return Ok(fs),
         Err(e) => e,
@@ -191,25 +219,34 @@ fn region_of(buffer: &Bound<'_, PyAny>) -> PyResult<PrimaryRegion> {
 
 #[pymethods]
 impl Tier {
-    /// Opens the FS tier described by `config` (the JSON text of an `fs` tier table of
-    /// kvtier's TOML configuration, without `type`) over the rows of `primary`: one block per
-    /// row, `strides[0]` bytes. `max_bytes` bounds the tier's size on disk, converted to
-    /// `max_blocks` with the size of one block file.
+    /// Opens the disk tier described by `config` over the rows of `primary`: one block per
+    /// row, `strides[0]` bytes. `config` is the JSON text of a tier table of kvtier's TOML
+    /// configuration: an `fs` table without `type`, or a `regions` table with
+    /// `"type": "regions"`. `max_bytes` bounds an FS tier's size on disk, converted to
+    /// `max_blocks` with the size of one block file (a region device's bound is its
+    /// `capacity`).
     #[new]
     #[pyo3(signature = (primary, config, max_bytes=None))]
     fn new(py: Python<'_>, primary: &Bound<'_, PyAny>, config: &str, max_bytes: Option<u64>) -> PyResult<Self> {
-        let mut fs = parse_config(config)?;
+        let mut tier_config = parse_config(config)?;
         let region = Arc::new(region_of(primary)?);
         let row_bytes = region.stride();
         let aligned = region.rows_direct_aligned();
-        let settings = fs.tier_config(region.row_bytes());
-        let native = settings.format == StorageFormat::Native;
+        let (native, o_direct) = match &tier_config {
+            TierConfig::Fs(fs) => {
+                let settings = fs.tier_config(region.row_bytes());
+                (settings.format == StorageFormat::Native, settings.o_direct)
+            }
+            // Region records carry the native header.
+            TierConfig::Regions(r) => (true, r.o_direct),
+            TierConfig::Memory(_) | TierConfig::Redis(_) => unreachable!("parse_config makes disk tiers only"),
+        };
         if native && row_bytes % DIRECT_ALIGN != 0 {
             return Err(value_error(format!(
                 "format \"native\" needs rows of a multiple of {DIRECT_ALIGN} bytes (rows here are {row_bytes}); use format \"vllm\""
             )));
         }
-        if settings.o_direct == DirectMode::On && !aligned {
+        if o_direct == DirectMode::On && !aligned {
             return Err(value_error(format!(
                 "o_direct = \"on\" needs rows starting on {DIRECT_ALIGN}-byte boundaries and a stride that is a multiple \
                  of {DIRECT_ALIGN} (stride here: {row_bytes}); use o_direct = \"auto\" or \"off\""
@@ -217,6 +254,9 @@ impl Tier {
         }
         let file_bytes = if native { native_file_len(row_bytes as u64) } else { row_bytes as u64 };
         if let Some(max) = max_bytes {
+            let TierConfig::Fs(fs) = &mut tier_config else {
+                return Err(value_error("max_bytes bounds an fs tier; a regions tier's bound is its capacity"));
+            };
             if fs.max_blocks.is_some() {
                 return Err(value_error("give max_bytes or max_blocks, not both"));
             }
@@ -229,7 +269,6 @@ impl Tier {
             fs.max_blocks = Some(usize::try_from(blocks).unwrap_or(usize::MAX));
         }
         let rows = region.rows();
-        let tier_config = TierConfig::Fs(Box::new(fs));
         let tier = {
             let region = region.clone();
             // Start-up scans the namespace directory: it may take a while.
@@ -254,7 +293,7 @@ impl Tier {
     }
 
     /// Does the tier have `key`? Answered from the in-memory index (no syscall, unless
-    /// `probe_on_miss` is on). `None` when the tier cannot tell yet (the FS tier always can); a
+    /// `probe_on_miss` is on). `None` when the tier cannot tell yet (a disk tier always can); a
     /// shut-down tier has nothing.
     fn lookup(&self, key: &[u8]) -> PyResult<Option<bool>> {
         let key = key_of(key)?;
@@ -396,7 +435,8 @@ impl Tier {
         self.rows
     }
 
-    /// Bytes of one block file on disk (the native format adds its header).
+    /// Bytes of one block file on disk (the native format adds its header; a region record is
+    /// the same size).
     #[getter]
     fn file_bytes(&self) -> u64 {
         self.file_bytes
@@ -409,7 +449,20 @@ impl Tier {
         self.rows_direct_aligned
     }
 
-    /// The namespace's base directory (`{root}/{model}_{digest}`), where `config.json` is.
+    /// Where the blocks live: the FS tier's rank directory, or the region device.
+    #[getter]
+    fn location(&self) -> PyResult<String> {
+        let guard = lock(&self.inner);
+        let inner = guard.as_ref().ok_or_else(|| PyRuntimeError::new_err("the kvtier tier is shut down"))?;
+        Ok(match (inner.fs(), inner.regions()) {
+            (Some(fs), _) => fs.layout().rank_dir().display().to_string(),
+            (None, Some(r)) => r.path().display().to_string(),
+            (None, None) => String::new(),
+        })
+    }
+
+    /// The namespace's base directory (`{root}/{model}_{digest}`), where `config.json` is (an
+    /// FS tier's only).
     #[getter]
     fn base_path(&self) -> PyResult<String> {
         self.with_fs(|fs| fs.layout().base().display().to_string())
@@ -432,7 +485,37 @@ impl Tier {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         let guard = lock(&self.inner);
-        let Some(fs) = guard.as_ref().and_then(Inner::fs) else { return Ok(d) };
+        let Some(inner) = guard.as_ref() else { return Ok(d) };
+        if let Some(r) = inner.regions() {
+            let s = r.stats();
+            // The FS tier's counter names where the engine has the same thing, 0 where it has
+            // no such event (it never misses a file, refuses a store or gives a block up).
+            for (name, value) in [
+                ("blocks_stored", s.blocks_stored),
+                ("blocks_skipped", s.blocks_skipped),
+                ("blocks_loaded", s.blocks_loaded),
+                ("corrupt", s.corrupt),
+                ("missing", 0),
+                ("transient", s.transient),
+                ("failed", s.failed),
+                ("evicted", s.evicted),
+                ("refused", 0),
+                ("given_up", 0),
+                ("regions_reclaimed", s.regions_reclaimed),
+                ("reinserted", s.reinserted),
+            ] {
+                d.set_item(name, value)?;
+            }
+            d.set_item("blocks", r.len())?;
+            d.set_item("executor", r.executor_name())?;
+            d.set_item("o_direct", r.o_direct())?;
+            let rec = r.recovery();
+            d.set_item("startup_blocks_indexed", rec.blocks_indexed)?;
+            d.set_item("startup_torn_removed", rec.dropped_corrupt)?;
+            d.set_item("startup_scan_seconds", rec.duration.as_secs_f64())?;
+            return Ok(d);
+        }
+        let Some(fs) = inner.fs() else { return Ok(d) };
         let s = fs.stats();
         for (name, value) in [
             ("blocks_stored", s.blocks_stored),
@@ -470,7 +553,8 @@ impl Tier {
 impl Tier {
     fn with_fs<T>(&self, f: impl FnOnce(&FsTier) -> T) -> PyResult<T> {
         let guard = lock(&self.inner);
-        guard.as_ref().and_then(Inner::fs).map(f).ok_or_else(|| PyRuntimeError::new_err("the kvtier tier is shut down"))
+        let inner = guard.as_ref().ok_or_else(|| PyRuntimeError::new_err("the kvtier tier is shut down"))?;
+        inner.fs().map(f).ok_or_else(|| PyRuntimeError::new_err("a regions tier has no file per block: see `location`"))
     }
 
     /// Appends one result tuple per completion of a job this tier submitted.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from vllm.v1.kv_offload.tiering.factory import SecondaryTierFactory
 from vllm.v1.kv_offload.tiering.spec import TieringOffloadingSpec
 
 import kvtier
-from kvtier.vllm import KvtierTier
+from kvtier.vllm import KvtierTier, tier_config
 
 EXECUTORS = ["threaded", "uring", "sim", "auto"]
 
@@ -81,6 +82,65 @@ def test_lookups_answer_at_once_and_never_retry(tmp_path, engines):
     assert e.tier.lookup(key(2), ctx) is LookupResult.MISS
     e.drop_primary()
     assert e.promote([key(1), key(2)]) == [LookupResult.HIT_PENDING, LookupResult.MISS]
+
+
+# -- the region engine ----------------------------------------------------------------------
+
+
+def regions_entry(device: os.PathLike | str, **settings: Any) -> dict[str, Any]:
+    """A kvtier entry on the region engine: a device of 8 regions of 256 KiB."""
+    return {"type": "kvtier", "engine": "regions", "path": str(device), "capacity": "2112K", "region_bytes": "256K", **settings}
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_the_region_engine_stores_promotes_and_recovers(tmp_path, engines, executor):
+    device = tmp_path / "kv.dev"
+    entry = regions_entry(device, executor=executor_param(executor))
+    e = engines(entry)
+    keys = [key(i) for i in range(6)]
+    data = e.store(keys)
+    e.settle()
+    stats = e.tier.native.stats()
+    assert stats["blocks_stored"] == 6 and stats["blocks"] == 6, stats
+    assert e.tier.native.location == str(device)
+    with pytest.raises(RuntimeError, match="no file per block"):
+        e.tier.block_path(keys[0])
+    e.drop_primary()
+    assert e.promote(keys) == [LookupResult.HIT_PENDING] * len(keys), "a block on the device promotes at once"
+    assert e.read(keys) == data, "both workers' slices come back byte for byte"
+    e.close()
+    if executor == "sim":  # the sim executor's device is in memory
+        return
+    assert device.stat().st_size == 2112 << 10, "the device is preallocated at its capacity"
+    again = engines(entry)
+    assert again.tier.native.stats()["startup_blocks_indexed"] == 6, "recovery indexes every block"
+    assert again.promote(keys) == [LookupResult.HIT_PENDING] * len(keys)
+    assert again.read(keys) == data
+
+
+def test_the_region_engine_evicts_within_its_capacity(tmp_path, engines):
+    e = engines(regions_entry(tmp_path / "kv.dev", executor="threaded"), chunks=64)
+    # 8 regions of 256 KiB, records of 12 KiB: fewer than 200 blocks fit, far fewer than 400.
+    for start in range(0, 400, 40):
+        e.store([key(i) for i in range(start, start + 40)])
+        e.settle()
+    stats = e.tier.native.stats()
+    assert stats["regions_reclaimed"] > 0 and stats["evicted"] > 0, stats
+    assert stats["blocks"] < 200
+
+
+def test_region_engine_settings_are_checked(tmp_path):
+    spec = None
+    with pytest.raises(ValueError, match="'path'"):
+        tier_config({"engine": "regions", "capacity": "8M"}, spec)
+    with pytest.raises(ValueError, match="'capacity'"):
+        tier_config({"engine": "regions", "path": str(tmp_path / "d")}, spec)
+    with pytest.raises(ValueError, match="not both"):
+        tier_config({"engine": "regions", "path": str(tmp_path / "d"), "capacity": 1, "max_bytes": 1}, spec)
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['format', 'root_dir'\] for engine 'regions'"):
+        tier_config({"engine": "regions", "path": "d", "capacity": 1, "format": "vllm", "root_dir": "r"}, spec)
+    with pytest.raises(ValueError, match="engine 'blocks'"):
+        tier_config({"engine": "blocks"}, spec)
 
 
 # -- reset, restart, shutdown ---------------------------------------------------------------
