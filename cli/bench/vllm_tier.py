@@ -264,7 +264,13 @@ def main() -> None:
     p.add_argument("--rounds", default="ABBA", help="order of the sides: A = vLLM's fs tier, B = kvtier")
     p.add_argument("--warmup", action="store_true", help="first run one unmeasured round of each side, so every measured round finds the file system in the state stores and deletions leave it in")
     p.add_argument("--executor", default="auto", help="kvtier's executor")
-    p.add_argument("--format", default="vllm", help="kvtier's block format (vllm: the same bytes as vLLM's)")
+    p.add_argument("--format", default="vllm", help="kvtier's block format (vllm: the same bytes as vLLM's); files engine only")
+    p.add_argument(
+        "--engine",
+        choices=("files", "regions"),
+        default="files",
+        help="kvtier's disk engine: a file per block (files), or the region engine on one device file (regions)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = p.parse_args()
 
@@ -284,8 +290,22 @@ def main() -> None:
             tier = {"type": "fs", "root_dir": root}
             name = "vllm-fs"
         else:
-            tier = {"type": "kvtier", "root_dir": root, "executor": args.executor, "format": args.format}
             name = "kvtier"
+            if args.engine == "regions":
+                # A device file in the round's directory, with room for every block of the
+                # round (4 KiB record headers included) and the regions the engine keeps free
+                # for reclaims to spare: nothing is evicted.
+                need = args.requests * args.blocks * (args.row_kib + 4) * 1024
+                capacity = (64 << 10) + (need // (16 << 20) + 5) * (16 << 20)
+                tier = {
+                    "type": "kvtier",
+                    "engine": "regions",
+                    "path": os.path.join(root, "kv.dev"),
+                    "capacity": capacity,
+                    "executor": args.executor,
+                }
+            else:
+                tier = {"type": "kvtier", "root_dir": root, "executor": args.executor, "format": args.format}
         r = run_side(name, tier, args, keys)
         r["round"] = i
         shutil.rmtree(root)
@@ -311,7 +331,10 @@ def main() -> None:
         for field, _, _, _ in FIELDS:
             a, b = summary["vllm-fs"][field]["best"], summary["kvtier"][field]["best"]
             ratios[field] = b / a if a else None
-    trace = {k: getattr(args, k) for k in ("row_kib", "requests", "blocks", "per_step", "active", "primary_rows", "step_ms", "executor", "format")}
+    trace = {
+        k: getattr(args, k)
+        for k in ("row_kib", "requests", "blocks", "per_step", "active", "primary_rows", "step_ms", "executor", "format", "engine")
+    }
     trace["bytes_per_side_round"] = args.requests * args.blocks * args.row_kib * 1024
     if args.json:
         print(json.dumps({"trace": trace, "rounds": results, "summary": summary, "ratios": ratios}, indent=2))
