@@ -263,7 +263,7 @@ def main() -> None:
     p.add_argument("--step-ms", type=float, default=5.0, help="least duration of a step (the forward pass, slept)")
     p.add_argument("--rounds", default="ABBA", help="order of the sides: A = vLLM's fs tier, B = kvtier")
     p.add_argument("--warmup", action="store_true", help="first run one unmeasured round of each side, so every measured round finds the file system in the state stores and deletions leave it in")
-    p.add_argument("--executor", default="auto", help="kvtier's executor")
+    p.add_argument("--executor", default="threaded", help="kvtier's executor (threaded: the tier's default in vLLM)")
     p.add_argument("--format", default="vllm", help="kvtier's block format (vllm: the same bytes as vLLM's); files engine only")
     p.add_argument(
         "--engine",
