@@ -242,8 +242,12 @@ impl Tier {
             TierConfig::Memory(_) | TierConfig::Redis(_) => unreachable!("parse_config makes disk tiers only"),
         };
         if native && row_bytes % DIRECT_ALIGN != 0 {
+            let instead = match tier_config {
+                TierConfig::Regions(_) => "use an fs tier with format \"vllm\"",
+                _ => "use format \"vllm\"",
+            };
             return Err(value_error(format!(
-                "format \"native\" needs rows of a multiple of {DIRECT_ALIGN} bytes (rows here are {row_bytes}); use format \"vllm\""
+                "format \"native\" needs rows of a multiple of {DIRECT_ALIGN} bytes (rows here are {row_bytes}); {instead}"
             )));
         }
         if o_direct == DirectMode::On && !aligned {

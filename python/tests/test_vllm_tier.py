@@ -364,6 +364,8 @@ def test_the_primary_buffer_is_checked(tmp_path):
     small = memoryview(np.zeros((4, 16), dtype=np.int8))
     with pytest.raises(ValueError, match="multiple of 4096"):
         _tier(small, root_dir=root)  # native needs page-sized rows
+    with pytest.raises(ValueError, match="multiple of 4096.*an fs tier"):
+        _tier(small, engine="regions", path=str(tmp_path / "kv.dev"), capacity="2M")  # records are native
     with pytest.raises(ValueError, match="o_direct"):
         _tier(small, root_dir=root, format="vllm", o_direct="on")
     # Rows that cannot use O_DIRECT work buffered in the vllm format.
