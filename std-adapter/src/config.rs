@@ -52,6 +52,77 @@ use kvtier_redis::{ClientKind, RedisTierConfig};
 use kvtier_regions::{Eviction, RegionsTierConfig};
 use serde::Deserialize;
 
+/// Declares a tier entry (the table of one `[[tiers]]` type) with the run-config fields
+/// appended: the fields that name its namespace, spelled as `config.json` spells them, so every
+/// tier type that has a namespace takes them alike. With `run_config!` (their mapping to a
+/// `RunConfig`) and `with_run_config_unset!` (a literal with none given), the one place
+/// they are listed.
+macro_rules! tier_entry {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($body)*
+            /// Run config: model name.
+            #[serde(default)]
+            pub model_name: Option<String>,
+            /// Run config: KV dtype.
+            #[serde(default)]
+            pub dtype: Option<String>,
+            /// Run config: tokens per hash.
+            #[serde(default)]
+            pub tokens_per_hash: Option<u64>,
+            /// Run config: GPU blocks per offloaded block (file).
+            #[serde(default)]
+            pub blocks_per_file: Option<u64>,
+            /// Run config: tensor-parallel size.
+            #[serde(default)]
+            pub tp_size: Option<u64>,
+            /// Run config: pipeline-parallel size.
+            #[serde(default)]
+            pub pp_size: Option<u64>,
+            /// Run config: prefill context-parallel size.
+            #[serde(default)]
+            pub pcp_size: Option<u64>,
+            /// Run config: decode context-parallel size.
+            #[serde(default)]
+            pub dcp_size: Option<u64>,
+            /// Run config: KV-cache groups.
+            #[serde(default)]
+            pub kv_cache_groups: Option<Vec<KvCacheGroup>>,
+            /// Run config: whether blocks are parallel-agnostic.
+            #[serde(default)]
+            pub parallel_agnostic: Option<bool>,
+            /// Run config (vLLM 0.33): one copy of a block shared by all workers.
+            #[serde(default)]
+            pub replicated_layout: Option<bool>,
+            /// Run config (vLLM 0.33): the canonical byte-format identity, when that layout is used.
+            #[serde(default)]
+            pub canonical_format: Option<String>,
+        }
+    };
+}
+
+/// A tier entry's struct literal with the given fields and no run-config field given.
+macro_rules! with_run_config_unset {
+    ($name:ident { $($field:ident: $value:expr),* $(,)? }) => {
+        $name {
+            $($field: $value,)*
+            model_name: None,
+            dtype: None,
+            tokens_per_hash: None,
+            blocks_per_file: None,
+            tp_size: None,
+            pp_size: None,
+            pcp_size: None,
+            dcp_size: None,
+            kv_cache_groups: None,
+            parallel_agnostic: None,
+            replicated_layout: None,
+            canonical_format: None,
+        }
+    };
+}
+
 /// The run config named by a tier entry's run-config fields (`model_name`, `dtype`, ...), each
 /// absent one at its default: one mapping for every tier type whose entry carries them.
 macro_rules! run_config {
@@ -156,104 +227,58 @@ pub enum ExecutorKind {
     Auto,
 }
 
-/// An FS tier: where, how, and the run-config fields that name its namespace.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FsConfig {
-    /// Root directory.
-    pub root_dir: PathBuf,
-    /// Executor.
-    #[serde(default)]
-    pub executor: ExecutorKind,
-    /// Block format.
-    #[serde(default)]
-    pub format: StorageFormat,
-    /// Run config: model name.
-    #[serde(default)]
-    pub model_name: Option<String>,
-    /// Run config: KV dtype.
-    #[serde(default)]
-    pub dtype: Option<String>,
-    /// Run config: tokens per hash.
-    #[serde(default)]
-    pub tokens_per_hash: Option<u64>,
-    /// Run config: GPU blocks per file.
-    #[serde(default)]
-    pub blocks_per_file: Option<u64>,
-    /// Run config: tensor-parallel size.
-    #[serde(default)]
-    pub tp_size: Option<u64>,
-    /// Run config: pipeline-parallel size.
-    #[serde(default)]
-    pub pp_size: Option<u64>,
-    /// Run config: prefill context-parallel size.
-    #[serde(default)]
-    pub pcp_size: Option<u64>,
-    /// Run config: decode context-parallel size.
-    #[serde(default)]
-    pub dcp_size: Option<u64>,
-    /// Run config: KV-cache groups.
-    #[serde(default)]
-    pub kv_cache_groups: Option<Vec<KvCacheGroup>>,
-    /// Run config: whether blocks are parallel-agnostic.
-    #[serde(default)]
-    pub parallel_agnostic: Option<bool>,
-    /// Run config (vLLM 0.33): one copy of a block shared by all workers.
-    #[serde(default)]
-    pub replicated_layout: Option<bool>,
-    /// Run config (vLLM 0.33): the canonical byte-format identity, when that layout is used.
-    #[serde(default)]
-    pub canonical_format: Option<String>,
-    /// This process's rank.
-    #[serde(default)]
-    pub rank: u32,
-    /// Raise STORAGE events for stored blocks.
-    #[serde(default)]
-    pub events: bool,
-    /// O_DIRECT mode.
-    #[serde(default)]
-    pub o_direct: DirectMode,
-    /// `fdatasync` every block before publishing it.
-    #[serde(default)]
-    pub fsync: bool,
-    /// Check the disk on an index miss (directories shared with other processes).
-    #[serde(default)]
-    pub probe_on_miss: bool,
-    /// Most blocks kept on disk; a store beyond it evicts the least recently used block
-    /// (reusing its file in the native format). Absent: no bound.
-    #[serde(default)]
-    pub max_blocks: Option<usize>,
-    /// Read-priority worker threads (threaded executor).
-    #[serde(default)]
-    pub read_workers: Option<usize>,
-    /// Write-priority worker threads (threaded executor).
-    #[serde(default)]
-    pub write_workers: Option<usize>,
-    /// Permission bits of what the tier creates (owner-only by default; see [`FileMode`]).
-    #[serde(default)]
-    pub file_mode: FileMode,
+tier_entry! {
+    /// An FS tier: where, how, and the run-config fields that name its namespace.
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FsConfig {
+        /// Root directory.
+        pub root_dir: PathBuf,
+        /// Executor.
+        #[serde(default)]
+        pub executor: ExecutorKind,
+        /// Block format.
+        #[serde(default)]
+        pub format: StorageFormat,
+        /// This process's rank.
+        #[serde(default)]
+        pub rank: u32,
+        /// Raise STORAGE events for stored blocks.
+        #[serde(default)]
+        pub events: bool,
+        /// O_DIRECT mode.
+        #[serde(default)]
+        pub o_direct: DirectMode,
+        /// `fdatasync` every block before publishing it.
+        #[serde(default)]
+        pub fsync: bool,
+        /// Check the disk on an index miss (directories shared with other processes).
+        #[serde(default)]
+        pub probe_on_miss: bool,
+        /// Most blocks kept on disk; a store beyond it evicts the least recently used block
+        /// (reusing its file in the native format). Absent: no bound.
+        #[serde(default)]
+        pub max_blocks: Option<usize>,
+        /// Read-priority worker threads (threaded executor).
+        #[serde(default)]
+        pub read_workers: Option<usize>,
+        /// Write-priority worker threads (threaded executor).
+        #[serde(default)]
+        pub write_workers: Option<usize>,
+        /// Permission bits of what the tier creates (owner-only by default; see [`FileMode`]).
+        #[serde(default)]
+        pub file_mode: FileMode,
+    }
 }
 
 impl FsConfig {
     /// A tier under `root_dir` with every other setting at its default (as an `fs` table with
     /// only `root_dir` would have them).
     pub fn new(root_dir: impl Into<PathBuf>) -> Self {
-        FsConfig {
+        with_run_config_unset!(FsConfig {
             root_dir: root_dir.into(),
             executor: ExecutorKind::default(),
             format: StorageFormat::default(),
-            model_name: None,
-            dtype: None,
-            tokens_per_hash: None,
-            blocks_per_file: None,
-            tp_size: None,
-            pp_size: None,
-            pcp_size: None,
-            dcp_size: None,
-            kv_cache_groups: None,
-            parallel_agnostic: None,
-            replicated_layout: None,
-            canonical_format: None,
             rank: 0,
             events: false,
             o_direct: DirectMode::default(),
@@ -263,7 +288,7 @@ impl FsConfig {
             read_workers: None,
             write_workers: None,
             file_mode: FileMode::OWNER_ONLY,
-        }
+        })
     }
 
     /// Checks the tier's settings (see [`CacheConfig::validate`]); errors name the field.
@@ -363,96 +388,62 @@ pub enum RedisClient {
     Crate,
 }
 
-/// A Redis tier: the server or cluster, how the tier talks to it, and the run-config fields
-/// that name its namespace (as an `fs` entry's).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (`rediss://` with the `tls` feature of
-    /// kvtier-redis, `redis+unix:///path`); for a cluster, any node.
-    pub url: String,
-    /// Further nodes to try when `url` does not answer (a cluster's other nodes).
-    #[serde(default)]
-    pub seeds: Vec<String>,
-    /// User name, overriding the URL's.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password, overriding the URL's.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// PEM file of the CA certificates that sign the servers' (`rediss://`; absent: the
-    /// system's roots).
-    #[serde(default)]
-    pub tls_ca_file: Option<PathBuf>,
-    /// Worker threads, each with its own connection per node (default 2).
-    #[serde(default)]
-    pub connections: Option<usize>,
-    /// Longest wait for one socket operation, in ms (default 500).
-    #[serde(default)]
-    pub timeout_ms: Option<u64>,
-    /// Expiry of stored blocks in ms (`SET ... PX`); absent: none.
-    #[serde(default)]
-    pub ttl_ms: Option<u64>,
-    /// On an index miss, ask the server in the background (blocks other servers stored).
-    #[serde(default)]
-    pub probe_on_miss: bool,
-    /// How long a probe's "absent" is trusted, in ms (default 1000).
-    #[serde(default)]
-    pub probe_negative_ttl_ms: Option<u64>,
-    /// Most keys per pipelined batch (default 64).
-    #[serde(default)]
-    pub pipeline: Option<usize>,
-    /// Most keys the local index remembers (default 1048576).
-    #[serde(default)]
-    pub index_capacity: Option<usize>,
-    /// The data-path client.
-    #[serde(default)]
-    pub client: RedisClient,
-    /// This process's rank.
-    #[serde(default)]
-    pub rank: u32,
-    /// Run config: model name.
-    #[serde(default)]
-    pub model_name: Option<String>,
-    /// Run config: KV dtype.
-    #[serde(default)]
-    pub dtype: Option<String>,
-    /// Run config: tokens per hash.
-    #[serde(default)]
-    pub tokens_per_hash: Option<u64>,
-    /// Run config: GPU blocks per offloaded block.
-    #[serde(default)]
-    pub blocks_per_file: Option<u64>,
-    /// Run config: tensor-parallel size.
-    #[serde(default)]
-    pub tp_size: Option<u64>,
-    /// Run config: pipeline-parallel size.
-    #[serde(default)]
-    pub pp_size: Option<u64>,
-    /// Run config: prefill context-parallel size.
-    #[serde(default)]
-    pub pcp_size: Option<u64>,
-    /// Run config: decode context-parallel size.
-    #[serde(default)]
-    pub dcp_size: Option<u64>,
-    /// Run config: KV-cache groups.
-    #[serde(default)]
-    pub kv_cache_groups: Option<Vec<KvCacheGroup>>,
-    /// Run config: whether blocks are parallel-agnostic.
-    #[serde(default)]
-    pub parallel_agnostic: Option<bool>,
-    /// Run config (vLLM 0.33): one copy of a block shared by all workers.
-    #[serde(default)]
-    pub replicated_layout: Option<bool>,
-    /// Run config (vLLM 0.33): the canonical byte-format identity.
-    #[serde(default)]
-    pub canonical_format: Option<String>,
+tier_entry! {
+    /// A Redis tier: the server or cluster, how the tier talks to it, and the run-config fields
+    /// that name its namespace (as an `fs` entry's).
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RedisConfig {
+        /// `redis://[user:password@]host:port[/db]` (`rediss://` with the `tls` feature of
+        /// kvtier-redis, `redis+unix:///path`); for a cluster, any node.
+        pub url: String,
+        /// Further nodes to try when `url` does not answer (a cluster's other nodes).
+        #[serde(default)]
+        pub seeds: Vec<String>,
+        /// User name, overriding the URL's.
+        #[serde(default)]
+        pub username: Option<String>,
+        /// Password, overriding the URL's.
+        #[serde(default)]
+        pub password: Option<String>,
+        /// PEM file of the CA certificates that sign the servers' (`rediss://`; absent: the
+        /// system's roots).
+        #[serde(default)]
+        pub tls_ca_file: Option<PathBuf>,
+        /// Worker threads, each with its own connection per node (default 2).
+        #[serde(default)]
+        pub connections: Option<usize>,
+        /// Longest wait for one socket operation, in ms (default 500).
+        #[serde(default)]
+        pub timeout_ms: Option<u64>,
+        /// Expiry of stored blocks in ms (`SET ... PX`); absent: none.
+        #[serde(default)]
+        pub ttl_ms: Option<u64>,
+        /// On an index miss, ask the server in the background (blocks other servers stored).
+        #[serde(default)]
+        pub probe_on_miss: bool,
+        /// How long a probe's "absent" is trusted, in ms (default 1000).
+        #[serde(default)]
+        pub probe_negative_ttl_ms: Option<u64>,
+        /// Most keys per pipelined batch (default 64).
+        #[serde(default)]
+        pub pipeline: Option<usize>,
+        /// Most keys the local index remembers (default 1048576).
+        #[serde(default)]
+        pub index_capacity: Option<usize>,
+        /// The data-path client.
+        #[serde(default)]
+        pub client: RedisClient,
+        /// This process's rank.
+        #[serde(default)]
+        pub rank: u32,
+    }
 }
 
 impl RedisConfig {
     /// A tier on `url` with every other setting at its default.
     pub fn new(url: impl Into<String>) -> Self {
-        RedisConfig {
+        with_run_config_unset!(RedisConfig {
             url: url.into(),
             seeds: Vec::new(),
             username: None,
@@ -467,19 +458,7 @@ impl RedisConfig {
             index_capacity: None,
             client: RedisClient::default(),
             rank: 0,
-            model_name: None,
-            dtype: None,
-            tokens_per_hash: None,
-            blocks_per_file: None,
-            tp_size: None,
-            pp_size: None,
-            pcp_size: None,
-            dcp_size: None,
-            kv_cache_groups: None,
-            parallel_agnostic: None,
-            replicated_layout: None,
-            canonical_format: None,
-        }
+        })
     }
 
     /// The Redis tier's settings.
@@ -559,81 +538,47 @@ impl<'de> Deserialize<'de> for Bytes {
     }
 }
 
-/// A region engine: its device, its layout, and the run-config fields that name its namespace
-/// (checked against the device's header).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegionsConfig {
-    /// The device: a file (created and preallocated at `capacity` if absent) or a block device.
-    pub path: PathBuf,
-    /// Bytes of the device to use.
-    pub capacity: Bytes,
-    /// Bytes of a region (default 16 MiB).
-    #[serde(default)]
-    pub region_bytes: Option<Bytes>,
-    /// Executor.
-    #[serde(default)]
-    pub executor: ExecutorKind,
-    /// Which region a reclaim takes: `lru` (default) or `fifo`.
-    #[serde(default)]
-    pub eviction: Eviction,
-    /// Copy blocks loaded since they were written out of a reclaimed region (default true).
-    #[serde(default = "default_true")]
-    pub reinsert: bool,
-    /// `fdatasync` every write before it counts (the index then survives a power cut as is).
-    #[serde(default)]
-    pub fsync: bool,
-    /// O_DIRECT mode.
-    #[serde(default)]
-    pub o_direct: DirectMode,
-    /// Raise STORAGE events for stored and evicted blocks.
-    #[serde(default)]
-    pub events: bool,
-    /// This process's rank.
-    #[serde(default)]
-    pub rank: u32,
-    /// Run config: model name.
-    #[serde(default)]
-    pub model_name: Option<String>,
-    /// Run config: KV dtype.
-    #[serde(default)]
-    pub dtype: Option<String>,
-    /// Run config: tokens per hash.
-    #[serde(default)]
-    pub tokens_per_hash: Option<u64>,
-    /// Run config: GPU blocks per file.
-    #[serde(default)]
-    pub blocks_per_file: Option<u64>,
-    /// Run config: tensor-parallel size.
-    #[serde(default)]
-    pub tp_size: Option<u64>,
-    /// Run config: pipeline-parallel size.
-    #[serde(default)]
-    pub pp_size: Option<u64>,
-    /// Run config: prefill context-parallel size.
-    #[serde(default)]
-    pub pcp_size: Option<u64>,
-    /// Run config: decode context-parallel size.
-    #[serde(default)]
-    pub dcp_size: Option<u64>,
-    /// Run config: KV-cache groups.
-    #[serde(default)]
-    pub kv_cache_groups: Option<Vec<KvCacheGroup>>,
-    /// Run config: whether blocks are parallel-agnostic.
-    #[serde(default)]
-    pub parallel_agnostic: Option<bool>,
-    /// Run config (vLLM 0.33): one copy of a block shared by all workers.
-    #[serde(default)]
-    pub replicated_layout: Option<bool>,
-    /// Run config (vLLM 0.33): the canonical byte-format identity.
-    #[serde(default)]
-    pub canonical_format: Option<String>,
-    /// Read-priority worker threads (threaded executor).
-    #[serde(default)]
-    pub read_workers: Option<usize>,
-    /// Write-priority worker threads (threaded executor).
-    #[serde(default)]
-    pub write_workers: Option<usize>,
+tier_entry! {
+    /// A region engine: its device, its layout, and the run-config fields that name its namespace
+    /// (checked against the device's header).
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RegionsConfig {
+        /// The device: a file (created and preallocated at `capacity` if absent) or a block device.
+        pub path: PathBuf,
+        /// Bytes of the device to use.
+        pub capacity: Bytes,
+        /// Bytes of a region (default 16 MiB).
+        #[serde(default)]
+        pub region_bytes: Option<Bytes>,
+        /// Executor.
+        #[serde(default)]
+        pub executor: ExecutorKind,
+        /// Which region a reclaim takes: `lru` (default) or `fifo`.
+        #[serde(default)]
+        pub eviction: Eviction,
+        /// Copy blocks loaded since they were written out of a reclaimed region (default true).
+        #[serde(default = "default_true")]
+        pub reinsert: bool,
+        /// `fdatasync` every write before it counts (the index then survives a power cut as is).
+        #[serde(default)]
+        pub fsync: bool,
+        /// O_DIRECT mode.
+        #[serde(default)]
+        pub o_direct: DirectMode,
+        /// Raise STORAGE events for stored and evicted blocks.
+        #[serde(default)]
+        pub events: bool,
+        /// This process's rank.
+        #[serde(default)]
+        pub rank: u32,
+        /// Read-priority worker threads (threaded executor).
+        #[serde(default)]
+        pub read_workers: Option<usize>,
+        /// Write-priority worker threads (threaded executor).
+        #[serde(default)]
+        pub write_workers: Option<usize>,
+    }
 }
 
 fn default_true() -> bool {
@@ -643,7 +588,7 @@ fn default_true() -> bool {
 impl RegionsConfig {
     /// A device at `path` of `capacity` bytes, every other setting at its default.
     pub fn new(path: impl Into<PathBuf>, capacity: u64) -> Self {
-        RegionsConfig {
+        with_run_config_unset!(RegionsConfig {
             path: path.into(),
             capacity: Bytes(capacity),
             region_bytes: None,
@@ -654,21 +599,9 @@ impl RegionsConfig {
             o_direct: DirectMode::default(),
             events: false,
             rank: 0,
-            model_name: None,
-            dtype: None,
-            tokens_per_hash: None,
-            blocks_per_file: None,
-            tp_size: None,
-            pp_size: None,
-            pcp_size: None,
-            dcp_size: None,
-            kv_cache_groups: None,
-            parallel_agnostic: None,
-            replicated_layout: None,
-            canonical_format: None,
             read_workers: None,
             write_workers: None,
-        }
+        })
     }
 
     /// The engine's settings.
