@@ -241,15 +241,22 @@ impl Conn {
         }
     }
 
-    /// A whole bulk payload of at most `max` bytes (after [`Reply::Bulk`]).
+    /// A whole bulk payload of at most `max` bytes (after [`Reply::Bulk`]): the reader's
+    /// [`RespReader::bulk_vec`], or the crate's payload itself (no copy).
     pub fn bulk_vec(&mut self, len: u64, max: usize) -> Result<Vec<u8>, RespError> {
-        if len > max as u64 {
-            return Err(RespError::Protocol("bulk reply too long"));
+        match self {
+            Conn::Thin(reader) => reader.bulk_vec(len, max),
+            Conn::Crate { bulk, .. } => {
+                if len > max as u64 {
+                    return Err(RespError::Protocol("bulk reply too long"));
+                }
+                match bulk.take() {
+                    Some((v, 0)) if v.len() as u64 == len => Ok(v),
+                    Some(_) => Err(RespError::Protocol("bulk payload partly read")),
+                    None => Err(RespError::Protocol("no bulk payload")),
+                }
+            }
         }
-        let mut v = vec![0u8; len as usize];
-        self.read_into(&mut v)?;
-        self.end_bulk()?;
-        Ok(v)
     }
 
     /// Reads one reply that must not be an array and discards it (a bulk payload included).
