@@ -45,6 +45,20 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+/// The counters [`Tier::stats`] reports for either disk tier, in this order.
+const COUNTERS: [&str; 10] = [
+    "blocks_stored",
+    "blocks_skipped",
+    "blocks_loaded",
+    "corrupt",
+    "missing",
+    "transient",
+    "failed",
+    "evicted",
+    "refused",
+    "given_up",
+];
+
 /// The request context kvtier's tier interface takes; the FS tier does not use it.
 const NO_REQUEST: ReqContext = ReqContext::new(0);
 
@@ -490,66 +504,76 @@ impl Tier {
         let d = PyDict::new(py);
         let guard = lock(&self.inner);
         let Some(inner) = guard.as_ref() else { return Ok(d) };
-        if let Some(r) = inner.regions() {
-            let s = r.stats();
-            // The FS tier's counter names where the engine has the same thing, 0 where it has
-            // no such event (it never misses a file, refuses a store or gives a block up).
-            for (name, value) in [
-                ("blocks_stored", s.blocks_stored),
-                ("blocks_skipped", s.blocks_skipped),
-                ("blocks_loaded", s.blocks_loaded),
-                ("corrupt", s.corrupt),
-                ("missing", 0),
-                ("transient", s.transient),
-                ("failed", s.failed),
-                ("evicted", s.evicted),
-                ("refused", 0),
-                ("given_up", 0),
-                ("regions_reclaimed", s.regions_reclaimed),
-                ("reinserted", s.reinserted),
-            ] {
-                d.set_item(name, value)?;
+        // What both disk tiers report, under the FS tier's counter names ([`COUNTERS`]); the
+        // region engine has 0 where it has no such event (it never misses a file, refuses a
+        // store or gives a block up).
+        let (counters, facts) = match (inner.fs(), inner.regions()) {
+            (Some(fs), _) => {
+                let s = fs.stats();
+                let startup = fs.startup();
+                let verification = fs.verification();
+                d.set_item("startup_stale_temps_removed", startup.stale_temps_removed)?;
+                d.set_item("startup_evicted", startup.evicted)?;
+                d.set_item("startup_wrong_length_removed", startup.wrong_length_removed)?;
+                d.set_item("startup_unverifiable_removed", startup.unverifiable_removed)?;
+                d.set_item("verify_total", verification.total)?;
+                d.set_item("verify_checked", verification.checked)?;
+                d.set_item("verify_finished", verification.finished)?;
+                let counters = [
+                    s.blocks_stored,
+                    s.blocks_skipped,
+                    s.blocks_loaded,
+                    s.corrupt,
+                    s.missing,
+                    s.transient,
+                    s.failed,
+                    s.evicted,
+                    s.refused,
+                    s.given_up,
+                ];
+                let facts = (
+                    fs.len(),
+                    fs.executor_name(),
+                    startup.o_direct,
+                    startup.blocks_indexed as u64,
+                    startup.torn_removed as u64,
+                    startup.scan_time,
+                );
+                (counters, facts)
             }
-            d.set_item("blocks", r.len())?;
-            d.set_item("executor", r.executor_name())?;
-            d.set_item("o_direct", r.o_direct())?;
-            let rec = r.recovery();
-            d.set_item("startup_blocks_indexed", rec.blocks_indexed)?;
-            d.set_item("startup_torn_removed", rec.dropped_corrupt)?;
-            d.set_item("startup_scan_seconds", rec.duration.as_secs_f64())?;
-            return Ok(d);
-        }
-        let Some(fs) = inner.fs() else { return Ok(d) };
-        let s = fs.stats();
-        for (name, value) in [
-            ("blocks_stored", s.blocks_stored),
-            ("blocks_skipped", s.blocks_skipped),
-            ("blocks_loaded", s.blocks_loaded),
-            ("corrupt", s.corrupt),
-            ("missing", s.missing),
-            ("transient", s.transient),
-            ("failed", s.failed),
-            ("evicted", s.evicted),
-            ("refused", s.refused),
-            ("given_up", s.given_up),
-        ] {
+            (None, Some(r)) => {
+                let s = r.stats();
+                let rec = r.recovery();
+                d.set_item("regions_reclaimed", s.regions_reclaimed)?;
+                d.set_item("reinserted", s.reinserted)?;
+                let counters = [
+                    s.blocks_stored,
+                    s.blocks_skipped,
+                    s.blocks_loaded,
+                    s.corrupt,
+                    0,
+                    s.transient,
+                    s.failed,
+                    s.evicted,
+                    0,
+                    0,
+                ];
+                let facts =
+                    (r.len(), r.executor_name(), r.o_direct(), rec.blocks_indexed, rec.dropped_corrupt, rec.duration);
+                (counters, facts)
+            }
+            (None, None) => return Ok(d),
+        };
+        for (name, value) in COUNTERS.iter().zip(counters) {
             d.set_item(name, value)?;
         }
-        d.set_item("blocks", fs.len())?;
-        d.set_item("executor", fs.executor_name())?;
-        let startup = fs.startup();
-        d.set_item("o_direct", startup.o_direct)?;
-        d.set_item("startup_blocks_indexed", startup.blocks_indexed)?;
-        d.set_item("startup_stale_temps_removed", startup.stale_temps_removed)?;
-        d.set_item("startup_evicted", startup.evicted)?;
-        d.set_item("startup_torn_removed", startup.torn_removed)?;
-        d.set_item("startup_wrong_length_removed", startup.wrong_length_removed)?;
-        d.set_item("startup_unverifiable_removed", startup.unverifiable_removed)?;
-        let verification = fs.verification();
-        d.set_item("verify_total", verification.total)?;
-        d.set_item("verify_checked", verification.checked)?;
-        d.set_item("verify_finished", verification.finished)?;
-        d.set_item("startup_scan_seconds", startup.scan_time.as_secs_f64())?;
+        let (blocks, executor, o_direct, indexed, torn, startup_time) = facts;
+        d.set_item("blocks", blocks)?;
+        d.set_item("executor", executor)?;
+        d.set_item("o_direct", o_direct)?;
+        d.set_item("startup_blocks_indexed", indexed)?;
+        d.set_item("startup_torn_removed", torn)?;
+        d.set_item("startup_scan_seconds", startup_time.as_secs_f64())?;
         Ok(d)
     }
 }
