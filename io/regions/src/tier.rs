@@ -216,6 +216,13 @@ pub struct RegionsTier {
     index: Index,
     regions: Vec<Region>,
     order: Order,
+    /// Per region: whether it holds a block a lookup answered `Hit` for since the last poll.
+    /// The engine submits promotion loads at the end of the step, after the step's cascaded
+    /// stores, so no reclaim takes such a region until the next poll (the first call of the
+    /// next step), when the loads protect it as readers.
+    promised: Vec<bool>,
+    /// Whether any region is promised.
+    any_promised: bool,
     clean: VecDeque<u32>,
     open: Option<u32>,
     next_seq: u64,
@@ -329,6 +336,8 @@ impl RegionsTier {
             file,
             o_direct,
             index: recovered.index,
+            promised: vec![false; geo.regions as usize],
+            any_promised: false,
             regions,
             order,
             clean,
@@ -658,7 +667,8 @@ impl RegionsTier {
                 self.mark(r as u32);
                 continue;
             }
-            let Some(victim) = self.order.pop_first(|_| true) else { return };
+            let promised = &self.promised;
+            let Some(victim) = self.order.pop_first(|r| !promised[r as usize]) else { return };
             self.evict(victim);
         }
     }
@@ -1052,10 +1062,13 @@ impl RegionsTier {
 
 impl SecondaryTier for RegionsTier {
     fn lookup(&mut self, key: &OffloadKey, _req: ReqContext) -> TierLookup {
-        if self.index.get(key).is_some() {
-            TierLookup::Hit
-        } else {
-            TierLookup::Miss
+        match self.index.get(key) {
+            Some(slot) => {
+                self.promised[self.geo.region_of(slot) as usize] = true;
+                self.any_promised = true;
+                TierLookup::Hit
+            }
+            None => TierLookup::Miss,
         }
     }
 
@@ -1068,6 +1081,9 @@ impl SecondaryTier for RegionsTier {
     }
 
     fn poll_finished(&mut self, out: &mut Completions) {
+        if std::mem::take(&mut self.any_promised) {
+            self.promised.fill(false);
+        }
         self.drive(Wait::No);
         self.collect();
         out.append(&mut self.finished);

@@ -296,3 +296,45 @@ fn a_region_being_read_is_not_reused_under_its_reader() {
     assert!(holds(&region, 31, &pinned));
     assert!(!tier.region_states().contains("Evicting"), "{}", tier.region_states());
 }
+
+/// A block a lookup answered Hit for is promoted by a load the engine submits at the end of
+/// the step, after that step's cascaded stores: those stores must not reclaim its region
+/// first. The promise lasts until the next poll.
+#[test]
+fn a_block_a_lookup_promised_is_not_reclaimed_before_its_load() {
+    use kvtier_core::{Job, JobId, ReqContext, SlotId, TierLookup};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&dir.path().join("dev"), HEADER_AREA + 4 * REGION, REGION);
+    let region = Arc::new(PrimaryRegion::anonymous(64, BLOCK).unwrap());
+    let mut tier = open_host(&cfg, &region).unwrap();
+    let per_region = u64::from(tier.geometry().slots_per_region);
+    let promised = key(0);
+    assert!(store(&mut tier, &region, 1, &[promised])[0]);
+    // Its region fills up and is sealed: the least recently used one.
+    let mut next = 1;
+    let mut id = 10;
+    while next <= per_region {
+        assert!(store(&mut tier, &region, id, &keys(next..next + 4)).iter().all(|&ok| ok));
+        (next, id) = (next + 4, id + 1);
+    }
+    // One step: the lookup, then stores of more blocks than the device holds, never polled.
+    assert_eq!(tier.lookup(&promised, ReqContext::default()), TierLookup::Hit);
+    let slots: Vec<SlotId> = (0..4).map(SlotId).collect();
+    for _ in 0..4 * per_region / 4 {
+        let batch = keys(next..next + 4);
+        for (i, k) in batch.iter().enumerate() {
+            fill(&region, i as u32, k);
+        }
+        tier.submit_store(Job { id: JobId(id), req: ReqContext::default(), keys: &batch, slots: &slots });
+        tier.wait_idle();
+        (next, id) = (next + 4, id + 1);
+    }
+    assert!(tier.contains(&promised), "the promised block's region was reclaimed: {}", tier.region_states());
+    assert!(load(&mut tier, &region, id, &[promised])[0], "its promotion loads");
+    // The promise is over: the next reclaims may take its region.
+    for _ in 0..4 * per_region / 4 {
+        assert!(store(&mut tier, &region, id + 1, &keys(next..next + 4)).iter().all(|&ok| ok));
+        (next, id) = (next + 4, id + 2);
+    }
+    assert!(!tier.contains(&promised), "{}", tier.region_states());
+}
