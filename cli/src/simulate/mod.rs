@@ -521,6 +521,14 @@ fn run_offload(
     Ok(OffloadRun { tally, samples, wall, kv_cpu, io_cpu, stats, remote })
 }
 
+/// Where a disk tier of `engine` keeps its blocks, as the header says it.
+fn disk_place(engine: &str, executor: ExecutorKind, path: &Path) -> String {
+    match executor {
+        ExecutorKind::Sim => format!("disk ({engine}) simulated in memory, no file written"),
+        _ => format!("disk ({engine}) at {}", path.display()),
+    }
+}
+
 fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
     let engine = cache.engine();
     cfg.tiers
@@ -542,10 +550,7 @@ fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
             },
             (TierConfig::Fs(fs), Some(tier)) => format!(
                 "{}: {} executor, O_DIRECT {}, {}, {} blocks already there",
-                match fs.executor {
-                    ExecutorKind::Sim => "disk (fs) simulated in memory, no file written".to_string(),
-                    _ => format!("disk (fs) at {}", fs.root_dir.display()),
-                },
+                disk_place("fs", fs.executor, &fs.root_dir),
                 tier.executor_name(),
                 if tier.startup().o_direct { "on" } else { "off (buffered I/O)" },
                 match fs.max_blocks {
@@ -554,14 +559,14 @@ fn describe_tiers(cache: &mut TieredCache, cfg: &CacheConfig) -> Vec<String> {
                 },
                 tier.startup().blocks_indexed
             ),
-            (TierConfig::Regions(_), _) => match engine.tier_mut::<RegionsTier>(i) {
+            (TierConfig::Regions(r), _) => match engine.tier_mut::<RegionsTier>(i) {
                 Some(tier) => {
                     let g = tier.geometry();
                     let rep = tier.recovery();
                     format!(
-                        "disk (regions) at {}: {} executor, O_DIRECT {}, {:.1} GiB in {} regions of {} MiB ({} slots), \
+                        "{}: {} executor, O_DIRECT {}, {:.1} GiB in {} regions of {} MiB ({} slots), \
                          {} blocks already there (recovered in {:.0} ms: {} dropped as corrupt)",
-                        tier.path().display(),
+                        disk_place("regions", r.executor, tier.path()),
                         tier.executor_name(),
                         if tier.o_direct() { "on" } else { "off (buffered I/O)" },
                         g.capacity as f64 / (1u64 << 30) as f64,
@@ -824,8 +829,12 @@ pub fn simulate_until(args: &SimulateArgs, interrupt: &Interrupt) -> Result<Simu
     for i in 0..n {
         let server = server_config(&cfg, i, n);
         for tier in &server.tiers {
-            // A region device is created in a directory that exists (the FS tier makes its root).
+            // A region device is created in a directory that exists (the FS tier makes its root);
+            // the sim executor's device is in memory.
             if let TierConfig::Regions(r) = tier {
+                if r.executor == ExecutorKind::Sim {
+                    continue;
+                }
                 if let Some(dir) = r.path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 }
